@@ -1,0 +1,413 @@
+"""The Postgres broker: a real `dramatiq.Broker` on psycopg 3.
+
+Enqueue inserts a row (NOTIFY wakes workers); workers claim rows in batches with
+FOR UPDATE SKIP LOCKED and hold a lease their heartbeat renews; results are written in
+batches by the completer; a sweeper returns the messages of dead workers.
+See docs/architecture.md for the life cycle and the SQL of each step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, Consumer, MessageProxy
+from dramatiq.common import q_name
+from dramatiq.errors import QueueJoinTimeout
+from dramatiq.message import Message
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from psycopg_pool import ConnectionPool
+
+from . import db
+from .completer import Completer
+from .config import Settings
+from .consumer import PgConsumer, PgMessageProxy
+from .errors import DeadLettered, MessageTooLarge, QueueFull
+from .keeper import Keeper, Stats
+from .listener import Listener
+from .middleware import MessageOptions, WorkerStats
+from .options import columns
+from .sql import q
+
+log = logging.getLogger(__name__)
+
+#: Skip the exact depth count while a queue is known to be under this share of its depth.
+DEPTH_SLACK = 0.9
+DEPTH_RECHECK_S = 1.0
+
+
+def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
+    """Dramatiq's defaults, with the seed's time limit and retry count."""
+    return [
+        AgeLimit(),
+        TimeLimit(time_limit=settings.timeout_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        CurrentMessage(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+        ),
+        MessageOptions(),
+        WorkerStats(stats),
+    ]
+
+
+class PostgresBroker(Broker):
+    """A Dramatiq broker whose queues are rows in PostgreSQL.
+
+    Parameters:
+      url: PostgreSQL URL; defaults to settings.database_url, else the embedded server.
+      settings: a `Settings`; built from the environment when omitted.
+      middleware: the full middleware list (Dramatiq's convention); defaults to
+        Dramatiq's defaults configured from settings plus neuron_tasks' own.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        middleware: list[Middleware] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.stats = Stats()
+        super().__init__(middleware=middleware or default_middleware(self.settings, self.stats))
+        self.queues: set[str] = set()
+        self._url = url or self.settings.database_url
+        self._lock = threading.RLock()
+        self._pid = -1
+        self._pool: ConnectionPool | None = None
+        self._owner = uuid.uuid4()
+        self._completer: Completer | None = None
+        self._keeper: Keeper | None = None
+        self._listener: Listener | None = None
+        self._events: dict[str, threading.Event] = {}
+        self._depth: dict[str, tuple[int, float]] = {}
+        self._depth_lock = threading.Lock()
+        self._epoch = datetime.now(UTC)
+
+    # -- connections ----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = db.resolve_url(self.settings)
+        return self._url
+
+    @property
+    def owner(self) -> uuid.UUID:
+        """This process's worker id: the lease owner of the messages it claims."""
+        self._check_pid()
+        return self._owner
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    # A forked child must not share its parent's sockets or threads.
+                    self._pool = None
+                    self._completer = self._keeper = self._listener = None
+                    self._owner = uuid.uuid4()
+                    self._pid = os.getpid()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        self._check_pid()
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size)
+        return self._pool
+
+    def _execute(self, name: str, params: dict[str, Any], *, what: str) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            with self.pool.connection() as conn:
+                cur = conn.execute(q(name), params)
+                return cur.fetchall() if cur.description else []
+
+        return db.retrying(run, what=what)
+
+    def migrate(self) -> int:
+        """Apply pending schema migrations; returns how many were applied."""
+        from . import migrate
+
+        return len(migrate.upgrade(self.url))
+
+    # -- declaring ------------------------------------------------------------------
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    # -- enqueue --------------------------------------------------------------------
+    def _row(self, message: Message, delay: int | float | None) -> dict[str, Any]:
+        actor = self.actors.get(message.actor_name)
+        options = dict(message.options)
+        if actor is not None:
+            for name in ("tenant", "topic"):
+                if name not in options and name in actor.options:
+                    options[name] = actor.options[name]
+        cols = columns(options, default_priority=actor.priority if actor else 0, delay=delay)
+        if cols.deadline is not None and not isinstance(options.get("deadline"), int):
+            # Keep the message JSON-encodable: deadlines travel as epoch milliseconds.
+            options["deadline"] = int(cols.deadline.timestamp() * 1000)
+        if options != message.options:
+            message = message.copy(options=options)
+        payload = message.encode()
+        if len(payload) > self.settings.max_message_bytes:
+            raise MessageTooLarge(len(payload), self.settings.max_message_bytes)
+        return {
+            "message_id": message.message_id,
+            "queue_name": q_name(message.queue_name),
+            "actor_name": message.actor_name,
+            "priority": cols.priority,
+            "delay_ms": cols.delay_ms,
+            "tenant": cols.tenant,
+            "topic": cols.topic,
+            "deadline": cols.deadline,
+            "payload": payload,
+        }
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Store a message; `delay` is in milliseconds.
+
+        A message this process is running that is enqueued again (Dramatiq's Retries
+        middleware does this) is not inserted twice: its row is updated when it is acked.
+        """
+        if isinstance(message, PgMessageProxy) and message.is_in_flight():
+            self.emit_before("enqueue", message, delay)
+            message.schedule_retry(message._message.encode(), int(delay or 0))
+            self.emit_after("enqueue", message, delay)
+            return message._message
+        row = self._row(message, delay)
+        self.emit_before("enqueue", message, delay)
+        self._reserve_depth(row["queue_name"], 1)
+        self._execute("insert_message", row, what="enqueue")
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
+        """Store many messages in one round trip (one statement, one commit)."""
+        if not messages:
+            return []
+        rows = [self._row(m, delay) for m in messages]
+        for m in messages:
+            self.emit_before("enqueue", m, delay)
+        per_queue: dict[str, int] = {}
+        for r in rows:
+            per_queue[r["queue_name"]] = per_queue.get(r["queue_name"], 0) + 1
+        for queue_name, n in per_queue.items():
+            self._reserve_depth(queue_name, n)
+        params = {key: [r[key] for r in rows] for key in rows[0]}
+        self._execute("insert_messages", params, what="enqueue_many")
+        for m in messages:
+            self.emit_after("enqueue", m, delay)
+        return list(messages)
+
+    def _reserve_depth(self, queue_name: str, n: int) -> None:
+        """Refuse a queue over `queue_depth`; counts exactly whenever the queue is near it."""
+        depth = self.settings.queue_depth
+        now = time.monotonic()
+        with self._depth_lock:
+            known = self._depth.get(queue_name)
+            if known and now - known[1] < DEPTH_RECHECK_S and known[0] + n < depth * DEPTH_SLACK:
+                self._depth[queue_name] = (known[0] + n, known[1])
+                return
+        rows = self._execute("waiting_count", {"queue_name": queue_name, "limit": depth}, what="queue depth")
+        waiting = int(rows[0][0])
+        if waiting + n > depth:
+            raise QueueFull(queue_name, depth)
+        with self._depth_lock:
+            self._depth[queue_name] = (waiting + n, now)
+
+    # -- consume --------------------------------------------------------------------
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+        """A consumer that claims up to `batch_size` messages at a time.
+
+        Dramatiq's worker asks for `prefetch` = 2 x threads; the seed's batch_size
+        (default 100) is used instead so that claims are batched.
+        """
+        self._start_runtime()
+        return PgConsumer(self, queue_name, self.settings.batch_size, timeout)
+
+    def _start_runtime(self) -> None:
+        self._check_pid()
+        with self._lock:
+            if self._completer is None:
+                self._completer = Completer(lambda: self.pool, self.owner, self.settings.ack_linger_ms / 1000.0)
+                self._completer.start()
+            if self._listener is None:
+                self._listener = Listener(self.url, self.wake)
+                self._listener.start()
+                self._listener.connected.wait(5)
+            if self._keeper is None:
+                self._keeper = Keeper(
+                    lambda: self.pool,
+                    self.owner,
+                    self.settings,
+                    lambda: sorted(self.queues),
+                    self.stats,
+                    self.wake,
+                )
+                self._keeper.start()
+
+    @property
+    def completer(self) -> Completer:
+        self._start_runtime()
+        assert self._completer is not None
+        return self._completer
+
+    def event(self, queue_name: str) -> threading.Event:
+        with self._lock:
+            ev = self._events.get(queue_name)
+            if ev is None:
+                ev = self._events[queue_name] = threading.Event()
+            return ev
+
+    def wake(self, queue_name: str | None) -> None:
+        """Wake the consumers of a queue (None: of every queue)."""
+        with self._lock:
+            events = list(self._events.values()) if queue_name is None else [self._events.get(queue_name)]
+        for ev in events:
+            if ev is not None:
+                ev.set()
+
+    def release(self, row_ids: Iterable[int]) -> None:
+        """Give claimed messages back to their queues now."""
+        ids = list(row_ids)
+        if not ids:
+            return
+        rows = self._execute("release", {"ids": ids, "owner": self.owner}, what="release")
+        for queue_name in {r[0] for r in rows}:
+            self._execute("notify", {"queue_name": queue_name}, what="notify")
+
+    # -- shutdown -------------------------------------------------------------------
+    def close(self) -> None:
+        """Write pending results, give back held messages, stop threads, close the pool."""
+        self._check_pid()
+        with self._lock:
+            completer, keeper, listener = self._completer, self._keeper, self._listener
+            self._completer = self._keeper = self._listener = None
+        if completer is not None:
+            completer.stop()
+        if listener is not None:
+            listener.stop()
+        if keeper is not None:
+            keeper.stop()
+        if self._pool is not None:
+            try:
+                rows = self._execute("release_owner", {"owner": self._owner}, what="release on close")
+                for queue_name in {r[0] for r in rows}:
+                    self._execute("notify", {"queue_name": queue_name}, what="notify")
+                if rows:
+                    log.info("gave %d unfinished messages back to their queues", len(rows))
+            except Exception as exc:
+                log.warning("could not give back held messages (their leases will expire): %s", exc)
+            if keeper is not None:
+                keeper.stopped()
+            self._pool.close()
+            self._pool = None
+
+    # -- test API (Dramatiq's conventions) ------------------------------------------
+    def flush(self, queue_name: str) -> None:
+        """Drop every message of a queue, dead letters included."""
+        self._execute("flush_queues", {"queues": [queue_name]}, what="flush")
+
+    def flush_all(self) -> None:
+        """Drop every message of every declared queue, dead letters included."""
+        self._execute("flush_queues", {"queues": sorted(self.queues)}, what="flush_all")
+        self._epoch = datetime.now(UTC)
+        with self._depth_lock:
+            self._depth.clear()
+
+    @property
+    def dead_letters(self) -> list[MessageProxy]:
+        """Dead-lettered messages of the declared queues (decodable ones)."""
+        rows = self._execute("dead_letter_payloads", {"queues": sorted(self.queues)}, what="dead letters")
+        found: list[MessageProxy] = []
+        for _row_id, payload in rows:
+            try:
+                found.append(MessageProxy(Message.decode(bytes(payload))))
+            except Exception:
+                log.warning("dead letter %s has an undecodable payload", _row_id)
+        return found
+
+    def join(
+        self,
+        queue_name: str,
+        *,
+        timeout: int | None = None,
+        fail_fast: bool | None = True,
+        interval: int = 20,
+    ) -> None:
+        """Wait until no message of the queue is pending, retrying or running.
+
+        With `fail_fast`, raise the exception of a message dead-lettered on this queue since
+        the broker was created (or flushed): the actor's exception type and message are
+        rebuilt from what was stored, not held in memory.
+
+        Raises:
+          QueueJoinTimeout: when `timeout` (milliseconds) elapses first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout / 1000.0
+        while True:
+            live = int(self._execute("live_count", {"queue_name": queue_name}, what="join")[0][0])
+            if live == 0:
+                if fail_fast:
+                    self._raise_dead_letter(queue_name)
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise QueueJoinTimeout(queue_name)
+            time.sleep(interval / 1000.0)
+
+    def _raise_dead_letter(self, queue_name: str) -> None:
+        rows = self._execute(
+            "dead_letter_errors_since", {"queue_name": queue_name, "since": self._epoch}, what="join"
+        )
+        for _message_id, entry in rows:
+            entry = entry or {}
+            raise rebuild_exception(str(entry.get("type") or ""), str(entry.get("message") or "")) from None
+
+
+def rebuild_exception(type_name: str, message: str) -> BaseException:
+    """An instance of the named exception class with its message, or DeadLettered."""
+    module_name, _, qualname = type_name.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name or "builtins")
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return obj(message)
+    except Exception:
+        pass
+    return DeadLettered(f"{type_name}: {message}")
+
+
+def set_default_broker(url: str | None = None, settings: Settings | None = None) -> PostgresBroker:
+    """Create a PostgresBroker and make it Dramatiq's global broker."""
+    broker = PostgresBroker(url, settings=settings)
+    dramatiq.set_broker(broker)
+    return broker

@@ -1,0 +1,356 @@
+"""`neuron-tasks`: migrate, run workers, enqueue, inspect queues and dead letters, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from . import db, migrate
+from .config import Settings
+from .errors import NeuronTasksError
+
+app = typer.Typer(
+    help="neuron_tasks: background jobs on Dramatiq with PostgreSQL as the broker.\n\n"
+    "With no NEURON_TASKS_DATABASE_URL an embedded PostgreSQL is started for you.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+dl_app = typer.Typer(help="Dead letters: messages that failed for good.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(dl_app, name="dead-letters")
+
+console = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+class State:
+    database_url: str | None = None
+    settings: Settings | None = None
+
+
+state = State()
+
+
+@app.callback()
+def _root(
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", envvar="NEURON_TASKS_DATABASE_URL", help="PostgreSQL URL.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    state.database_url = database_url
+
+
+def settings() -> Settings:
+    if state.settings is None:
+        try:
+            state.settings = Settings(database_url=state.database_url) if state.database_url else Settings()
+        except ValidationError as exc:
+            fail(f"invalid settings: {exc}")
+    return state.settings
+
+
+def database_url(*, upgrade: bool = True) -> str:
+    """The URL (embedded server started when none is set), exported for child processes."""
+    url = db.resolve_url(settings(), export=True)
+    if upgrade:
+        migrate.upgrade(url)
+    return url
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def emit(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(jsonable(rows), indent=2))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    if not rows:
+        table.caption = "(none)"
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '15m', '2h', '7d' -> seconds."""
+    if text is None:
+        return None
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def json_arg(text: str, what: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise typer.BadParameter(f"{what} must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def repo() -> Any:
+    from .repo import Repo
+
+    return Repo(db.make_pool(database_url(), max_size=2, name="neuron_tasks-cli"))
+
+
+# -- db ---------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOpt = False) -> None:
+    """Apply pending migrations from schema/ (idempotent; safe to run from two processes at once)."""
+    url = database_url(upgrade=False)
+    applied = migrate.upgrade(url)
+    names = [f"{m.version:03d}_{m.name}" for m in applied]
+    if as_json:
+        print(json.dumps({"applied": names, "database": db.redact(url)}))
+    elif names:
+        console.print(f"applied {len(names)} migration(s): {', '.join(names)}")
+    else:
+        console.print("schema is up to date")
+
+
+@db_app.command("status")
+def db_status(as_json: JsonOpt = False) -> None:
+    """Show the database in use and any pending migrations."""
+    url = database_url(upgrade=False)
+    waiting = [f"{m.version:03d}_{m.name}" for m in migrate.pending(url)]
+    if as_json:
+        print(json.dumps({"database": db.redact(url), "pending": waiting}))
+    else:
+        console.print(f"database: {db.redact(url)}")
+        console.print(f"pending migrations: {', '.join(waiting) or 'none'}")
+
+
+# -- worker -----------------------------------------------------------------------------------
+@app.command()
+def worker(
+    modules: Annotated[list[str] | None, typer.Argument(help="Modules that declare your actors.")] = None,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
+    queues: Annotated[list[str] | None, typer.Option("--queues", "-Q", help="Only these queues (repeat).")] = None,
+) -> None:
+    """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully."""
+    from .supervisor import Supervisor, python_command
+
+    database_url()
+    level = logging.getLevelName(logging.getLogger().level)
+    logging.getLogger("neuron_tasks").setLevel(logging.INFO)
+
+    def command(index: int) -> list[str]:
+        args = ["-m", "neuron_tasks.worker_process", *(modules or []), "--threads", str(threads)]
+        args += ["--index", str(index), "--log-level", "INFO" if level == "WARNING" else level]
+        if queues:
+            args += ["--queues", *queues]
+        return python_command(*args)
+
+    console.print(
+        f"starting {processes} worker process(es) x {threads} threads on {db.redact(os.environ[db.URL_ENV])}"
+    )
+    sup = Supervisor(command, processes, shutdown_timeout_s=settings().shutdown_timeout_s, env=dict(os.environ))
+    raise typer.Exit(sup.run())
+
+
+# -- enqueue ----------------------------------------------------------------------------------
+@app.command()
+def enqueue(
+    actor: Annotated[str, typer.Argument(help="Actor name, as declared with @dramatiq.actor.")],
+    args: Annotated[str, typer.Option("--args", help="Positional arguments as a JSON array.")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="Keyword arguments as a JSON object.")] = "{}",
+    queue: Annotated[str, typer.Option("--queue", "-q", help="Queue name.")] = "default",
+    tenant: Annotated[str | None, typer.Option(help="Tenant the job runs for.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic of the job.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Lower runs first (default 0).")] = None,
+    delay: Annotated[int | None, typer.Option(help="Milliseconds before it may run.", min=0)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one message by actor name (through SQL, as an application could)."""
+    from psycopg.types.json import Jsonb
+
+    options = {k: v for k, v in {"tenant": tenant, "topic": topic, "priority": priority, "delay": delay}.items()
+               if v is not None}
+    params = (queue, actor, Jsonb(json_arg(args, "--args", list)), Jsonb(json_arg(kwargs, "--kwargs", dict)),
+              Jsonb(options))
+    import psycopg
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT neuron_tasks.enqueue(%s, %s, %s, %s, %s)", params).fetchone()
+        except psycopg.Error as exc:
+            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+            fail(str(exc.diag.message_primary or exc) + hint)
+    message_id = row[0] if row else None
+    if as_json:
+        print(json.dumps({"message_id": message_id, "queue": queue, "actor": actor}))
+    else:
+        console.print(f"enqueued {actor} on {queue}: {message_id}")
+
+
+# -- status -----------------------------------------------------------------------------------
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Per queue: pending, running, retrying, failed (dead letters), finished; and workers."""
+    r = repo()
+    queues = r.queue_status()
+    workers = r.workers(stale_s=settings().lease_s)
+    if as_json:
+        print(json.dumps(jsonable({"queues": queues, "workers": workers}), indent=2))
+        return
+    emit(queues, ["queue", "pending", "running", "retrying", "failed", "finished", "finished_last_hour",
+                  "oldest_pending"], as_json=False, title="Queues")
+    emit(workers, ["worker_name", "status", "queues", "jobs_processed", "jobs_failed", "avg_runtime_ms",
+                   "heartbeat_age_s"], as_json=False, title="Workers")
+
+
+# -- dead letters -----------------------------------------------------------------------------
+QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Only this actor.")]
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")]
+AgeOpt = Annotated[str | None, typer.Option("--older-than", help="Only older than this (90s, 15m, 2h, 7d).")]
+
+
+@dl_app.command("list")
+def dl_list(queue: QueueOpt = None, actor: ActorOpt = None, tenant: TenantOpt = None, older_than: AgeOpt = None,
+            limit: Annotated[int, typer.Option(min=1)] = 50, as_json: JsonOpt = False) -> None:
+    """List dead letters, newest first."""
+    rows = repo().dead_letters(queue=queue, actor=actor, tenant=tenant, older_than_s=parse_duration(older_than),
+                               limit=limit)
+    emit(rows, ["id", "message_id", "queue_name", "actor_name", "tenant", "retries", "failed_at", "last_error"],
+         as_json=as_json, title="Dead letters")
+
+
+@dl_app.command("show")
+def dl_show(key: Annotated[str, typer.Argument(help="Row id or message id.")], as_json: JsonOpt = False) -> None:
+    """Show one message: options, every attempt's error and traceback."""
+    row = repo().message(key)
+    if row is None:
+        fail(f"no message {key!r} (finished messages leave the table; see `status`)")
+        return
+    payload = bytes(row.pop("payload"))
+    try:
+        row["message"] = json.loads(payload)
+    except ValueError:
+        row["message"] = payload.decode("utf-8", "replace")
+    if as_json:
+        print(json.dumps(jsonable(row), indent=2))
+        return
+    for key_ in ("id", "message_id", "queue_name", "actor_name", "state", "tenant", "priority", "attempts",
+                 "retries", "deaths", "enqueued_at", "failed_at", "last_error"):
+        console.print(f"[bold]{key_}[/]: {_cell(row.get(key_))}", highlight=False)
+    console.print("[bold]message[/]:", json.dumps(jsonable(row["message"]), indent=2)[:4000], highlight=False)
+    for entry in row.get("errors") or []:
+        console.print(f"\n[bold]attempt {entry.get('attempt')}[/] {entry.get('type')}: {entry.get('message')}",
+                      highlight=False)
+        if entry.get("traceback"):
+            console.print(entry["traceback"], highlight=False, markup=False)
+
+
+@dl_app.command("requeue")
+def dl_requeue(keys: Annotated[list[str] | None, typer.Argument(help="Row ids or message ids.")] = None,
+               all_: Annotated[bool, typer.Option("--all", help="Every dead letter matching the filters.")] = False,
+               queue: QueueOpt = None, actor: ActorOpt = None, tenant: TenantOpt = None,
+               older_than: AgeOpt = None, as_json: JsonOpt = False) -> None:
+    """Put dead letters back in their queue with attempts and retries reset."""
+    r = repo()
+    if all_:
+        keys = r.dead_letter_keys(queue=queue, actor=actor, tenant=tenant, older_than_s=parse_duration(older_than))
+    if not keys:
+        fail("name dead letters to requeue, or pass --all (with optional filters)")
+        return
+    done = r.requeue(list(keys))
+    if as_json:
+        print(json.dumps({"requeued": done}))
+    else:
+        console.print(f"requeued {len(done)} message(s)")
+
+
+@dl_app.command("purge")
+def dl_purge(queue: QueueOpt = None, older_than: AgeOpt = None,
+             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+             as_json: JsonOpt = False) -> None:
+    """Delete dead letters (all, or of one queue, or older than an age)."""
+    scope = f"queue {queue}" if queue else "all queues"
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"delete dead letters of {scope}{' older than ' + older_than if older_than else ''}?",
+                      abort=True)
+    n = repo().purge(queue=queue, older_than_s=parse_duration(older_than))
+    if as_json:
+        print(json.dumps({"purged": n}))
+    else:
+        console.print(f"purged {n} dead letter(s)")
+
+
+# -- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(min=10, help="How many quick jobs to enqueue.")] = 400,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
+) -> None:
+    """Run the demo: start workers, enqueue a mix of jobs, show progress and the final status."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(database_url(), settings(), jobs=jobs, processes=processes, console=console))
+
+
+def main() -> None:
+    try:
+        app()
+    except NeuronTasksError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Settings: environment variables NEURON_TASKS_*, with the seed's defaults.
+
+One `Settings` object is built at the edge (CLI, worker boot, tests) and passed down;
+nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting, its default and its meaning.
+
+    Names map to the seed's GUCs: neurondb.neuranq_naptime -> naptime_ms,
+    neuranq_batch_size -> batch_size, neuranq_queue_depth -> queue_depth,
+    neuranq_timeout -> timeout_ms, neuranq_max_retries -> max_retries.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset = start an embedded PostgreSQL"
+    )
+    embedded_dir: Path | None = Field(
+        default=None, description="data folder of the embedded PostgreSQL (default: per-user, under /var/tmp)"
+    )
+    naptime_ms: int = Field(default=1000, ge=10, le=600_000, description="fallback poll when no NOTIFY arrives")
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="messages a worker process prefetches")
+    queue_depth: int = Field(default=10_000, ge=1, description="waiting messages a queue may hold")
+    timeout_ms: int = Field(default=30_000, ge=1, description="per-job time limit")
+    max_retries: int = Field(default=3, ge=0, description="retries before a message is dead-lettered")
+    min_backoff_ms: int = Field(default=1000, ge=1, description="first retry delay (doubles, with jitter)")
+    max_backoff_ms: int = Field(default=3_600_000, ge=1, description="longest retry delay")
+    lease_s: float = Field(default=30.0, gt=0.2, description="how long a claimed message stays with a silent worker")
+    ack_linger_ms: float = Field(default=2.0, ge=0, le=1000, description="how long acks wait to be batched")
+    max_message_bytes: int = Field(default=1_048_576, ge=256, description="largest encoded message accepted")
+    history_retention_s: int = Field(default=7 * 86400, ge=0, description="keep finished-message history this long")
+    dead_letter_retention_s: int = Field(default=30 * 86400, ge=0, description="keep dead letters this long")
+    pool_max_size: int = Field(default=16, ge=2, description="connections per process")
+    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time running jobs get to finish")
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Leases are renewed three times per lease period."""
+        return max(self.lease_s / 3.0, 0.05)

@@ -1,0 +1,218 @@
+"""The consumer Dramatiq's worker iterates: batched claims, woken by NOTIFY."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from psycopg.types.json import Jsonb
+
+from . import db
+from .completer import error_entry
+from .sql import q
+
+if TYPE_CHECKING:
+    from .broker import PostgresBroker
+
+log = logging.getLogger(__name__)
+
+
+def exception_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class PgMessageProxy(MessageProxy):
+    """A claimed message: knows its row, and whether the worker asked to retry it."""
+
+    def __init__(self, message: Message, row_id: int, attempt: int, consumer: PgConsumer) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+        self.attempt = attempt
+        self._consumer: PgConsumer | None = consumer
+        self._retry: tuple[bytes, int] | None = None
+
+    def is_in_flight(self) -> bool:
+        return self._consumer is not None
+
+    def schedule_retry(self, payload: bytes, delay_ms: int) -> None:
+        self._retry = (payload, delay_ms)
+
+    def error_info(self) -> tuple[str, str, str]:
+        """(type, message, traceback) of the exception this message failed with."""
+        exc = self._exception
+        if exc is None:
+            return ("neuron_tasks.errors.NeuronTasksError", "message failed with an unknown error", "")
+        tb = self.options.get("traceback") or "".join(traceback.format_exception(exc))
+        return (exception_type_name(exc), str(exc), tb)
+
+
+class PgConsumer(Consumer):
+    """Iterates over one queue's messages for Dramatiq's ConsumerThread.
+
+    At most `limit` messages are held (claimed, not yet acked) at once; claims are made
+    in batches when at least a quarter of that room is free, or when nothing is held.
+    """
+
+    def __init__(self, broker: PostgresBroker, queue_name: str, limit: int, timeout_ms: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.limit = max(1, limit)
+        self.timeout_s = timeout_ms / 1000.0
+        self.cache: deque[tuple[int, int, bytes]] = deque()
+        self.event = broker.event(queue_name)
+        self._held = 0
+        self._held_lock = threading.Lock()
+        self.closed = False
+
+    # -- Dramatiq's Consumer API ------------------------------------------------------
+    def __next__(self) -> MessageProxy | None:
+        while True:
+            if self.cache:
+                proxy = self._decode(*self.cache.popleft())
+                if proxy is None:
+                    continue
+                return proxy
+            room = self.limit - self._held
+            wait_s = min(self.timeout_s, self.broker.settings.naptime_ms / 1000.0)
+            if room >= max(1, self.limit // 4) or self._held == 0:
+                self.event.clear()
+                rows = self._claim(room)
+                if rows:
+                    self.cache.extend(rows)
+                    continue
+                due = self._next_due()
+                if due is not None:
+                    wait_s = min(wait_s, max(due, 0.001))
+            self.event.wait(wait_s)
+            return None
+
+    def ack(self, message: MessageProxy) -> None:
+        proxy = self._own(message)
+        if proxy._retry is not None:
+            payload, delay_ms = proxy._retry
+            type_name, text, tb = proxy.error_info()
+            self.broker.completer.retry(
+                {
+                    "id": proxy.row_id,
+                    "queue_name": self.queue_name,
+                    "payload": payload,
+                    "delay_ms": delay_ms,
+                    "error": f"{type_name}: {text}",
+                    "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
+                }
+            )
+        else:
+            self.broker.completer.ack(proxy.row_id)
+        self._release_slot(proxy)
+
+    def nack(self, message: MessageProxy) -> None:
+        proxy = self._own(message)
+        type_name, text, tb = proxy.error_info()
+        self.broker.completer.nack(
+            {
+                "id": proxy.row_id,
+                "error": f"{type_name}: {text}",
+                "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
+            }
+        )
+        self._release_slot(proxy)
+
+    def requeue(self, messages: Any) -> None:
+        """Give messages this process holds but will not run back to the queue."""
+        ids = []
+        for message in messages:
+            proxy = self._own(message)
+            ids.append(proxy.row_id)
+            self._release_slot(proxy)
+        ids.extend(row_id for row_id, _, _ in self.cache)
+        self.cache.clear()
+        self.broker.release(ids)
+
+    def close(self) -> None:
+        if self.cache:
+            ids = [row_id for row_id, _, _ in self.cache]
+            self.cache.clear()
+            try:
+                self.broker.release(ids)
+            except psycopg.Error as exc:
+                log.warning("could not give back %d prefetched messages: %s", len(ids), exc)
+        self.closed = True
+
+    # -- internals ----------------------------------------------------------------------
+    def _own(self, message: MessageProxy) -> PgMessageProxy:
+        if not isinstance(message, PgMessageProxy):
+            raise TypeError(f"{message!r} was not claimed from a PostgresBroker")
+        return message
+
+    def _release_slot(self, proxy: PgMessageProxy) -> None:
+        if proxy._consumer is None:
+            return
+        proxy._consumer = None
+        with self._held_lock:
+            self._held -= 1
+        self.event.set()
+
+    def _claim(self, room: int) -> list[tuple[int, int, bytes]]:
+        params = {
+            "queue_name": self.queue_name,
+            "owner": self.broker.owner,
+            "lease_s": self.broker.settings.lease_s,
+            "limit": room,
+        }
+        try:
+            with self.broker.pool.connection() as conn:
+                rows = conn.execute(q("dequeue"), params).fetchall()
+        except psycopg.OperationalError as exc:
+            # Dramatiq's ConsumerThread restarts the consumer after a connection error.
+            raise ConnectionClosed(exc) from None
+        rows.sort(key=lambda r: (r[1], r[2], r[0]))
+        with self._held_lock:
+            self._held += len(rows)
+        return [(int(r[0]), int(r[4]), bytes(r[3])) for r in rows]
+
+    def _next_due(self) -> float | None:
+        try:
+            with self.broker.pool.connection() as conn:
+                row = conn.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
+        except psycopg.OperationalError as exc:
+            raise ConnectionClosed(exc) from None
+        return None if row is None or row[0] is None else float(row[0])
+
+    def _decode(self, row_id: int, attempt: int, payload: bytes) -> PgMessageProxy | None:
+        try:
+            message = Message.decode(payload)
+            options = message.options
+            if "eta" in options or message.queue_name != self.queue_name:
+                # Our rows carry their own eta; Dramatiq would hold an `eta` option in memory.
+                options = {k: v for k, v in options.items() if k != "eta"}
+                message = message.copy(queue_name=self.queue_name, options=options)
+        except Exception as exc:
+            self._dead_letter_undecodable(row_id, exc)
+            return None
+        return PgMessageProxy(message, row_id, attempt, self)
+
+    def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:
+        cause = exc.__cause__ or exc
+        text = f"payload is not a valid Dramatiq message ({type(cause).__name__}: {cause})"
+        log.error("message row %s: %s; moved to the dead letters", row_id, text)
+        params = {
+            "id": row_id,
+            "owner": self.broker.owner,
+            "error": f"dramatiq.errors.DecodeError: {text}",
+            "entry": error_entry(attempt=1, type_name="dramatiq.errors.DecodeError", message=text, traceback=""),
+        }
+        def run() -> None:
+            with self.broker.pool.connection() as conn:
+                conn.execute(q("nack"), {**params, "entry": Jsonb(params["entry"])})
+
+        db.retrying(run, what="dead-letter undecodable message")
+        with self._held_lock:
+            self._held -= 1

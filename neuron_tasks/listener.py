@@ -1,0 +1,49 @@
+"""One LISTEN connection per worker process; NOTIFY payloads (queue names) wake consumers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+log = logging.getLogger(__name__)
+CHANNEL = "neuron_tasks"
+
+
+class Listener(threading.Thread):
+    """Calls `wake(queue_name)` for each notification, and `wake(None)` after a reconnect
+    (notifications sent while disconnected are lost, so every consumer should look)."""
+
+    def __init__(self, url: str, wake: Callable[[str | None], None]) -> None:
+        super().__init__(name="neuron-tasks-listener", daemon=True)
+        self.url = url
+        self.wake = wake
+        self._halt = threading.Event()
+        self.connected = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        delay = 0.1
+        while not self._halt.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name="neuron_tasks-listener"
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    delay = 0.1
+                    self.wake(None)
+                    while not self._halt.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self.wake(note.payload)
+            except psycopg.OperationalError as exc:
+                self.connected.clear()
+                if self._halt.is_set():
+                    return
+                log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, delay)
+                self._halt.wait(delay)
+                delay = min(delay * 2, 5.0)

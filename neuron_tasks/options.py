@@ -1,0 +1,68 @@
+"""Turning a Dramatiq message's options into the broker's columns, with clear errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidOption
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    priority: int
+    delay_ms: int
+    tenant: str | None
+    topic: str | None
+    deadline: datetime | None
+
+
+def _name(option: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidOption(
+            f"option {option}={value!r} is not a valid name: use 1-200 letters, digits or . _ - : @ /"
+        )
+    return value
+
+
+def deadline_of(value: Any) -> datetime | None:
+    """A deadline given as epoch milliseconds, an ISO-8601 string or a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise InvalidOption(f"option deadline={value!r}: give epoch milliseconds, ISO-8601 or a datetime")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidOption(f"option deadline={value!r} is not an ISO-8601 timestamp") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise InvalidOption(f"option deadline={value!r}: give epoch milliseconds, ISO-8601 or a datetime")
+
+
+def columns(options: dict[str, Any], *, default_priority: int, delay: int | float | None) -> Columns:
+    """Validate the options the broker stores in its own columns."""
+    priority = options.get("priority", default_priority)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -(2**31) <= priority < 2**31:
+        raise InvalidOption(f"option priority={priority!r} must be a 32-bit integer (lower runs first)")
+    if delay is None:
+        delay = 0
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+        raise InvalidOption(f"delay={delay!r} must be a number of milliseconds >= 0")
+    return Columns(
+        priority=priority,
+        delay_ms=int(delay),
+        tenant=_name("tenant", options.get("tenant")),
+        topic=_name("topic", options.get("topic")),
+        deadline=deadline_of(options.get("deadline")),
+    )

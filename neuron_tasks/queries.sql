@@ -1,0 +1,276 @@
+-- Every statement neuron_tasks runs on its tables, by name.  Loaded by neuron_tasks/sql.py.
+-- Parameters are psycopg named placeholders; nothing here is built from user input.
+
+-- name: now
+-- The server's clock (leases, join epochs).
+SELECT now();
+
+-- name: insert_message
+-- Enqueue one message; the INSERT trigger NOTIFYs listening workers.
+INSERT INTO neuron_tasks.messages
+    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, payload)
+VALUES (%(message_id)s, %(queue_name)s, %(actor_name)s, %(priority)s,
+        now() + %(delay_ms)s * interval '1 millisecond',
+        %(tenant)s, %(topic)s, %(deadline)s, %(payload)s)
+RETURNING id;
+
+-- name: insert_messages
+-- Enqueue many messages in one round trip (arrays of equal length).
+INSERT INTO neuron_tasks.messages
+    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, payload)
+SELECT m.message_id, m.queue_name, m.actor_name, m.priority,
+       now() + m.delay_ms * interval '1 millisecond', m.tenant, m.topic, m.deadline, m.payload
+FROM unnest(%(message_id)s::text[], %(queue_name)s::text[], %(actor_name)s::text[],
+            %(priority)s::integer[], %(delay_ms)s::bigint[], %(tenant)s::text[],
+            %(topic)s::text[], %(deadline)s::timestamptz[], %(payload)s::bytea[])
+     AS m(message_id, queue_name, actor_name, priority, delay_ms, tenant, topic, deadline, payload);
+
+-- name: waiting_count
+-- Waiting messages of a queue, counted no further than the queue depth.
+SELECT count(*) FROM (
+    SELECT 1 FROM neuron_tasks.messages
+    WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
+    LIMIT %(limit)s) AS w;
+
+-- name: dequeue
+-- Claim up to `limit` ready messages of a queue for this worker, lowest priority value first.
+UPDATE neuron_tasks.messages AS m
+SET state = 'running',
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease_s)s * interval '1 second',
+    attempts = m.attempts + 1,
+    started_at = now(),
+    updated_at = now()
+WHERE m.id IN (
+    SELECT id FROM neuron_tasks.messages
+    WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying') AND eta <= now()
+    ORDER BY priority, eta, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING m.id, m.priority, m.eta, m.payload, m.attempts;
+
+-- name: next_eta
+-- Seconds until the next delayed message of a queue is due (NULL when none waits).
+SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8
+FROM neuron_tasks.messages
+WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
+
+-- name: ack
+-- Finished: remove from the hot table, keep a history row.
+WITH done AS (
+    DELETE FROM neuron_tasks.messages
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+    RETURNING id, message_id, queue_name, actor_name, tenant, topic, priority,
+              attempts, retries, enqueued_at, started_at)
+INSERT INTO neuron_tasks.messages_history
+    (id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
+     enqueued_at, started_at, worker_id)
+SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
+       enqueued_at, started_at, %(owner)s FROM done;
+
+-- name: retry
+-- Failed but retryable: back to the queue after a backoff, with the updated message.
+UPDATE neuron_tasks.messages
+SET state = 'retrying',
+    payload = %(payload)s,
+    eta = now() + %(delay_ms)s * interval '1 millisecond',
+    retries = retries + 1,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    last_error = %(error)s,
+    errors = errors || %(entry)s::jsonb,
+    updated_at = now()
+WHERE id = %(id)s AND lease_owner = %(owner)s;
+
+-- name: nack
+-- Failed for good: a dead letter with its error and traceback.
+UPDATE neuron_tasks.messages
+SET state = 'failed',
+    failed_at = now(),
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    last_error = %(error)s,
+    errors = errors || %(entry)s::jsonb,
+    updated_at = now()
+WHERE id = %(id)s AND (lease_owner = %(owner)s OR %(owner)s::uuid IS NULL);
+
+-- name: release
+-- Give claimed messages back to the queue (worker shutdown, consumer restart).
+UPDATE neuron_tasks.messages
+SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+RETURNING queue_name;
+
+-- name: release_owner
+-- Give back every message a worker still holds (its broker is closing).
+UPDATE neuron_tasks.messages
+SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE lease_owner = %(owner)s AND state = 'running'
+RETURNING queue_name;
+
+-- name: notify
+-- Wake workers listening on a queue.
+SELECT pg_notify('neuron_tasks', %(queue_name)s);
+
+-- name: renew_leases
+-- Heartbeat: extend the leases of every message this worker holds.
+UPDATE neuron_tasks.messages
+SET lease_expires_at = now() + %(lease_s)s * interval '1 second'
+WHERE lease_owner = %(owner)s AND state = 'running';
+
+-- name: register_worker
+-- A worker process starts.
+INSERT INTO neuron_tasks.workers (worker_id, worker_name, host, pid, queues)
+VALUES (%(owner)s, %(worker_name)s, %(host)s, %(pid)s, %(queues)s)
+ON CONFLICT (worker_id) DO UPDATE
+SET queues = excluded.queues, heartbeat_at = now(), stopped_at = NULL;
+
+-- name: heartbeat_worker
+-- A worker process is alive; counters are totals since it started.
+UPDATE neuron_tasks.workers
+SET heartbeat_at = now(),
+    queues = %(queues)s,
+    jobs_processed = %(processed)s,
+    jobs_failed = %(failed)s,
+    runtime_ms = %(runtime_ms)s,
+    last_run = coalesce(%(last_run)s, last_run)
+WHERE worker_id = %(owner)s;
+
+-- name: stop_worker
+-- A worker process shut down cleanly.
+UPDATE neuron_tasks.workers SET stopped_at = now(), heartbeat_at = now() WHERE worker_id = %(owner)s;
+
+-- name: reclaim_expired
+-- Sweeper: messages whose worker stopped heartbeating go back to the queue, or, once their
+-- workers have died more than `max_deaths` times holding them, to the dead letters (poison).
+WITH expired AS (
+    SELECT id FROM neuron_tasks.messages
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED)
+UPDATE neuron_tasks.messages AS m
+SET deaths = m.deaths + 1,
+    state = CASE WHEN m.deaths + 1 > %(max_deaths)s THEN 'failed'
+                 WHEN m.retries > 0 THEN 'retrying' ELSE 'pending' END,
+    failed_at = CASE WHEN m.deaths + 1 > %(max_deaths)s THEN now() END,
+    last_error = CASE WHEN m.deaths + 1 > %(max_deaths)s
+                      THEN format('PoisonMessage: its worker died %%s times while holding it', m.deaths + 1)
+                      ELSE m.last_error END,
+    errors = m.errors || jsonb_build_array(jsonb_build_object(
+        'at', now(), 'attempt', m.attempts, 'type', 'neuron_tasks.errors.WorkerDied',
+        'message', format('worker %%s stopped heartbeating (lease expired)', m.lease_owner),
+        'traceback', '')),
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+FROM expired
+WHERE m.id = expired.id
+RETURNING m.queue_name, m.state;
+
+-- name: trim_history
+-- Retention of finished-message history.
+DELETE FROM neuron_tasks.messages_history
+WHERE finished_at < now() - %(retention_s)s * interval '1 second';
+
+-- name: trim_dead_letters
+-- Retention of dead letters.
+DELETE FROM neuron_tasks.messages
+WHERE state = 'failed' AND failed_at < now() - %(retention_s)s * interval '1 second';
+
+-- name: live_count
+-- Messages of a queue not yet finished or dead (join).
+SELECT count(*) FROM neuron_tasks.messages
+WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying', 'running');
+
+-- name: dead_letter_errors_since
+-- The newest error of each message dead-lettered on a queue since a time (join fail_fast).
+SELECT message_id, errors -> -1 FROM neuron_tasks.messages
+WHERE queue_name = %(queue_name)s AND state = 'failed' AND failed_at >= %(since)s
+ORDER BY failed_at, id;
+
+-- name: flush_queues
+-- Drop every message, dead letters included, of the given queues (tests).
+DELETE FROM neuron_tasks.messages WHERE queue_name = ANY(%(queues)s);
+
+-- name: dead_letter_payloads
+-- Dead letters of the given queues, oldest first.
+SELECT id, payload FROM neuron_tasks.messages
+WHERE queue_name = ANY(%(queues)s) AND state = 'failed'
+ORDER BY failed_at, id;
+
+-- name: queue_counts
+-- Live messages per queue and state (the hot table holds only live messages and dead letters).
+SELECT queue_name,
+       count(*) FILTER (WHERE state = 'pending')  AS pending,
+       count(*) FILTER (WHERE state = 'running')  AS running,
+       count(*) FILTER (WHERE state = 'retrying') AS retrying,
+       count(*) FILTER (WHERE state = 'failed')   AS failed,
+       min(enqueued_at) FILTER (WHERE state = 'pending') AS oldest_pending
+FROM neuron_tasks.messages
+GROUP BY queue_name;
+
+-- name: finished_counts
+-- Finished messages per queue kept in history (within retention) and in the last hour.
+SELECT queue_name, count(*) AS finished,
+       count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS finished_last_hour
+FROM neuron_tasks.messages_history
+GROUP BY queue_name;
+
+-- name: list_workers
+-- Worker processes with a status derived from their heartbeat.
+SELECT worker_id, worker_name, host, pid, queues, started_at, heartbeat_at,
+       CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
+            WHEN heartbeat_at < now() - %(stale_s)s * interval '1 second' THEN 'stale'
+            ELSE 'running' END AS status,
+       jobs_processed, jobs_failed,
+       CASE WHEN jobs_processed > 0 THEN runtime_ms / jobs_processed END AS avg_runtime_ms,
+       last_run,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s
+FROM neuron_tasks.workers
+WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
+ORDER BY started_at DESC;
+
+-- name: list_dead_letters
+-- Dead letters, newest first, filtered by queue / actor / tenant / minimum age.
+SELECT id, message_id, queue_name, actor_name, tenant, attempts, retries, deaths,
+       enqueued_at, failed_at, last_error
+FROM neuron_tasks.messages
+WHERE state = 'failed'
+  AND (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
+  AND (%(actor_name)s::text IS NULL OR actor_name = %(actor_name)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+  AND (%(older_than_s)s::float8 IS NULL OR failed_at < now() - %(older_than_s)s * interval '1 second')
+ORDER BY failed_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: get_message
+-- One message by row id or message id, with its payload and every error.
+SELECT id, message_id, queue_name, actor_name, state, priority, eta, tenant, topic, deadline,
+       attempts, retries, deaths, lease_owner, enqueued_at, started_at, failed_at, last_error,
+       errors, payload
+FROM neuron_tasks.messages
+WHERE id::text = %(key)s OR message_id = %(key)s
+ORDER BY id DESC
+LIMIT 1;
+
+-- name: requeue_dead_letter
+-- A dead letter back to pending with its counters reset and a cleaned payload.
+UPDATE neuron_tasks.messages
+SET state = 'pending', payload = %(payload)s, attempts = 0, retries = 0, deaths = 0,
+    eta = now(), failed_at = NULL, updated_at = now()
+WHERE id = %(id)s AND state = 'failed'
+RETURNING queue_name;
+
+-- name: purge_dead_letters
+-- Delete dead letters, optionally of one queue and older than an age.
+DELETE FROM neuron_tasks.messages
+WHERE state = 'failed'
+  AND (%(queue_name)s::text IS NULL OR queue_name = %(queue_name)s)
+  AND (%(older_than_s)s::float8 IS NULL OR failed_at < now() - %(older_than_s)s * interval '1 second');
