@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,9 @@ from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
 ENTRYPOINT = "noop"
-BATCH_SIZE = 10
-CONCURRENCY_PER_PROCESS = 8
+BATCH_SIZE = int(os.environ.get("BENCH_PGQ_BATCH", "10"))
+CONCURRENCY_PER_PROCESS = int(os.environ.get("BENCH_PGQ_LIMIT", "8"))
+MAX_CONCURRENT_TASKS = int(os.environ.get("BENCH_PGQ_MAX_TASKS", "0")) or None
 
 
 class PgqSystem(harness.System):
@@ -170,7 +172,7 @@ def worker_main(args: argparse.Namespace) -> None:
             loop.call_soon_threadsafe(pgq.shutdown.set)
 
         threading.Thread(target=wait_stop, daemon=True).start()
-        await pgq.run(batch_size=BATCH_SIZE)
+        await pgq.run(batch_size=BATCH_SIZE, max_concurrent_tasks=MAX_CONCURRENT_TASKS)
         await conn.close()
 
     uvloop.run(amain())
