@@ -16,7 +16,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.message import Message
-from harness import QUEUE, LatencyRecorder, System, dist_version, ignore_sigint, worker_protocol
+from harness import QUEUE, LatencyRecorder, System, ignore_sigint, worker_protocol
 
 WORKER_TIMEOUT_MS = 1000  # dramatiq.Worker default
 
@@ -43,7 +43,7 @@ def run_threads(n: int, producers: int, fn: Callable[[range], None]) -> None:
     def target(r: range) -> None:
         try:
             fn(r)
-        except BaseException as e:  # noqa: BLE001 - reported to the caller
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=target, args=(r,)) for r in ranges]

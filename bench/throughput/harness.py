@@ -99,6 +99,17 @@ class WorkerGroup(ABC):
         """Raise BenchError if a worker died."""
 
 
+def _readline_within(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """One line of the process' stdout, or "" after ``timeout_s``."""
+    box: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    t = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
+    t.start()
+    t.join(max(0.0, timeout_s))
+    return box[0] if box else ""
+
+
 class SubprocessWorkers(WorkerGroup):
     """``procs`` worker subprocesses speaking the READY/GO/STOP protocol."""
 
@@ -106,7 +117,7 @@ class SubprocessWorkers(WorkerGroup):
         self.procs: list[subprocess.Popen[str]] = []
         self.stderr_files: list[Any] = []
         for cmd in cmds:
-            err = tempfile.TemporaryFile(mode="w+")
+            err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
             self.stderr_files.append(err)
             self.procs.append(
                 subprocess.Popen(
@@ -129,17 +140,10 @@ class SubprocessWorkers(WorkerGroup):
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         for i, p in enumerate(self.procs):
-            assert p.stdout is not None
-            box: list[str] = []
-            t = threading.Thread(target=lambda: box.append(p.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-            t.start()
-            t.join(max(0.0, deadline - time.monotonic()))
-            line = box[0].strip() if box else ""
+            line = _readline_within(p, deadline - time.monotonic()).strip()
             if line != "READY":
                 self.kill()
-                raise BenchError(
-                    f"worker {i} not ready (got {line!r}, rc={p.poll()}): {self._stderr_tail(i)}"
-                )
+                raise BenchError(f"worker {i} not ready (got {line!r}, rc={p.poll()}): {self._stderr_tail(i)}")
 
     def go(self) -> None:
         for p in self.procs:
@@ -438,13 +442,13 @@ def main(system_cls: type[System], worker_main: WorkerMain) -> None:
             result = {"status": "ok"} | measure(system, args.measurement)
     except NotApplicable as e:
         result = {"status": "n/a", "reason": str(e)}
-    except Exception as e:  # noqa: BLE001 - every failure is reported, not raised
+    except Exception as e:
         traceback.print_exc()
         result = {"status": "error", "error": f"{type(e).__name__}: {e}"[:400]}
     finally:
         try:
             system.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             traceback.print_exc()
     text = json.dumps(result)
     if args.json_out:

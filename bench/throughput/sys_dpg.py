@@ -12,8 +12,9 @@ from typing import Any
 import dramatiq
 import harness
 import pgutil
-from dramatiq_common import DramatiqSystem, dist_version, dramatiq_worker_main, run_threads
+from dramatiq_common import DramatiqSystem, dramatiq_worker_main, run_threads
 from dramatiq_postgres import PostgresBroker, init
+from harness import dist_version
 from psycopg.types.json import Json
 
 
@@ -83,6 +84,7 @@ class DpgSystem(DramatiqSystem):
             "dramatiq-postgres": dist_version("dramatiq-postgres"),
             "dramatiq": dist_version("dramatiq"),
             "psycopg": dist_version("psycopg"),
+            "postgres": pgutil.server_version(self.opts.db_url),
         }
 
     def settings(self) -> dict[str, str]:

@@ -6,7 +6,8 @@ import dramatiq
 import harness
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq_common import DramatiqSystem, dist_version, dramatiq_worker_main
+from dramatiq_common import DramatiqSystem, dramatiq_worker_main
+from harness import dist_version
 
 NAMESPACE = "dramatiq"
 

@@ -14,7 +14,8 @@ from typing import Any
 import dramatiq
 import harness
 from dramatiq.brokers.stub import StubBroker
-from dramatiq_common import WORKER_TIMEOUT_MS, DramatiqSystem, declare_actor, dist_version
+from dramatiq_common import WORKER_TIMEOUT_MS, DramatiqSystem, declare_actor
+from harness import dist_version
 
 
 def build_broker(db_url: str, redis_url: str) -> dramatiq.Broker:
