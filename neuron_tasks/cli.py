@@ -344,6 +344,19 @@ def demo(
     raise typer.Exit(run_demo(database_url(), settings(), jobs=jobs, processes=processes, console=console))
 
 
+def _register_command_groups() -> None:
+    from . import commands
+
+    for module in commands.modules():
+        sub = getattr(module, "app", None)
+        name = getattr(module, "NAME", None)
+        if isinstance(sub, typer.Typer) and isinstance(name, str):
+            app.add_typer(sub, name=name)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     try:
         app()

@@ -55,10 +55,24 @@ def run_demo(url: str, settings: Settings, *, jobs: int, processes: int, console
     console.print("workers stopped by SIGTERM (graceful drain); their final counters:")
     show_workers(repo, settings, started, console)
     broker.close()
+    ok = run_phases(url, settings, console) and ok
     console.print("\nTry next:")
     console.print("  neuron-tasks status            neuron-tasks dead-letters list")
     console.print("  neuron-tasks dead-letters show ID   neuron-tasks dead-letters requeue --all --queue demo")
     return 0 if ok else 1
+
+
+def run_phases(url: str, settings: Settings, console: Console) -> bool:
+    """Demo phases contributed by feature modules (neuron_tasks/commands/*.demo_phase)."""
+    from . import commands
+
+    ok = True
+    for module in commands.modules():
+        phase = getattr(module, "demo_phase", None)
+        if phase is not None:
+            console.rule(f"[bold]{module.__name__.rsplit('.', 1)[-1]}")
+            ok = bool(phase(url, settings, console)) and ok
+    return ok
 
 
 def enqueue_mix(broker: PostgresBroker, url: str, actors: object, jobs: int, console: Console) -> dict[str, int]:

@@ -1,4 +1,4 @@
--- Every statement neuron_tasks runs on its tables, by name.  Loaded by neuron_tasks/sql.py.
+-- The broker's statements, by name.  Loaded by neuron_tasks/sql.py.
 -- Parameters are psycopg named placeholders; nothing here is built from user input.
 
 -- name: now
