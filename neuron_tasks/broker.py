@@ -29,7 +29,6 @@ from dramatiq.middleware import (
     CurrentMessage,
     Middleware,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
@@ -39,11 +38,12 @@ from . import db
 from .completer import Completer
 from .config import Settings
 from .consumer import PgConsumer, PgMessageProxy
-from .errors import DeadLettered, MessageTooLarge, QueueFull
+from .errors import DeadLettered, DuplicateJob, InvalidOption, MessageTooLarge, QueueFull, UnknownTenant, UnknownTopic
 from .keeper import Keeper, Stats
 from .listener import Listener
-from .middleware import MessageOptions, WorkerStats
-from .options import columns
+from .middleware import Deadlines, MessageOptions, Retries, Tenancy, Topics, WorkerStats
+from .options import columns, fingerprint_of
+from .policies import Policies
 from .sql import q
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,13 @@ DEPTH_RECHECK_S = 1.0
 
 
 def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
-    """Dramatiq's defaults, with the seed's time limit and retry count."""
+    """Dramatiq's defaults (the seed's time limit and retry count) with neuron_tasks' own:
+    deadlines, tenant limits and topic limits run first, so a message that must wait or fail
+    does so before anything else starts."""
     return [
+        Deadlines(),
+        Tenancy(),
+        Topics(),
         AgeLimit(),
         TimeLimit(time_limit=settings.timeout_ms),
         ShutdownNotifications(),
@@ -91,6 +96,7 @@ class PostgresBroker(Broker):
     ) -> None:
         self.settings = settings or Settings()
         self.stats = Stats()
+        self.policies = Policies(lambda: self.pool, self.settings)
         super().__init__(middleware=middleware or default_middleware(self.settings, self.stats))
         self.queues: set[str] = set()
         self._url = url or self.settings.database_url
@@ -167,9 +173,25 @@ class PostgresBroker(Broker):
         actor = self.actors.get(message.actor_name)
         options = dict(message.options)
         if actor is not None:
-            for name in ("tenant", "topic"):
+            for name in ("tenant", "topic", "unique", "on_duplicate"):
                 if name not in options and name in actor.options:
                     options[name] = actor.options[name]
+        topic = options.get("topic")
+        if topic is not None:
+            settings = self.policies.topic(topic) if isinstance(topic, str) else None
+            if settings is None:
+                raise UnknownTopic(str(topic))
+            if "priority" not in options and settings.priority is not None:
+                options["priority"] = settings.priority
+        tenant = options.get("tenant")
+        if (
+            isinstance(tenant, str)
+            and self.settings.tenant_policy == "refuse"
+            and self.policies.tenant(tenant) is None
+        ):
+            raise UnknownTenant(tenant)
+        if options.get("on_duplicate", "raise") not in ("raise", "existing"):
+            raise InvalidOption(f"option on_duplicate={options['on_duplicate']!r}: use 'raise' or 'existing'")
         cols = columns(options, default_priority=actor.priority if actor else 0, delay=delay)
         if cols.deadline is not None and not isinstance(options.get("deadline"), int):
             # Keep the message JSON-encodable: deadlines travel as epoch milliseconds.
@@ -188,6 +210,7 @@ class PostgresBroker(Broker):
             "tenant": cols.tenant,
             "topic": cols.topic,
             "deadline": cols.deadline,
+            "fingerprint": fingerprint_of(message, options),
             "payload": payload,
         }
 
@@ -205,9 +228,17 @@ class PostgresBroker(Broker):
         row = self._row(message, delay)
         self.emit_before("enqueue", message, delay)
         self._reserve_depth(row["queue_name"], 1)
-        self._execute("insert_message", row, what="enqueue")
+        if not self._execute("insert_message", row, what="enqueue"):
+            existing = self._existing(row["fingerprint"])
+            if message.options.get("on_duplicate", "raise") == "existing" and existing is not None:
+                return message.copy(message_id=existing)
+            raise DuplicateJob(row["fingerprint"], existing)
         self.emit_after("enqueue", message, delay)
         return message
+
+    def _existing(self, fingerprint: str) -> str | None:
+        found = self._execute("live_by_fingerprint", {"fingerprint": fingerprint}, what="unique job")
+        return str(found[0][0]) if found else None
 
     def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
         """Store many messages in one round trip (one statement, one commit)."""
@@ -222,10 +253,26 @@ class PostgresBroker(Broker):
         for queue_name, n in per_queue.items():
             self._reserve_depth(queue_name, n)
         params = {key: [r[key] for r in rows] for key in rows[0]}
-        self._execute("insert_messages", params, what="enqueue_many")
-        for m in messages:
-            self.emit_after("enqueue", m, delay)
-        return list(messages)
+
+        def insert() -> set[str]:
+            with self.pool.connection() as conn, conn.transaction():
+                inserted = {r[0] for r in conn.execute(q("insert_messages"), params).fetchall()}
+                for m, r in zip(messages, rows, strict=True):
+                    if r["message_id"] not in inserted and m.options.get("on_duplicate", "raise") != "existing":
+                        # Roll the whole batch back: nothing is half-enqueued.
+                        raise DuplicateJob(r["fingerprint"], None)
+                return inserted
+
+        inserted = db.retrying(insert, what="enqueue_many")
+        out: list[Message] = []
+        for m, r in zip(messages, rows, strict=True):
+            if r["message_id"] in inserted:
+                self.emit_after("enqueue", m, delay)
+                out.append(m)
+            else:
+                existing = self._existing(r["fingerprint"])
+                out.append(m.copy(message_id=existing) if existing else m)
+        return out
 
     def _reserve_depth(self, queue_name: str, n: int) -> None:
         """Refuse a queue over `queue_depth`; counts exactly whenever the queue is near it."""

@@ -31,9 +31,10 @@ class Batch:
     acks: list[int] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
     nacks: list[dict[str, Any]] = field(default_factory=list)
+    defers: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.acks) + len(self.retries) + len(self.nacks)
+        return len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers)
 
 
 def error_entry(*, attempt: int, type_name: str, message: str, traceback: str) -> list[dict[str, Any]]:
@@ -66,6 +67,9 @@ class Completer(threading.Thread):
 
     def nack(self, params: dict[str, Any]) -> None:
         self._add(lambda b: b.nacks.append(params))
+
+    def defer(self, params: dict[str, Any]) -> None:
+        self._add(lambda b: b.defers.append(params))
 
     def _add(self, put: Callable[[Batch], None]) -> None:
         with self._cond:
@@ -110,6 +114,7 @@ class Completer(threading.Thread):
                     self._batch.acks[:0] = batch.acks
                     self._batch.retries[:0] = batch.retries
                     self._batch.nacks[:0] = batch.nacks
+                    self._batch.defers[:0] = batch.defers
                     self._in_flight = 0
                 if self._stopping and isinstance(exc, psycopg.OperationalError):
                     time.sleep(0.2)
@@ -135,6 +140,9 @@ class Completer(threading.Thread):
                         q("nack"),
                         [{**n, "entry": Jsonb(n["entry"]), "owner": self.owner} for n in batch.nacks],
                     )
+                if batch.defers:
+                    cur.executemany(q("defer"), [{**d, "owner": self.owner} for d in batch.defers])
             woken.update(r["queue_name"] for r in batch.retries)
+            woken.update(d["queue_name"] for d in batch.defers)
             for queue_name in woken:
                 conn.execute(q("notify"), {"queue_name": queue_name})

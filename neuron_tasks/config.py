@@ -7,6 +7,7 @@ nothing reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,17 @@ class Settings(BaseSettings):
     dead_letter_retention_s: int = Field(default=30 * 86400, ge=0, description="keep dead letters this long")
     pool_max_size: int = Field(default=16, ge=2, description="connections per process")
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time running jobs get to finish")
+
+    tenant_policy: Literal["default", "refuse"] = Field(
+        default="default",
+        description="messages for a tenant not in the tenants table: run under the default limits, or refuse",
+    )
+    default_tenant_qps: float | None = Field(default=None, gt=0, description="QPS of tenants not configured")
+    default_tenant_burst: float | None = Field(default=None, ge=1, description="burst of tenants not configured")
+    default_tenant_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
+    default_tenant_tokens_per_day: int | None = Field(default=None, gt=0, description="token budget per day")
+    policy_cache_s: float = Field(default=2.0, ge=0, description="how long tenant and topic settings are cached")
+    topic_retry_ms: int = Field(default=200, ge=1, description="retry delay of a message whose topic is full")
 
     @property
     def heartbeat_s(self) -> float:

@@ -38,12 +38,22 @@ class PgMessageProxy(MessageProxy):
         self.attempt = attempt
         self._consumer: PgConsumer | None = consumer
         self._retry: tuple[bytes, int] | None = None
+        self._defer: tuple[int, str] | None = None
+        self.topic_slot: str | None = None
 
     def is_in_flight(self) -> bool:
         return self._consumer is not None
 
     def schedule_retry(self, payload: bytes, delay_ms: int) -> None:
         self._retry = (payload, delay_ms)
+
+    def schedule_defer(self, delay_ms: int, reason: str) -> None:
+        """Put the message back (a limit): no attempt or retry is counted."""
+        self._defer = (delay_ms, reason)
+
+    @property
+    def deferred(self) -> tuple[int, str] | None:
+        return self._defer
 
     def error_info(self) -> tuple[str, str, str]:
         """(type, message, traceback) of the exception this message failed with."""
@@ -96,7 +106,11 @@ class PgConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
-        if proxy._retry is not None:
+        if proxy._defer is not None:
+            self.broker.completer.defer(
+                {"id": proxy.row_id, "queue_name": self.queue_name, "delay_ms": proxy._defer[0]}
+            )
+        elif proxy._retry is not None:
             payload, delay_ms = proxy._retry
             type_name, text, tb = proxy.error_info()
             self.broker.completer.retry(

@@ -38,7 +38,8 @@ def make_pool(url: str, *, max_size: int = 16, name: str = "neuron_tasks") -> Co
         url,
         min_size=1,
         max_size=max_size,
-        kwargs={"autocommit": True, "application_name": name},
+        # JIT compiles our small OLTP statements for ~1 s when their estimates look big: off.
+        kwargs={"autocommit": True, "application_name": name, "options": "-c jit=off"},
         name=name,
         open=False,
         reconnect_timeout=60,

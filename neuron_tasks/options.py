@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,14 +23,17 @@ class Columns:
     deadline: datetime | None
 
 
-def _name(option: str, value: Any) -> str | None:
-    if value is None:
-        return None
+def check_name(option: str, value: Any) -> str:
+    """A tenant or topic name: 1-200 letters, digits or . _ - : @ /."""
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidOption(
             f"option {option}={value!r} is not a valid name: use 1-200 letters, digits or . _ - : @ /"
         )
     return value
+
+
+def _name(option: str, value: Any) -> str | None:
+    return None if value is None else check_name(option, value)
 
 
 def deadline_of(value: Any) -> datetime | None:
@@ -66,3 +71,16 @@ def columns(options: dict[str, Any], *, default_priority: int, delay: int | floa
         topic=_name("topic", options.get("topic")),
         deadline=deadline_of(options.get("deadline")),
     )
+
+
+def fingerprint_of(message: Any, options: dict[str, Any]) -> str | None:
+    """The unique-job key: `unique_key` as given, or with `unique=True` a hash of actor and arguments."""
+    key = options.get("unique_key")
+    if key is not None:
+        if not isinstance(key, str) or not 0 < len(key) <= 500:
+            raise InvalidOption(f"option unique_key={key!r} must be a string of 1-500 characters")
+        return f"{message.queue_name}:{message.actor_name}:{key}"
+    if options.get("unique") is True:
+        blob = json.dumps([message.args, message.kwargs], sort_keys=True, default=str)
+        return f"{message.queue_name}:{message.actor_name}:#{hashlib.sha256(blob.encode()).hexdigest()}"
+    return None

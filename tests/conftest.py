@@ -53,7 +53,9 @@ def database_url(server_url: str) -> Iterator[str]:
 def clean_db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE neuron_tasks.messages, neuron_tasks.messages_history, neuron_tasks.workers RESTART IDENTITY"
+            "TRUNCATE neuron_tasks.messages, neuron_tasks.messages_history, neuron_tasks.workers, "
+            "neuron_tasks.tenants, neuron_tasks.tenant_buckets, neuron_tasks.tenant_usage, "
+            "neuron_tasks.topics, neuron_tasks.topic_slots RESTART IDENTITY"
         )
         conn.execute("DROP TABLE IF EXISTS public.test_runs")
         conn.execute(

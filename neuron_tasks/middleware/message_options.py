@@ -6,12 +6,12 @@ from dramatiq import Middleware
 
 
 class MessageOptions(Middleware):
-    """Lets actors declare defaults for tenant, topic and deadline-related options.
+    """Lets actors declare defaults for tenant, topic and unique-job options.
 
-    Message-level values (``send_with_options(tenant=..., priority=..., topic=...,
-    deadline=...)``) are validated by the broker at enqueue time.
+    Message-level values (``send_with_options(tenant=..., priority=..., topic=..., deadline=...,
+    unique_key=..., on_duplicate=...)``) are validated by the broker at enqueue time.
     """
 
     @property
     def actor_options(self) -> set[str]:
-        return {"tenant", "topic"}
+        return {"tenant", "topic", "unique", "on_duplicate"}

@@ -28,4 +28,6 @@ class WorkerStats(Middleware):
         self._local.started = None
         self.stats.record((time.perf_counter() - started) * 1000.0, failed=exception is not None)
 
-    after_skip_message = after_process_message
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        # Deferred by a limit, or failed before running (deadline, age): not a run.
+        self._local.started = None

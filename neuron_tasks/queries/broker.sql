@@ -6,24 +6,36 @@
 SELECT now();
 
 -- name: insert_message
--- Enqueue one message; the INSERT trigger NOTIFYs listening workers.
+-- Enqueue one message; the INSERT trigger NOTIFYs listening workers. A unique job whose
+-- fingerprint is already pending, running or retrying is not inserted (no row returned).
 INSERT INTO neuron_tasks.messages
-    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, payload)
+    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, fingerprint, payload)
 VALUES (%(message_id)s, %(queue_name)s, %(actor_name)s, %(priority)s,
         now() + %(delay_ms)s * interval '1 millisecond',
-        %(tenant)s, %(topic)s, %(deadline)s, %(payload)s)
+        %(tenant)s, %(topic)s, %(deadline)s, %(fingerprint)s, %(payload)s)
+ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending', 'running', 'retrying')
+DO NOTHING
 RETURNING id;
 
 -- name: insert_messages
--- Enqueue many messages in one round trip (arrays of equal length).
+-- Enqueue many messages in one round trip (arrays of equal length); returns the message ids
+-- inserted (unique jobs already live are skipped).
 INSERT INTO neuron_tasks.messages
-    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, payload)
+    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, fingerprint, payload)
 SELECT m.message_id, m.queue_name, m.actor_name, m.priority,
-       now() + m.delay_ms * interval '1 millisecond', m.tenant, m.topic, m.deadline, m.payload
+       now() + m.delay_ms * interval '1 millisecond', m.tenant, m.topic, m.deadline, m.fingerprint, m.payload
 FROM unnest(%(message_id)s::text[], %(queue_name)s::text[], %(actor_name)s::text[],
             %(priority)s::integer[], %(delay_ms)s::bigint[], %(tenant)s::text[],
-            %(topic)s::text[], %(deadline)s::timestamptz[], %(payload)s::bytea[])
-     AS m(message_id, queue_name, actor_name, priority, delay_ms, tenant, topic, deadline, payload);
+            %(topic)s::text[], %(deadline)s::timestamptz[], %(fingerprint)s::text[], %(payload)s::bytea[])
+     AS m(message_id, queue_name, actor_name, priority, delay_ms, tenant, topic, deadline, fingerprint, payload)
+ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending', 'running', 'retrying')
+DO NOTHING
+RETURNING message_id;
+
+-- name: live_by_fingerprint
+-- The live message holding a unique job's fingerprint.
+SELECT message_id FROM neuron_tasks.messages
+WHERE fingerprint = %(fingerprint)s AND state IN ('pending', 'running', 'retrying');
 
 -- name: waiting_count
 -- Waiting messages of a queue, counted no further than the queue depth.
@@ -33,7 +45,46 @@ SELECT count(*) FROM (
     LIMIT %(limit)s) AS w;
 
 -- name: dequeue
--- Claim up to `limit` ready messages of a queue for this worker, lowest priority value first.
+-- Claim up to `limit` ready messages of a queue for this worker. Fair across tenants: each
+-- tenant with ready messages (found by a skip scan of messages_ready_idx) gets an equal share of
+-- the batch, lowest priority value first within a tenant; tenants blocked by their rate limit and
+-- topics whose concurrency slots are all held are left for later.
+WITH RECURSIVE tenants AS (
+    (SELECT coalesce(tenant, '') AS t FROM neuron_tasks.messages
+     WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
+     ORDER BY coalesce(tenant, '') LIMIT 1)
+    UNION ALL
+    SELECT (SELECT coalesce(m.tenant, '') FROM neuron_tasks.messages m
+            WHERE m.queue_name = %(queue_name)s AND m.state IN ('pending', 'retrying')
+              AND coalesce(m.tenant, '') > tenants.t
+            ORDER BY coalesce(m.tenant, '') LIMIT 1)
+    FROM tenants WHERE tenants.t IS NOT NULL
+),
+open_tenants AS (
+    SELECT t FROM tenants
+    WHERE t IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM neuron_tasks.tenant_buckets b WHERE b.tenant = tenants.t AND b.blocked_until > now())
+),
+share AS (
+    SELECT greatest(1, ceil(%(limit)s::float8 / greatest(count(*), 1)))::int AS n FROM open_tenants
+),
+full_topics AS (
+    SELECT s.topic FROM neuron_tasks.topic_slots s
+    GROUP BY s.topic
+    HAVING bool_and(s.holder IS NOT NULL AND EXISTS (
+        SELECT 1 FROM neuron_tasks.messages h
+        WHERE h.id = s.holder AND h.state = 'running' AND h.lease_expires_at > now()))
+),
+picked AS (
+    SELECT c.id FROM open_tenants o CROSS JOIN LATERAL (
+        SELECT m.id FROM neuron_tasks.messages m
+        WHERE m.queue_name = %(queue_name)s AND coalesce(m.tenant, '') = o.t
+          AND m.state IN ('pending', 'retrying') AND m.eta <= now()
+          AND (m.topic IS NULL OR m.topic NOT IN (SELECT topic FROM full_topics))
+        ORDER BY m.priority, m.eta, m.id
+        LIMIT (SELECT n FROM share)
+        FOR UPDATE SKIP LOCKED) AS c
+)
 UPDATE neuron_tasks.messages AS m
 SET state = 'running',
     lease_owner = %(owner)s,
@@ -41,12 +92,8 @@ SET state = 'running',
     attempts = m.attempts + 1,
     started_at = now(),
     updated_at = now()
-WHERE m.id IN (
-    SELECT id FROM neuron_tasks.messages
-    WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying') AND eta <= now()
-    ORDER BY priority, eta, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
+FROM picked
+WHERE m.id = picked.id
 RETURNING m.id, m.priority, m.eta, m.payload, m.attempts;
 
 -- name: next_eta
@@ -93,6 +140,19 @@ SET state = 'failed',
     errors = errors || %(entry)s::jsonb,
     updated_at = now()
 WHERE id = %(id)s AND (lease_owner = %(owner)s OR %(owner)s::uuid IS NULL);
+
+-- name: defer
+-- Not run now (a tenant or topic limit): back to the queue until `delay_ms` from now, without
+-- counting an attempt or a retry.
+UPDATE neuron_tasks.messages
+SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
+    eta = now() + %(delay_ms)s * interval '1 millisecond',
+    attempts = greatest(attempts - 1, 0),
+    throttled = throttled + 1,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND lease_owner = %(owner)s;
 
 -- name: release
 -- Give claimed messages back to the queue (worker shutdown, consumer restart).

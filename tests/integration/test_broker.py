@@ -212,6 +212,9 @@ def test_sql_enqueue_runs_in_the_callers_transaction(broker: PostgresBroker, wor
 
 
 def test_sql_enqueue_options_and_bad_input(broker: PostgresBroker) -> None:
+    from neuron_tasks.topics import set_topic
+
+    set_topic(broker.pool, "emails")
     with psycopg.connect(broker.url, autocommit=True) as conn:
         mid = conn.execute(
             "SELECT neuron_tasks.enqueue('q1', 'act', '[1]', '{}', %s)",
@@ -305,6 +308,10 @@ def test_oversize_message_and_bad_options_are_refused(settings: Settings) -> Non
 
 
 def test_tenant_topic_deadline_columns(broker: PostgresBroker) -> None:
+    from neuron_tasks.topics import set_topic
+
+    set_topic(broker.pool, "reports")
+
     @dramatiq.actor(topic="reports")
     def report() -> None: ...
 
