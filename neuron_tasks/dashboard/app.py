@@ -1,0 +1,249 @@
+"""The dashboard's ASGI app: server-rendered pages, dead-letter actions, /metrics, /healthz."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from psycopg_pool import ConnectionPool
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import charts
+from .data import STATES, DashboardData, MessageFilter
+from .metrics import registry, render
+from .parts import PARTS, part_page
+from .render import HERE, templates
+from .security import Guard, GuardMiddleware
+from .settings import DashboardSettings
+
+MAX_PARAM = 200
+NOTICES = {"requeued": "Requeued {n} dead letter(s).", "deleted": "Deleted {n} dead letter(s).",
+           "none": "Nothing selected.", "csrf": "The form expired; reload the page and try again."}
+NAV = [("/", "Overview"), ("/messages", "Messages"), ("/dead-letters", "Dead letters"), ("/workers", "Workers"),
+       *((f"/parts/{p.slug}", p.title) for p in PARTS.values())]
+
+
+def text_param(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name, "").strip()
+    return value[:MAX_PARAM] or None
+
+
+def int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name, "").strip()
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+def message_filter(request: Request) -> MessageFilter:
+    state = text_param(request, "state")
+    return MessageFilter(
+        queue=text_param(request, "queue"), state=state if state in STATES else None,
+        actor=text_param(request, "actor"), tenant=text_param(request, "tenant"),
+        topic=text_param(request, "topic"), text=text_param(request, "q"),
+    )
+
+
+class Dashboard:
+    def __init__(self, pool: ConnectionPool, settings: DashboardSettings) -> None:
+        self.settings = settings
+        self.data = DashboardData(pool, count_cap=settings.dashboard_count_cap,
+                                  window=settings.dashboard_scan_window, stale_s=settings.dashboard_stale_s)
+        self.templates = templates()
+        self.registry = registry(self.data)
+
+    def page(self, request: Request, name: str, started: float, status_code: int = 200,
+             **context: Any) -> Response:
+        ctx = {"nav": NAV, "path": request.url.path, "csrf": getattr(request.state, "csrf", ""),
+               "refresh_s": self.settings.dashboard_refresh_s, "live": False, "notice": None,
+               "render_ms": lambda: (time.perf_counter() - started) * 1000, **context}
+        return self.templates.TemplateResponse(request, name, ctx, status_code=status_code)
+
+    # -- pages -----------------------------------------------------------------------------------
+    async def overview(self, request: Request) -> Response:
+        started = time.perf_counter()
+        ov = await run_in_threadpool(self.data.overview)
+        labels = [m["minute"].astimezone().strftime("%H:%M") for m in ov.throughput]
+        throughput = charts.bars(
+            [("finished", [m["finished"] for m in ov.throughput], "s-finished"),
+             ("dead-lettered", [m["failed"] for m in ov.throughput], "s-failed")],
+            labels, title="Finished and dead-lettered per minute, last hour")
+        depth = charts.bars(
+            [(s, [r[s].best for r in ov.queues], f"s-{s}") for s in STATES],
+            [r["queue_name"] for r in ov.queues], title="Messages per queue and state")
+        return self.page(request, "overview.html", started, ov=ov, throughput=throughput, depth=depth,
+                         states=STATES, live=True, cap=self.data.count_cap)
+
+    async def messages(self, request: Request) -> Response:
+        started = time.perf_counter()
+        flt = message_filter(request)
+        before = int_param(request, "before")
+        page = await run_in_threadpool(self.data.messages, flt, before=before,
+                                       limit=self.settings.dashboard_page_size)
+        next_url = None
+        if page.next_before is not None:
+            next_url = "/messages?" + urlencode({**flt.query(), "before": page.next_before})
+        return self.page(request, "messages.html", started, flt=flt, page=page, states=STATES, next_url=next_url,
+                         first_url="/messages?" + urlencode(flt.query()), paged=before is not None)
+
+    async def queue(self, request: Request) -> Response:
+        name = str(request.path_params["name"])[:MAX_PARAM]
+        return RedirectResponse("/messages?" + urlencode({"queue": name}), status_code=303)
+
+    async def message(self, request: Request) -> Response:
+        started = time.perf_counter()
+        key = str(request.path_params["key"])
+        row = await run_in_threadpool(self.data.message, key)
+        if row is None:
+            return self.page(request, "message.html", started, status_code=404, m=None, key=key[:MAX_PARAM],
+                             timeline=[])
+        return self.page(request, "message.html", started, m=row, key=key[:MAX_PARAM], timeline=timeline(row))
+
+    async def dead_letters(self, request: Request) -> Response:
+        started = time.perf_counter()
+        flt = message_filter(request)
+        flt.state = "failed"
+        after = None
+        after_at, after_id = text_param(request, "after_at"), int_param(request, "after_id")
+        if after_at and after_id is not None:
+            try:
+                after = (datetime.fromisoformat(after_at), after_id)
+            except ValueError:
+                after = None
+        limit = self.settings.dashboard_page_size
+        rows = await run_in_threadpool(self.data.dead_letters, flt, after=after, limit=limit)
+        query = {k: v for k, v in flt.query().items() if k != "state"}
+        next_url = None
+        if len(rows) == limit:
+            last = rows[-1]
+            next_url = "/dead-letters?" + urlencode({**query, "after_at": last["failed_at"].isoformat(),
+                                                     "after_id": last["id"]})
+        notice = None
+        done = request.query_params.get("done")
+        if done in NOTICES:
+            n = int_param(request, "n") or 0
+            notice = NOTICES[done].format(n=n)
+        return self.page(request, "dead_letters.html", started, flt=flt, rows=rows, next_url=next_url,
+                         query=query, notice=notice, paged=after is not None)
+
+    async def dead_letter_action(self, request: Request) -> Response:
+        form = await request.form()
+        guard: Guard = request.app.state.guard
+        back = {k: str(form.get(k, ""))[:MAX_PARAM] for k in ("queue", "actor", "tenant", "q") if form.get(k)}
+        if not guard.csrf_ok(request, str(form.get("csrf", ""))):
+            return PlainTextResponse("CSRF check failed: reload the page and try again.\n", status_code=403)
+        action = str(form.get("action", ""))
+        ids = [int(v) for v in form.getlist("ids") if str(v).isdigit() and len(str(v)) < 19]
+        for one in ("requeue_one", "delete_one"):
+            value = str(form.get(one, ""))
+            if value.isdigit() and len(value) < 19:
+                action, ids = one.split("_")[0], [int(value)]
+        flt = MessageFilter(queue=back.get("queue"), actor=back.get("actor"), tenant=back.get("tenant"),
+                            text=back.get("q"))
+        if form.get("scope") == "all":
+            ids = await run_in_threadpool(self.data.dead_letter_ids, flt)
+        if action not in ("requeue", "delete"):
+            return PlainTextResponse("unknown action\n", status_code=400)
+        if not ids and form.get("scope") != "all":
+            done, n = "none", 0
+        elif action == "requeue":
+            done, n = "requeued", await run_in_threadpool(self.data.requeue, ids)
+        elif form.get("scope") == "all":
+            done, n = "deleted", await run_in_threadpool(self.data.purge, flt)
+        else:
+            done, n = "deleted", await run_in_threadpool(self.data.delete, ids)
+        return RedirectResponse("/dead-letters?" + urlencode({**back, "done": done, "n": n}), status_code=303)
+
+    async def workers(self, request: Request) -> Response:
+        started = time.perf_counter()
+
+        def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+            return self.data.workers(), self.data.worker_status()
+
+        rows, status = await run_in_threadpool(load)
+        return self.page(request, "workers.html", started, rows=rows, status=status, live=True)
+
+    async def part(self, request: Request) -> Response:
+        started = time.perf_counter()
+        part = PARTS.get(str(request.path_params["slug"]))
+        if part is None:
+            return self.page(request, "part.html", started, status_code=404, p=None, charts={})
+        table = text_param(request, "table")
+        table = table if table in part.tables else None
+        p = await run_in_threadpool(part_page, self.data, part, table=table, after=text_param(request, "after"),
+                                    limit=self.settings.dashboard_page_size)
+        extra = {}
+        for name, rows in (p.get("tuner") or {}).items():
+            labels = [r["at"].astimezone().strftime("%H:%M") for r in rows]
+            extra[name] = [
+                charts.lines([("ef_search", [r["ef"] for r in rows], "s-pending")], labels, title=f"{name} ef_search"),
+                charts.lines([("recall", [r["recall"] for r in rows], "s-finished")], labels, title=f"{name} recall"),
+                charts.lines([("p95 ms", [r["p95_ms"] for r in rows], "s-retrying"),
+                              ("p99 ms", [r["p99_ms"] for r in rows], "s-failed")], labels,
+                             title=f"{name} latency p95/p99 ms"),
+            ]
+        return self.page(request, "part.html", started, p=p, charts=extra)
+
+    # -- machine endpoints -------------------------------------------------------------------------
+    async def metrics(self, request: Request) -> Response:
+        body = await run_in_threadpool(render, self.registry)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            ok = await run_in_threadpool(self.data.ping)
+        except Exception as exc:
+            return PlainTextResponse(f"database unavailable: {type(exc).__name__}\n", status_code=503)
+        return PlainTextResponse("ok\n" if ok else "database unavailable\n", status_code=200 if ok else 503)
+
+
+def timeline(row: dict[str, Any]) -> list[tuple[Any, str]]:
+    """What happened to a message, in order (times as datetimes or epoch seconds)."""
+    events: list[tuple[float, Any, str]] = []
+
+    def add(at: Any, what: str) -> None:
+        if at is None:
+            return
+        key = at.timestamp() if isinstance(at, datetime) else float(at)
+        events.append((key, at, what))
+
+    add(row.get("enqueued_at"), "enqueued")
+    if row.get("eta") and row.get("enqueued_at") and row["eta"] > row["enqueued_at"]:
+        add(row.get("eta"), "due (eta)")
+    add(row.get("started_at"), "started (latest attempt)")
+    for err in row.get("errors") or []:
+        if isinstance(err, dict) and isinstance(err.get("at"), int | float):
+            add(err["at"], f"attempt {err.get('attempt', '?')} failed: {err.get('type', '')}")
+    add(row.get("failed_at"), "dead-lettered")
+    add(row.get("finished_at"), "finished")
+    events.sort(key=lambda e: e[0])
+    return [(at, what) for _, at, what in events]
+
+
+def create_app(pool: ConnectionPool, settings: DashboardSettings | None = None) -> Starlette:
+    settings = settings or DashboardSettings()
+    dash = Dashboard(pool, settings)
+    guard = Guard(settings.dashboard_token)
+    routes = [
+        Route("/", dash.overview),
+        Route("/messages", dash.messages),
+        Route("/messages/{key}", dash.message),
+        Route("/queues/{name}", dash.queue),
+        Route("/dead-letters", dash.dead_letters),
+        Route("/dead-letters/action", dash.dead_letter_action, methods=["POST"]),
+        Route("/workers", dash.workers),
+        Route("/parts/{slug}", dash.part),
+        Route("/metrics", dash.metrics),
+        Route("/healthz", dash.healthz),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(GuardMiddleware, guard=guard)])
+    app.state.guard = guard
+    app.state.dashboard = dash
+    return app

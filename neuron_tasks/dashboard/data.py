@@ -1,0 +1,323 @@
+"""What the dashboard reads and changes, all through named statements (queries/dashboard.sql).
+
+Every read is bounded: counts stop at `count_cap` and fall back to the planner's estimate, the
+message list scans fixed windows of the primary key, lists are keyset-paged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from dramatiq.message import Message
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from ..repo import FAILURE_OPTIONS, Repo
+from ..sql import q
+
+STATES = ("pending", "running", "retrying", "failed")
+#: Largest number of dead letters one "all matching" action touches.
+BULK_LIMIT = 10_000
+
+
+@dataclass
+class Count:
+    """A bounded count: exact when below the cap, else at least `cap` with an estimate."""
+
+    value: int
+    exact: bool = True
+    estimate: int | None = None
+
+    @property
+    def best(self) -> int:
+        if self.exact:
+            return self.value
+        return max(self.value, self.estimate or 0)
+
+    def __str__(self) -> str:
+        if self.exact:
+            return f"{self.value:,}"
+        return f"~{self.best:,}"
+
+
+@dataclass
+class MessageFilter:
+    queue: str | None = None
+    state: str | None = None
+    actor: str | None = None
+    tenant: str | None = None
+    topic: str | None = None
+    text: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue, "state": self.state, "actor": self.actor, "tenant": self.tenant,
+            "topic": self.topic, "text": self.text.encode() if self.text else None,
+        }
+
+    def query(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v}
+
+
+@dataclass
+class MessagePage:
+    rows: list[dict[str, Any]]
+    scanned_to: int | None  # the lowest id looked at; None when the table's end was reached
+    next_before: int | None  # the keyset cursor of the next page
+    elapsed_ms: float = 0.0
+
+
+@dataclass
+class Overview:
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Count] = field(default_factory=dict)
+    throughput: list[dict[str, Any]] = field(default_factory=list)
+    workers_alive: int = 0
+    table_estimate: int = 0
+
+
+class DashboardData:
+    def __init__(self, pool: ConnectionPool, *, count_cap: int = 10_000, window: int = 20_000,
+                 stale_s: float = 30.0) -> None:
+        self.pool = pool
+        self.count_cap = count_cap
+        self.window = window
+        self.stale_s = stale_s
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(q(name), params or {})
+            return cur.fetchall() if cur.description else []
+
+    def _one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        rows = self._all(name, params)
+        return rows[0] if rows else None
+
+    def exists(self, table: str) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        return bool(row and row[0])
+
+    def function_exists(self, name: str) -> bool:
+        row = self._one("dash_function_exists", {"name": name})
+        return bool(row and row["present"])
+
+    def ping(self) -> bool:
+        return self._one("dash_ping") is not None
+
+    def estimate(self, queue: str, state: str) -> int:
+        """The planner's estimate of a queue's messages in a state (no scan)."""
+        stmt = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM neuron_tasks.messages WHERE queue_name = {} AND state = {}")
+        with self.pool.connection() as conn:
+            row = conn.execute(stmt.format(sql.Literal(queue), sql.Literal(state))).fetchone()
+        plan = row[0] if row else None
+        if isinstance(plan, str):
+            plan = json.loads(plan)
+        try:
+            return int(plan[0]["Plan"]["Plan Rows"])  # type: ignore[index]
+        except (TypeError, KeyError, IndexError, ValueError):
+            return 0
+
+    # -- overview and metrics ---------------------------------------------------------------
+    def queue_counts(self) -> list[dict[str, Any]]:
+        names = [r["queue_name"] for r in self._all("dash_queue_names")]
+        if not names:
+            return []
+        rows = self._all("dash_queue_counts", {"queues": names, "cap": self.count_cap})
+        for row in rows:
+            for state in (*STATES, "finished_last_hour"):
+                n = int(row[state])
+                if n < self.count_cap:
+                    row[state] = Count(n)
+                elif state == "finished_last_hour":
+                    row[state] = Count(n, exact=False)
+                else:
+                    row[state] = Count(n, exact=False, estimate=self.estimate(row["queue_name"], state))
+        return rows
+
+    def overview(self) -> Overview:
+        out = Overview(queues=self.queue_counts())
+        for state in (*STATES, "finished_last_hour"):
+            cells = [r[state] for r in out.queues]
+            out.totals[state] = Count(sum(c.best for c in cells), exact=all(c.exact for c in cells))
+        out.throughput = self._all("dash_throughput", {"minutes": 60})
+        out.workers_alive = self.workers_alive()
+        row = self._one("dash_table_estimate", {"table": "neuron_tasks.messages"})
+        out.table_estimate = max(int(row["estimate"]), 0) if row else 0
+        return out
+
+    def workers_alive(self) -> int:
+        row = self._one("dash_workers_alive", {"stale_s": self.stale_s})
+        return int(row["alive"]) if row else 0
+
+    # -- messages ----------------------------------------------------------------------------
+    def messages(self, flt: MessageFilter, *, before: int | None, limit: int = 50,
+                 budget_ms: float = 120.0) -> MessagePage:
+        """Newest first below `before`: scan windows of the primary key until `limit` rows match,
+        the table ends, or the time budget is spent (then the page says how far it looked)."""
+        started = time.perf_counter()
+        cursor = before if before is not None else 2**62
+        rows: list[dict[str, Any]] = []
+        next_before: int | None = None
+        while True:
+            params = {**flt.params(), "before": cursor, "window": self.window, "limit": limit - len(rows)}
+            found = self._all("dash_messages_window", params)
+            rows.extend(found)
+            if len(rows) >= limit:
+                next_before = rows[-1]["id"]
+                break
+            if found:
+                floor = found[0]["window_floor"]
+            else:
+                f = self._one("dash_window_floor", {"before": cursor, "window": self.window})
+                floor = f["floor"] if f else None
+            if floor is None:  # nothing below: the end of the table
+                break
+            cursor = int(floor)  # the whole window was looked at: go lower
+            if (time.perf_counter() - started) * 1000 > budget_ms:
+                next_before = cursor
+                break
+        for row in rows:
+            row["preview"] = preview(row.pop("payload_head"))
+            row.pop("window_floor", None)
+        elapsed = (time.perf_counter() - started) * 1000
+        return MessagePage(rows, scanned_to=next_before, next_before=next_before, elapsed_ms=elapsed)
+
+    def message(self, key: str) -> dict[str, Any] | None:
+        """A live message by row id or message id; else its history row (state finished)."""
+        key = key.strip()[:200]
+        row_id: int | None = int(key) if key.isdigit() and len(key) < 19 else None
+        if row_id is None:
+            hit = self._one("dash_message_by_message_id", {"message_id": key})
+            row_id = hit["id"] if hit else None
+        if row_id is not None:
+            row = self._one("dash_message_by_id", {"id": row_id})
+            if row is not None:
+                row["message"] = decode_payload(bytes(row.pop("payload")))
+                return row
+        hist = self._one("dash_history_by_id", {"id": row_id if row_id is not None else -1, "message_id": key,
+                                                "lookback_s": 7 * 86400})
+        if hist is not None:
+            hist["state"] = "finished"
+            hist["errors"] = []
+            hist["message"] = None
+        return hist
+
+    # -- dead letters --------------------------------------------------------------------------
+    def dead_letters(self, flt: MessageFilter, *, after: tuple[datetime, int] | None,
+                     limit: int = 50) -> list[dict[str, Any]]:
+        params = {"queue": flt.queue, "actor": flt.actor, "tenant": flt.tenant, "text": flt.text or None,
+                  "after_at": after[0] if after else None, "after_id": after[1] if after else None,
+                  "limit": limit}
+        return self._all("dash_dead_letters", params)
+
+    def dead_letter_ids(self, flt: MessageFilter) -> list[int]:
+        params = {"queue": flt.queue, "actor": flt.actor, "tenant": flt.tenant, "text": flt.text or None,
+                  "limit": BULK_LIMIT}
+        return [r["id"] for r in self._all("dash_dead_letter_ids", params)]
+
+    def requeue(self, ids: list[int]) -> int:
+        """Dead letters back to pending, as `Repo.requeue` does, looking rows up by primary key."""
+        done = 0
+        for row_id in ids:
+            row = self._one("dash_message_by_id", {"id": row_id})
+            if row is None or row["state"] != "failed":
+                continue
+            payload = clean_payload(bytes(row["payload"]))
+            with self.pool.connection() as conn, conn.transaction():
+                requeued = conn.execute(q("requeue_dead_letter"), {"id": row_id, "payload": payload}).fetchall()
+                for (queue_name,) in requeued:
+                    conn.execute(q("notify"), {"queue_name": queue_name})
+            done += len(requeued)
+        return done
+
+    def delete(self, ids: list[int]) -> int:
+        with self.pool.connection() as conn:
+            return conn.execute(q("dash_delete_dead_letters"), {"ids": ids}).rowcount
+
+    def purge(self, flt: MessageFilter) -> int:
+        """Every dead letter matching a filter; a queue-only filter uses `Repo.purge` (unbounded)."""
+        if not (flt.actor or flt.tenant or flt.text):
+            return Repo(self.pool).purge(queue=flt.queue)
+        return self.delete(self.dead_letter_ids(flt))
+
+    # -- workers and optional parts --------------------------------------------------------------
+    def workers(self) -> list[dict[str, Any]]:
+        return self._all("dash_workers_table", {"stale_s": self.stale_s})
+
+    def worker_status(self) -> list[dict[str, Any]] | None:
+        """Rows of neuron_tasks.worker_status() when that function exists (issue 4), else None."""
+        if not self.function_exists("worker_status"):
+            return None
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT * FROM neuron_tasks.worker_status() LIMIT 500")
+            return cur.fetchall()
+
+    def table_page(self, table: str, *, after: str | None, limit: int = 50) -> dict[str, Any]:
+        """Rows of any table, keyset-paged on its one-column primary key or else on ctid."""
+        columns = self._all("dash_table_columns", {"table": table})
+        key_row = self._one("dash_table_key", {"table": table})
+        key = key_row["name"] if key_row else None
+        schema, name = table.split(".", 1)
+        ident = sql.Identifier(schema, name)
+        if key:
+            keycol = sql.Identifier(key)
+            where = sql.SQL("WHERE {k} > %(after)s").format(k=keycol) if after is not None else sql.SQL("")
+            stmt = sql.SQL("SELECT *, {k}::text AS _cursor FROM {t} {w} ORDER BY {k} LIMIT %(limit)s").format(
+                k=keycol, t=ident, w=where)
+        else:
+            where = sql.SQL("WHERE ctid > %(after)s::tid") if after is not None else sql.SQL("")
+            stmt = sql.SQL("SELECT *, ctid::text AS _cursor FROM {t} {w} ORDER BY ctid LIMIT %(limit)s").format(
+                t=ident, w=where)
+        rows: list[dict[str, Any]] = []
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            try:
+                cur.execute(stmt, {"after": after, "limit": limit})
+                rows = cur.fetchall()
+            except psycopg.DataError:
+                rows = []  # a cursor value the key's type does not accept: an empty page
+        estimate = self._one("dash_table_estimate", {"table": table})
+        return {
+            "columns": [c["name"] for c in columns],
+            "types": {c["name"]: c["type"] for c in columns},
+            "rows": rows,
+            "key": key or "ctid",
+            "next_after": rows[-1]["_cursor"] if len(rows) == limit else None,
+            "estimate": max(int(estimate["estimate"]), 0) if estimate else 0,
+        }
+
+
+def clean_payload(payload: bytes) -> bytes:
+    """The payload without Dramatiq's record of past failures (as `Repo.requeue` does)."""
+    try:
+        message = Message.decode(payload)
+        options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
+        return message.copy(options=options).encode()
+    except Exception:
+        return payload  # an undecodable payload is requeued as it is; it fails the same way
+
+
+def decode_payload(payload: bytes) -> dict[str, Any] | str:
+    try:
+        value = json.loads(payload)
+        return value if isinstance(value, dict) else payload.decode("utf-8", "replace")
+    except (ValueError, UnicodeDecodeError):
+        return payload.decode("utf-8", "replace")
+
+
+def preview(head: Any) -> str:
+    """Args of a message from the first bytes of its payload, for the list (never trusted)."""
+    if head is None:
+        return ""
+    text = bytes(head).decode("utf-8", "replace")
+    marker = text.find('"args"')
+    if marker >= 0:
+        text = text[marker + 7:].lstrip(": ")
+    return text[:160]

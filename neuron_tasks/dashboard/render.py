@@ -1,0 +1,87 @@
+"""Templates and the filters that make any value safe to show (escaped by Jinja, cut to size)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.templating import Jinja2Templates
+
+HERE = Path(__file__).parent
+#: Longest text shown in a table cell, and in a block (args, traceback).
+CELL_CHARS = 200
+BLOCK_CHARS = 20_000
+
+
+def cut(value: Any, limit: int = CELL_CHARS) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… ({len(text) - limit:,} more characters)"
+
+
+def cell(value: Any, limit: int = CELL_CHARS) -> str:
+    """Any database value as short text (Jinja escapes it)."""
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, timedelta):
+        return age(value.total_seconds())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, bytes | memoryview):
+        return f"<{len(bytes(value)):,} bytes>"
+    if isinstance(value, dict | list | tuple):
+        return cut(json.dumps(value, default=str), limit)
+    return cut(value, limit)
+
+
+def pretty(value: Any, limit: int = BLOCK_CHARS) -> str:
+    """JSON, indented, cut to size."""
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = str(value)
+    return cut(text, limit)
+
+
+def age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)}m {int(s % 60)}s"
+    if s < 86400:
+        return f"{int(s // 3600)}h {int(s % 3600 // 60)}m"
+    return f"{int(s // 86400)}d {int(s % 86400 // 3600)}h"
+
+
+def epoch(value: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(value)).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return cell(value)
+
+
+def templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(cell=cell, cut=cut, pretty=pretty, age=age, epoch=epoch)
+    return Jinja2Templates(env=env)

@@ -1,0 +1,32 @@
+"""Dashboard settings (env NEURON_TASKS_DASHBOARD_*); merged into the project's settings later."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class DashboardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+
+    dashboard_host: str = Field(default="127.0.0.1", description="address to bind; anything but loopback needs a token")
+    dashboard_port: int = Field(default=8787, ge=0, le=65535, description="port to bind (0 = any free port)")
+    dashboard_token: str | None = Field(
+        default=None, description="access token; required when binding beyond loopback, then needed on every request"
+    )
+    dashboard_refresh_s: int = Field(default=5, ge=0, le=3600, description="auto-refresh period of live pages")
+    dashboard_page_size: int = Field(default=50, ge=1, le=500, description="rows per page")
+    dashboard_count_cap: int = Field(
+        default=10_000, ge=100, description="exact counts stop here; above it the planner's estimate is shown"
+    )
+    dashboard_scan_window: int = Field(
+        default=20_000, ge=100, description="messages looked at per step when a filter is selective"
+    )
+    dashboard_stale_s: float = Field(default=30.0, gt=0, description="a worker silent this long is not alive")
+    dashboard_pool_max_size: int = Field(default=8, ge=2, description="connections of the web process")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
