@@ -31,9 +31,13 @@ NAV = [("/", "Overview"), ("/messages", "Messages"), ("/dead-letters", "Dead let
        *((f"/parts/{p.slug}", p.title) for p in PARTS.values())]
 
 
+def clean(value: str) -> str:
+    """A user-supplied value cut to size, without NUL (PostgreSQL text cannot hold it)."""
+    return value.replace("\x00", "").strip()[:MAX_PARAM]
+
+
 def text_param(request: Request, name: str) -> str | None:
-    value = request.query_params.get(name, "").strip()
-    return value[:MAX_PARAM] or None
+    return clean(request.query_params.get(name, "")) or None
 
 
 def int_param(request: Request, name: str) -> int | None:
@@ -93,17 +97,16 @@ class Dashboard:
                          first_url="/messages?" + urlencode(flt.query()), paged=before is not None)
 
     async def queue(self, request: Request) -> Response:
-        name = str(request.path_params["name"])[:MAX_PARAM]
+        name = clean(str(request.path_params["name"]))
         return RedirectResponse("/messages?" + urlencode({"queue": name}), status_code=303)
 
     async def message(self, request: Request) -> Response:
         started = time.perf_counter()
-        key = str(request.path_params["key"])
-        row = await run_in_threadpool(self.data.message, key)
+        key = clean(str(request.path_params["key"]))
+        row = await run_in_threadpool(self.data.message, key) if key else None
         if row is None:
-            return self.page(request, "message.html", started, status_code=404, m=None, key=key[:MAX_PARAM],
-                             timeline=[])
-        return self.page(request, "message.html", started, m=row, key=key[:MAX_PARAM], timeline=timeline(row))
+            return self.page(request, "message.html", started, status_code=404, m=None, key=key, timeline=[])
+        return self.page(request, "message.html", started, m=row, key=key, timeline=timeline(row))
 
     async def dead_letters(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -135,7 +138,7 @@ class Dashboard:
     async def dead_letter_action(self, request: Request) -> Response:
         form = await request.form()
         guard: Guard = request.app.state.guard
-        back = {k: str(form.get(k, ""))[:MAX_PARAM] for k in ("queue", "actor", "tenant", "q") if form.get(k)}
+        back = {k: clean(str(form.get(k, ""))) for k in ("queue", "actor", "tenant", "q") if form.get(k)}
         if not guard.csrf_ok(request, str(form.get("csrf", ""))):
             return PlainTextResponse("CSRF check failed: reload the page and try again.\n", status_code=403)
         action = str(form.get("action", ""))

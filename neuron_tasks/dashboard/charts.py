@@ -39,7 +39,7 @@ def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[st
             parts.append(f'<rect class="{escape(cls)}" x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar:.1f}" '
                          f'height="{h:.1f}"><title>{escape(label)} {escape(name)}: {_fmt(v)}</title></rect>')
     step = max(n // 6, 1)
-    for i in range(0, n, step):
+    for i in range(0, len(labels), step):
         parts.append(f'<text class="tick" x="{pad_l + i * group:.1f}" y="{height - 4}">{escape(labels[i])}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
