@@ -41,7 +41,7 @@ from .consumer import PgConsumer, PgMessageProxy
 from .errors import DeadLettered, DuplicateJob, InvalidOption, MessageTooLarge, QueueFull, UnknownTenant, UnknownTopic
 from .keeper import Keeper, Stats
 from .listener import Listener
-from .middleware import Deadlines, MessageOptions, Retries, Tenancy, Topics, WorkerStats
+from .middleware import Deadlines, MessageOptions, PoisonGuard, Retries, Tenancy, Topics, WorkerStats
 from .options import columns, fingerprint_of
 from .policies import Policies
 from .sql import q
@@ -61,6 +61,7 @@ def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
         Deadlines(),
         Tenancy(),
         Topics(),
+        PoisonGuard(),
         AgeLimit(),
         TimeLimit(time_limit=settings.timeout_ms),
         ShutdownNotifications(),

@@ -97,7 +97,7 @@ def worker(
 
     def command(index: int) -> list[str]:
         args = ["-m", "neuron_tasks.worker_process", *(modules or []), "--threads", str(threads)]
-        args += ["--index", str(index), "--log-level", "INFO" if level == "WARNING" else level]
+        args += ["--index", str(index), "--log-level", "INFO" if level == "WARNING" else level, "--supervised"]
         if queues:
             args += ["--queues", *queues]
         return python_command(*args)

@@ -32,10 +32,11 @@ def exception_type_name(exc: BaseException) -> str:
 class PgMessageProxy(MessageProxy):
     """A claimed message: knows its row, and whether the worker asked to retry it."""
 
-    def __init__(self, message: Message, row_id: int, attempt: int, consumer: PgConsumer) -> None:
+    def __init__(self, message: Message, row_id: int, attempt: int, consumer: PgConsumer, deaths: int = 0) -> None:
         super().__init__(message)
         self.row_id = row_id
         self.attempt = attempt
+        self.deaths = deaths
         self._consumer: PgConsumer | None = consumer
         self._retry: tuple[bytes, int] | None = None
         self._defer: tuple[int, str] | None = None
@@ -76,7 +77,7 @@ class PgConsumer(Consumer):
         self.queue_name = queue_name
         self.limit = max(1, limit)
         self.timeout_s = timeout_ms / 1000.0
-        self.cache: deque[tuple[int, int, bytes]] = deque()
+        self.cache: deque[tuple[int, int, bytes, int]] = deque()
         self.event = broker.event(queue_name)
         self._held = 0
         self._held_lock = threading.Lock()
@@ -146,13 +147,13 @@ class PgConsumer(Consumer):
             proxy = self._own(message)
             ids.append(proxy.row_id)
             self._release_slot(proxy)
-        ids.extend(row_id for row_id, _, _ in self.cache)
+        ids.extend(entry[0] for entry in self.cache)
         self.cache.clear()
         self.broker.release(ids)
 
     def close(self) -> None:
         if self.cache:
-            ids = [row_id for row_id, _, _ in self.cache]
+            ids = [entry[0] for entry in self.cache]
             self.cache.clear()
             try:
                 self.broker.release(ids)
@@ -167,14 +168,15 @@ class PgConsumer(Consumer):
         return message
 
     def _release_slot(self, proxy: PgMessageProxy) -> None:
-        if proxy._consumer is None:
+        claimer = proxy._consumer  # after a consumer restart, acks arrive through the new one
+        if claimer is None:
             return
         proxy._consumer = None
-        with self._held_lock:
-            self._held -= 1
-        self.event.set()
+        with claimer._held_lock:
+            claimer._held -= 1
+        claimer.event.set()
 
-    def _claim(self, room: int) -> list[tuple[int, int, bytes]]:
+    def _claim(self, room: int) -> list[tuple[int, int, bytes, int]]:
         params = {
             "queue_name": self.queue_name,
             "owner": self.broker.owner,
@@ -190,7 +192,7 @@ class PgConsumer(Consumer):
         rows.sort(key=lambda r: (r[1], r[2], r[0]))
         with self._held_lock:
             self._held += len(rows)
-        return [(int(r[0]), int(r[4]), bytes(r[3])) for r in rows]
+        return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5])) for r in rows]
 
     def _next_due(self) -> float | None:
         try:
@@ -200,7 +202,7 @@ class PgConsumer(Consumer):
             raise ConnectionClosed(exc) from None
         return None if row is None or row[0] is None else float(row[0])
 
-    def _decode(self, row_id: int, attempt: int, payload: bytes) -> PgMessageProxy | None:
+    def _decode(self, row_id: int, attempt: int, payload: bytes, deaths: int) -> PgMessageProxy | None:
         try:
             message = Message.decode(payload)
             options = message.options
@@ -211,7 +213,7 @@ class PgConsumer(Consumer):
         except Exception as exc:
             self._dead_letter_undecodable(row_id, exc)
             return None
-        return PgMessageProxy(message, row_id, attempt, self)
+        return PgMessageProxy(message, row_id, attempt, self, deaths)
 
     def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:
         cause = exc.__cause__ or exc

@@ -107,7 +107,9 @@ class Keeper(threading.Thread):
     def sweep(self) -> int:
         """Return expired leases' messages to their queues; dead-letter poison messages."""
         with self._pool().connection() as conn:
-            rows = conn.execute(q("reclaim_expired"), {"max_deaths": self.settings.max_retries}).fetchall()
+            # At least one re-run after a crash, even with max_retries=0.
+            max_deaths = max(self.settings.max_retries, 1)
+            rows = conn.execute(q("reclaim_expired"), {"max_deaths": max_deaths}).fetchall()
             for queue_name in {r[0] for r in rows if r[1] != "failed"}:
                 conn.execute(q("notify"), {"queue_name": queue_name})
         if rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queues", nargs="*", default=None)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--supervised", action="store_true", help="started by `neuron-tasks worker`")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
@@ -59,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if args.supervised else on_signal)
     worker = dramatiq.Worker(broker, queues=set(args.queues) if args.queues else None, worker_threads=args.threads)
     worker.start()
     log.info("worker ready: %d threads, queues %s", args.threads, sorted(broker.get_declared_queues()))
-    stop.wait()
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if args.supervised and os.getppid() != parent:
+            log.warning("the supervisor is gone; draining and stopping")
+            stop.set()
     log.info("stopping: running jobs get %.0fs to finish", settings.shutdown_timeout_s)
     worker.stop(timeout=int(settings.shutdown_timeout_s * 1000))
     broker.close()

@@ -3,7 +3,8 @@
 -- worker_status() and the seed's monitoring views.
 
 ALTER TABLE neuron_tasks.messages
-    ADD COLUMN throttled integer NOT NULL DEFAULT 0;   -- times deferred by a tenant or topic limit
+    ADD COLUMN throttled integer NOT NULL DEFAULT 0,   -- times deferred by a tenant or topic limit
+    ADD COLUMN started_attempt integer;                -- attempt a worker proved it started (poison detection)
 
 -- Fair dequeue: ready messages grouped by tenant ('' = none), then by priority and age.
 DROP INDEX neuron_tasks.messages_ready_idx;

@@ -79,6 +79,7 @@ def broker(settings: Settings) -> Iterator[PostgresBroker]:
 
 @pytest.fixture
 def worker(broker: PostgresBroker) -> Iterator[dramatiq.Worker]:
+    broker.emit_after("process_boot")  # starts TimeLimit's monitor, as a worker process does
     w = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     w.start()
     yield w

@@ -2,9 +2,10 @@
 
 from .deadlines import Deadlines
 from .message_options import MessageOptions
+from .poison import PoisonGuard
 from .retries import Retries, non_retryable
 from .tenancy import Tenancy
 from .topics import Topics
 from .worker_stats import WorkerStats
 
-__all__ = ["Deadlines", "MessageOptions", "Retries", "Tenancy", "Topics", "WorkerStats", "non_retryable"]
+__all__ = ["Deadlines", "MessageOptions", "PoisonGuard", "Retries", "Tenancy", "Topics", "WorkerStats", "non_retryable"]

@@ -94,7 +94,7 @@ SET state = 'running',
     updated_at = now()
 FROM picked
 WHERE m.id = picked.id
-RETURNING m.id, m.priority, m.eta, m.payload, m.attempts;
+RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths;
 
 -- name: next_eta
 -- Seconds until the next delayed message of a queue is due (NULL when none waits).
@@ -209,19 +209,24 @@ UPDATE neuron_tasks.workers SET stopped_at = now(), heartbeat_at = now() WHERE w
 -- name: reclaim_expired
 -- Sweeper: messages whose worker stopped heartbeating go back to the queue, or, once their
 -- workers have died more than `max_deaths` times holding them, to the dead letters (poison).
+-- A first death is counted for every message the worker held; later ones only for messages the
+-- worker proved it had started (started_attempt), so messages that were merely prefetched next
+-- to a poison job are not condemned with it.
 WITH expired AS (
-    SELECT id FROM neuron_tasks.messages
+    SELECT id,
+           deaths + CASE WHEN deaths = 0 OR started_attempt = attempts THEN 1 ELSE 0 END AS new_deaths
+    FROM neuron_tasks.messages
     WHERE state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED)
 UPDATE neuron_tasks.messages AS m
-SET deaths = m.deaths + 1,
-    state = CASE WHEN m.deaths + 1 > %(max_deaths)s THEN 'failed'
+SET deaths = e.new_deaths,
+    state = CASE WHEN e.new_deaths > %(max_deaths)s THEN 'failed'
                  WHEN m.retries > 0 THEN 'retrying' ELSE 'pending' END,
-    failed_at = CASE WHEN m.deaths + 1 > %(max_deaths)s THEN now() END,
-    last_error = CASE WHEN m.deaths + 1 > %(max_deaths)s
-                      THEN format('PoisonMessage: its worker died %%s times while holding it', m.deaths + 1)
+    failed_at = CASE WHEN e.new_deaths > %(max_deaths)s THEN now() END,
+    last_error = CASE WHEN e.new_deaths > %(max_deaths)s
+                      THEN format('PoisonMessage: its worker died %%s times while running it', e.new_deaths)
                       ELSE m.last_error END,
     errors = m.errors || jsonb_build_array(jsonb_build_object(
         'at', now(), 'attempt', m.attempts, 'type', 'neuron_tasks.errors.WorkerDied',
@@ -230,9 +235,15 @@ SET deaths = m.deaths + 1,
     lease_owner = NULL,
     lease_expires_at = NULL,
     updated_at = now()
-FROM expired
-WHERE m.id = expired.id
+FROM expired AS e
+WHERE m.id = e.id
 RETURNING m.queue_name, m.state;
+
+-- name: mark_started
+-- A message that killed a worker before is about to run again: record it, so a second death
+-- counts against it (see reclaim_expired).
+UPDATE neuron_tasks.messages SET started_attempt = attempts
+WHERE id = %(id)s AND lease_owner = %(owner)s;
 
 -- name: trim_history
 -- Retention of finished-message history.
