@@ -28,17 +28,19 @@ def client(url: str, **settings: Any) -> Iterator[TestClient]:
 
 
 def enqueue(url: str, actor: str, args: list[Any], *, queue: str = "default", tenant: str | None = None,
-            topic: str | None = None, priority: int = 0) -> int:
+            topic: str | None = None, priority: int = 0, failed: bool = False) -> int:
     """A pending message inserted as the broker would (Dramatiq JSON payload); returns its row id.
+    With `failed`, it is a dead letter from the start (no running worker can claim it first).
 
     Inserted directly so these tests do not depend on other parts' enqueue rules (known topics)."""
     options = {k: v for k, v in {"tenant": tenant, "topic": topic}.items() if v is not None}
     message = Message(queue_name=queue, actor_name=actor, args=tuple(args), kwargs={}, options=options)
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            "INSERT INTO neuron_tasks.messages (message_id, queue_name, actor_name, priority, tenant, topic, payload)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (message.message_id, queue, actor, priority, tenant, topic, message.encode())).fetchone()
+            "INSERT INTO neuron_tasks.messages (message_id, queue_name, actor_name, priority, tenant, topic, payload,"
+            " state, failed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING id",
+            (message.message_id, queue, actor, priority, tenant, topic, message.encode(),
+             "failed" if failed else "pending", failed)).fetchone()
     assert row is not None
     return int(row[0])
 

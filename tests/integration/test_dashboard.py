@@ -87,7 +87,7 @@ def test_selective_filter_scans_windows_within_a_budget(clean_db: str) -> None:
         data = DashboardData(pool, window=100)
         from neuron_tasks.dashboard.data import MessageFilter
 
-        page = data.messages(MessageFilter(actor="rare"), before=None, limit=10)
+        page = data.messages(MessageFilter(actor="rare"), before=None, limit=10, budget_ms=60_000)
         assert [r["id"] for r in page.rows] == [first] and page.next_before is None
         cut = data.messages(MessageFilter(actor="rare"), before=None, limit=10, budget_ms=0)
         assert cut.rows == [] and cut.next_before is not None  # stopped early, says where to go on
@@ -156,8 +156,8 @@ def test_requeued_dead_letter_runs(broker: PostgresBroker, worker: dramatiq.Work
     def dash_job(n: int) -> None:
         done.append(n)
 
-    row = enqueue(url, "dash_job", [41], queue="dash_runs")
-    kill(url, row)  # a dead letter before any worker took it (the worker does not claim failed rows)
+    row = enqueue(url, "dash_job", [41], queue="dash_runs", failed=True)
+    kill(url, row)  # with its error entries
     with client(url) as c:
         _action(c, "/dead-letters", requeue_one=str(row))
     deadline = time.monotonic() + 20

@@ -1,0 +1,123 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright;
+no browser is downloaded). Screenshots go to artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+
+from neuron_tasks import PostgresBroker
+from neuron_tasks.dashboard.server import BackgroundDashboard
+from neuron_tasks.dashboard.settings import DashboardSettings
+from neuron_tasks.db import make_pool
+from tests.conftest import ROOT
+from tests.integration.dashboard_helpers import enqueue, kill, states
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is absent: apt-get install -y chromium (scripts/test does)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    p = context.new_page()
+    yield p
+    context.close()
+
+
+@pytest.fixture
+def dashboard(clean_db: str) -> Iterator[str]:
+    pool = make_pool(clean_db, max_size=4, name="neuron_tasks-dashboard-test")
+    server = BackgroundDashboard(pool, DashboardSettings(dashboard_port=0, dashboard_refresh_s=1))
+    url = server.start()
+    yield url.rstrip("/")
+    server.stop()
+    pool.close()
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_overview_shows_live_numbers(page: Any, dashboard: str, clean_db: str) -> None:
+    for i in range(3):
+        enqueue(clean_db, "add", [i], queue="live")
+    kill(clean_db, enqueue(clean_db, "add", [99], queue="live"))
+    page.goto(dashboard + "/")
+    assert page.text_content("#total-pending") == "3"
+    assert page.text_content("#total-failed") == "1"
+    assert page.locator("svg.chart").count() == 2
+    for i in range(2):
+        enqueue(clean_db, "add", [10 + i], queue="live")
+    # no reload: the page's auto-refresh (1 s here) brings the new numbers
+    from playwright.sync_api import expect
+
+    expect(page.locator("#total-pending")).to_have_text("5", timeout=15_000)
+    assert shot(page, "overview").stat().st_size > 10_000
+
+
+def test_dead_letter_requeued_from_the_page_then_runs(page: Any, dashboard: str, broker: PostgresBroker,
+                                                      worker: dramatiq.Worker) -> None:
+    done: list[int] = []
+
+    @dramatiq.actor(queue_name="browser_q", max_retries=0)
+    def browser_job(n: int) -> None:
+        done.append(n)
+
+    row = enqueue(broker.url, "browser_job", [7], queue="browser_q", failed=True)
+    kill(broker.url, row, error="RuntimeError: database was down")
+    page.goto(dashboard + "/dead-letters")
+    assert page.locator(f'tr[data-id="{row}"]').count() == 1
+    shot(page, "dead-letters")
+    page.click(f'tr[data-id="{row}"] button.requeue-one')
+    page.wait_for_selector("#notice")
+    assert "Requeued 1" in (page.text_content("#notice") or "")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not done:
+        time.sleep(0.05)
+    assert done == [7], "the requeued message ran"
+    assert row not in states(broker.url) or states(broker.url)[row] != "failed"
+    page.goto(dashboard + "/dead-letters")
+    assert page.locator("#no-dead-letters").count() == 1
+
+
+def test_a_filter_narrows_the_list(page: Any, dashboard: str, clean_db: str) -> None:
+    for i in range(12):
+        enqueue(clean_db, "resize_image" if i % 3 == 0 else "send_email", [i], queue="media")
+    page.goto(dashboard + "/messages")
+    before = page.locator("#messages tbody tr").count()
+    assert before == 12
+    page.fill('#filters input[name="actor"]', "resize_image")
+    page.click('#filters button[type="submit"]')
+    page.wait_for_url("**actor=resize_image**")
+    rows = page.locator("#messages tbody tr")
+    assert rows.count() == 4
+    assert all("resize_image" in (rows.nth(i).text_content() or "") for i in range(4))
+    # progressive enhancement: a click on a header sorts the rows
+    page.click("#messages thead th:first-child")
+    page.click("#messages thead th:first-child")
+    ids = [int(rows.nth(i).get_attribute("data-id") or 0) for i in range(4)]
+    assert ids == sorted(ids, reverse=True)
+    shot(page, "filter")
