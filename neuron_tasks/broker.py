@@ -53,6 +53,20 @@ DEPTH_SLACK = 0.9
 DEPTH_RECHECK_S = 1.0
 
 
+class _QuietDeferrals(logging.Filter):
+    """Dramatiq logs every skipped message as a warning; a deferral by a limit is routine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Message %s was skipped." and record.args:
+            return getattr(record.args[0], "deferred", None) is None
+        return True
+
+
+_worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+if not any(isinstance(f, _QuietDeferrals) for f in _worker_log.filters):
+    _worker_log.addFilter(_QuietDeferrals())
+
+
 def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
     """Dramatiq's defaults (the seed's time limit and retry count) with neuron_tasks' own:
     deadlines, tenant limits and topic limits run first, so a message that must wait or fail
@@ -75,7 +89,18 @@ def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
         ),
         MessageOptions(),
         WorkerStats(stats),
+        *_metrics_middleware(),
     ]
+
+
+def _metrics_middleware() -> list[Middleware]:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return []
+    from .middleware.metrics import Metrics
+
+    return [Metrics()]
 
 
 class PostgresBroker(Broker):

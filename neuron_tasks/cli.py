@@ -87,11 +87,29 @@ def worker(
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 1,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
     queues: Annotated[list[str] | None, typer.Option("--queues", "-Q", help="Only these queues (repeat).")] = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT (0 = off).")
+    ] = 9191,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address /metrics binds to.")] = "127.0.0.1",
 ) -> None:
     """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully."""
     from .supervisor import Supervisor, python_command
 
-    database_url()
+    url = database_url()
+    on_exit = None
+    metrics_dir = None
+    if metrics_port:
+        from . import exporter
+
+        metrics_dir = exporter.prepare_multiproc_dir()
+        try:
+            exporter.serve(metrics_port, url, metrics_host)
+            console.print(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+        except OSError as exc:
+            # Another supervisor on this host has the port: run without metrics rather than not at all.
+            err.print(f"[yellow]warning:[/] no /metrics on {metrics_host}:{metrics_port} ({exc}); "
+                      "pass --metrics-port to choose a free port")
+        on_exit = exporter.child_died
     level = logging.getLevelName(logging.getLogger().level)
     logging.getLogger("neuron_tasks").setLevel(logging.INFO)
 
@@ -105,8 +123,14 @@ def worker(
     console.print(
         f"starting {processes} worker process(es) x {threads} threads on {db.redact(os.environ[db.URL_ENV])}"
     )
-    sup = Supervisor(command, processes, shutdown_timeout_s=settings().shutdown_timeout_s, env=dict(os.environ))
-    raise typer.Exit(sup.run())
+    sup = Supervisor(command, processes, shutdown_timeout_s=settings().shutdown_timeout_s, env=dict(os.environ),
+                     on_child_exit=on_exit)
+    code = sup.run()
+    if metrics_dir:
+        from . import exporter
+
+        exporter.cleanup(metrics_dir)
+    raise typer.Exit(code)
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -150,7 +174,7 @@ def status(as_json: JsonOpt = False) -> None:
     """Per queue: pending, running, retrying, failed (dead letters), finished; and workers."""
     r = repo()
     queues = r.queue_status()
-    workers = r.workers(stale_s=settings().lease_s)
+    workers = r.workers()
     if as_json:
         print(json.dumps(jsonable({"queues": queues, "workers": workers}), indent=2))
         return

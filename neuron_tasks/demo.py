@@ -150,7 +150,7 @@ def show_workers(repo: Repo, settings: Settings, since: float, console: Console)
     workers = Table(title="Workers")
     for col in ("worker", "status", "processed", "failed", "avg ms"):
         workers.add_column(col)
-    for w in repo.workers(stale_s=settings.lease_s):
+    for w in repo.workers():
         if w["started_at"].timestamp() < since:
             continue
         avg = w["avg_runtime_ms"]

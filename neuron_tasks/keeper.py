@@ -98,6 +98,7 @@ class Keeper(threading.Thread):
                         "host": socket.gethostname(),
                         "pid": os.getpid(),
                         "queues": self.queues(),
+                        "heartbeat_s": self.settings.heartbeat_s,
                     },
                 )
                 self._registered = True

@@ -41,8 +41,9 @@ class Repo:
             out.append(row)
         return out
 
-    def workers(self, stale_s: float) -> list[dict[str, Any]]:
-        return self._all("list_workers", {"stale_s": stale_s})
+    def workers(self) -> list[dict[str, Any]]:
+        """worker_status(): running, stale (missed 3 heartbeats) or stopped in the last hour."""
+        return self._all("list_workers")
 
     def dead_letters(
         self,

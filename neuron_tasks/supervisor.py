@@ -40,11 +40,13 @@ class Supervisor:
         *,
         shutdown_timeout_s: float,
         env: dict[str, str] | None = None,
+        on_child_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.command = command
         self.children = [Child(i) for i in range(processes)]
         self.shutdown_timeout_s = shutdown_timeout_s
         self.env = env
+        self.on_child_exit = on_child_exit
         self.stopping = False
         self.exit_code = 0
 
@@ -80,6 +82,8 @@ class Supervisor:
         code = child.proc.poll()
         if code is None:
             return
+        if self.on_child_exit is not None:
+            self.on_child_exit(child.proc.pid)
         if code in (EXIT_IMPORT_ERROR, EXIT_CONFIG_ERROR):
             log.error("worker process %d could not start (exit %d); stopping", child.index, code)
             self.exit_code = code

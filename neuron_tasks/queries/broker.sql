@@ -186,8 +186,8 @@ WHERE lease_owner = %(owner)s AND state = 'running';
 
 -- name: register_worker
 -- A worker process starts.
-INSERT INTO neuron_tasks.workers (worker_id, worker_name, host, pid, queues)
-VALUES (%(owner)s, %(worker_name)s, %(host)s, %(pid)s, %(queues)s)
+INSERT INTO neuron_tasks.workers (worker_id, worker_name, host, pid, queues, heartbeat_s)
+VALUES (%(owner)s, %(worker_name)s, %(host)s, %(pid)s, %(queues)s, %(heartbeat_s)s)
 ON CONFLICT (worker_id) DO UPDATE
 SET queues = excluded.queues, heartbeat_at = now(), stopped_at = NULL;
 
@@ -295,18 +295,9 @@ FROM neuron_tasks.messages_history
 GROUP BY queue_name;
 
 -- name: list_workers
--- Worker processes with a status derived from their heartbeat.
-SELECT worker_id, worker_name, host, pid, queues, started_at, heartbeat_at,
-       CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
-            WHEN heartbeat_at < now() - %(stale_s)s * interval '1 second' THEN 'stale'
-            ELSE 'running' END AS status,
-       jobs_processed, jobs_failed,
-       CASE WHEN jobs_processed > 0 THEN runtime_ms / jobs_processed END AS avg_runtime_ms,
-       last_run,
-       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s
-FROM neuron_tasks.workers
-WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
-ORDER BY started_at DESC;
+-- Worker processes (the seed's worker_status() plus host, pid, queues, heartbeat age), newest first.
+SELECT * FROM neuron_tasks.worker_status()
+WHERE status <> 'stopped' OR heartbeat_at > now() - interval '1 hour';
 
 -- name: list_dead_letters
 -- Dead letters, newest first, filtered by queue / actor / tenant / minimum age.

@@ -20,8 +20,8 @@ SELECT name, qps, burst, tokens_per_minute, tokens_per_day FROM neuron_tasks.ten
 -- name: tenant_overview
 -- Tenants with limits, current usage and throttle counts.
 SELECT t.name, t.qps, t.burst, t.tokens_per_minute, t.tokens_per_day,
-       coalesce(u.minute_tokens, 0) AS tokens_this_minute,
-       coalesce(u.day_tokens, 0) AS tokens_today,
+       coalesce(u.minute_tokens, 0)::bigint AS tokens_this_minute,
+       coalesce(u.day_tokens, 0)::bigint AS tokens_today,
        coalesce(b.throttled, 0) AS throttled,
        b.blocked_until,
        coalesce(s.pending, 0) AS pending, coalesce(s.running, 0) AS running,

@@ -52,3 +52,9 @@ def nap(key: str, ms: int) -> None:
     """Sleeps, then records its key; retried (quickly) when its database connection was killed."""
     time.sleep(ms / 1000.0)
     record_run(key)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def explode(key: str) -> None:
+    """Always fails: a dead letter."""
+    raise RuntimeError(f"{key} exploded")

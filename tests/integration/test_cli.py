@@ -128,3 +128,31 @@ def test_zero_setup_starts_an_embedded_postgres(tmp_path: Path) -> None:
         assert info["applied"][:2] == ["001_messages", "002_semantics"]
     finally:
         subprocess.run(["rm", "-rf", str(data)], check=False)
+
+
+def test_tenants_and_topics_commands(clean_db: str) -> None:
+    out = json.loads(cli(clean_db, "tenants", "set", "acme", "--qps", "5", "--burst", "10",
+                         "--tokens-per-minute", "1000", "--json").stdout)
+    assert (out["name"], out["qps"], out["burst"], out["tokens_per_minute"]) == ("acme", 5.0, 10.0, 1000)
+    listed = json.loads(cli(clean_db, "tenants", "list", "--json").stdout)
+    assert [t["name"] for t in listed] == ["acme"]
+    shown = json.loads(cli(clean_db, "tenants", "show", "acme", "--json").stdout)
+    assert shown["tokens_this_minute"] == 0 and shown["throttled"] == 0
+    bad = cli(clean_db, "tenants", "set", "acme", "--qps", "-1", check=False)
+    assert bad.returncode == 1 and "qps=-1.0 must be a positive number" in bad.stderr
+    assert "no tenant 'nobody'" in cli(clean_db, "tenants", "show", "nobody", check=False).stderr
+
+    topic = json.loads(cli(clean_db, "topics", "set", "emails", "--concurrency", "2", "--retries", "1",
+                           "--delay-s", "0.5", "--priority", "3", "--json").stdout)
+    assert (topic["concurrency"], topic["max_retries"], topic["delay_s"], topic["priority"]) == (2, 1, 0.5, 3)
+    assert json.loads(cli(clean_db, "topics", "list", "--json").stdout)[0]["name"] == "emails"
+    with psycopg.connect(clean_db) as conn:
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.topic_slots").fetchone() == (2,)
+    bad = cli(clean_db, "topics", "set", "emails", "--concurrency", "0", check=False)
+    assert bad.returncode == 1 and "concurrency=0 must be at least 1" in bad.stderr
+    enq = cli(clean_db, "enqueue", "send", "--topic", "nope", check=False)
+    assert enq.returncode == 1 and "unknown topic nope" in enq.stderr
+    assert "Topics" in cli(clean_db, "topics", "list").stdout
+    cli(clean_db, "topics", "delete", "emails")
+    cli(clean_db, "tenants", "delete", "acme")
+    assert json.loads(cli(clean_db, "tenants", "list", "--json").stdout) == []

@@ -336,3 +336,92 @@ def test_ctrl_c_to_the_process_group_drains_gracefully(
     assert starts == dones, "the running jobs finished instead of being killed"
     assert scalar(db, "SELECT count(*) FROM neuron_tasks.messages WHERE state = 'running'") == 0
     assert fetch(db, "SELECT stopped_at IS NOT NULL FROM neuron_tasks.workers") == [(True,)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_worker_metrics_endpoint_counts_messages(
+    broker: PostgresBroker, db: psycopg.Connection[tuple[Any, ...]], tmp_path: Path
+) -> None:
+    import urllib.request
+
+    port = free_port()
+    log = tmp_path / "metrics-workers.log"
+    cmd = [sys.executable, "-m", "neuron_tasks.cli", "worker", MODULE, "-p", "2", "-t", "2",
+           "--metrics-port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(broker.url), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: len(live_workers(db)) >= 2, "2 worker processes")
+        broker.enqueue_many([message("record", f"m{i}") for i in range(7)] + [message("explode", "x")])
+        wait_for(lambda: scalar(db, "SELECT count(*) FROM neuron_tasks.messages_history") == 7
+                 and scalar(db, "SELECT count(*) FROM neuron_tasks.messages WHERE state = 'failed'") == 1,
+                 "7 finished and 1 dead letter")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+
+        text = wait_for(lambda: (t if 'neuron_tasks_messages_dead_lettered_total{actor_name="explode"' in
+                                 (t := scrape()) else None), "the dead letter to be counted")
+        lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                 if line and not line.startswith("#")}
+        assert lines['neuron_tasks_messages_total{actor_name="record",queue_name="mp"}'] == 7
+        assert lines['neuron_tasks_message_errors_total{actor_name="explode",queue_name="mp"}'] == 1
+        assert lines['neuron_tasks_message_duration_seconds_count{actor_name="record",queue_name="mp"}'] == 7
+        assert lines['neuron_tasks_queue_depth{queue_name="mp",state="failed"}'] == 1
+        assert lines['neuron_tasks_workers{status="running"}'] >= 2
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_tenant_qps_and_topic_concurrency_hold_across_processes(
+    broker: PostgresBroker, db: psycopg.Connection[tuple[Any, ...]], spawn_workers: WorkerFactory
+) -> None:
+    from neuron_tasks.tenancy import set_tenant
+    from neuron_tasks.topics import set_topic
+
+    set_tenant(broker.pool, "slow", qps=5, burst=5)
+    set_topic(broker.pool, "heavy", concurrency=2)
+    workers = spawn_workers(broker.url, processes=2, threads=4, lease_s="10")
+    wait_for_workers(db, 2, workers)
+
+    def msg(actor: str, *args: Any, **options: Any) -> dramatiq.Message[Any]:
+        return dramatiq.Message(queue_name=QUEUE, actor_name=actor, args=args, kwargs={}, options=options)
+
+    began = scalar(db, "SELECT clock_timestamp()")
+    broker.enqueue_many([msg("record", f"slow{i}", tenant="slow") for i in range(25)]
+                        + [msg("record", f"fast{i}", tenant="fast") for i in range(300)]
+                        + [msg("slow", f"heavy{i}", 0.3, topic="heavy") for i in range(10)])
+    wait_for(lambda: scalar(db, "SELECT count(*) FROM neuron_tasks.messages_history") == 335,
+             "every message to finish", workers=workers)
+
+    def seconds(prefix: str) -> list[float]:
+        return [float(r[0]) for r in fetch(
+            db, "SELECT extract(epoch FROM at - %s) FROM public.test_runs WHERE key LIKE %s ORDER BY at",
+            began, prefix + "%")]
+
+    slow, fast = seconds("slow"), seconds("fast")
+    assert len(slow) == 25 and len(fast) == 300
+    for i in range(len(slow)):  # at most 5 * t + 5 starts in any t seconds (+1 for clock granularity)
+        for j in range(i, len(slow)):
+            assert j - i + 1 <= 5 * (slow[j] - slow[i]) + 5 + 1
+    assert max(fast) < max(slow), "the unlimited tenant is not held back by the limited one"
+    spans = fetch(db, "SELECT s.at, d.at FROM public.test_runs s JOIN public.test_runs d "
+                  "ON d.key = 'done:' || substr(s.key, 7) WHERE s.key LIKE 'start:heavy%%'")
+    events = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert len(spans) == 10 and peak == 2, f"topic concurrency 2 across 2 processes, peak {peak}"
+    pids = {r[0] for r in fetch(db, "SELECT DISTINCT pid FROM public.test_runs WHERE key LIKE 'start:heavy%%'")}
+    assert len(pids) == 2, "both processes ran topic tasks"
