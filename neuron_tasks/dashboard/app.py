@@ -26,7 +26,8 @@ from .settings import DashboardSettings
 
 MAX_PARAM = 200
 NOTICES = {"requeued": "Requeued {n} dead letter(s).", "deleted": "Deleted {n} dead letter(s).",
-           "none": "Nothing selected.", "csrf": "The form expired; reload the page and try again."}
+           "none": "Nothing selected.", "csrf": "The form expired; reload the page and try again.",
+           "confirm": "Tick 'confirm' to act on every dead letter matching the filter."}
 NAV = [("/", "Overview"), ("/messages", "Messages"), ("/dead-letters", "Dead letters"), ("/workers", "Workers"),
        *((f"/parts/{p.slug}", p.title) for p in PARTS.values())]
 
@@ -149,6 +150,8 @@ class Dashboard:
                 action, ids = one.split("_")[0], [int(value)]
         flt = MessageFilter(queue=back.get("queue"), actor=back.get("actor"), tenant=back.get("tenant"),
                             text=back.get("q"))
+        if form.get("scope") == "all" and form.get("confirm") != "yes":
+            return RedirectResponse("/dead-letters?" + urlencode({**back, "done": "confirm"}), status_code=303)
         if form.get("scope") == "all":
             ids = await run_in_threadpool(self.data.dead_letter_ids, flt)
         if action not in ("requeue", "delete"):

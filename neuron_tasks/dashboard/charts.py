@@ -16,16 +16,16 @@ def _fmt(v: float) -> str:
 
 
 def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[str], *, title: str,
-         width: int = 640, height: int = 160) -> Markup:
+         width: int = 1200, height: int = 170) -> Markup:
     """Grouped vertical bars: one group per label, one bar per series (name, values, css class)."""
     pad_l, pad_b, pad_t = 44, 20, 8
     plot_w, plot_h = width - pad_l - 6, height - pad_b - pad_t
     top = max([max(v, default=0) for _, v, _ in series] + [1])
     n = max(len(labels), 1)
     group = plot_w / n
-    bar = max(group / (len(series) + 0.5), 0.5)
+    bar = min(max(group / (len(series) + 0.5), 0.5), 48.0)
     parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-             f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
+             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
              f'<line class="axis" x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width}" y2="{pad_t + plot_h}"/>',
              f'<text class="tick" x="{pad_l - 4}" y="{pad_t + 8}" text-anchor="end">{_fmt(top)}</text>',
              f'<text class="tick" x="{pad_l - 4}" y="{pad_t + plot_h}" text-anchor="end">0</text>']
@@ -46,7 +46,7 @@ def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[st
 
 
 def lines(series: Sequence[tuple[str, Sequence[float | None], str]], labels: Sequence[str], *, title: str,
-          width: int = 640, height: int = 160) -> Markup:
+          width: int = 1200, height: int = 170) -> Markup:
     """Line chart: one polyline per series (name, values, css class); gaps where a value is None."""
     pad_l, pad_b, pad_t = 44, 20, 8
     plot_w, plot_h = width - pad_l - 6, height - pad_b - pad_t
@@ -54,7 +54,7 @@ def lines(series: Sequence[tuple[str, Sequence[float | None], str]], labels: Seq
     top = max([*vals, 1e-9])
     n = max(len(labels), 2)
     parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-             f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
+             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
              f'<line class="axis" x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width}" y2="{pad_t + plot_h}"/>',
              f'<text class="tick" x="{pad_l - 4}" y="{pad_t + 8}" text-anchor="end">{_fmt(round(top, 3))}</text>']
     for name, values, cls in series:

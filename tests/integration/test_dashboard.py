@@ -142,9 +142,10 @@ def test_dead_letters_requeue_and_delete_one_selection_and_all_matching(clean_db
         assert "Deleted 1" in out and rows[3] not in states(clean_db)
         out = _action(c, "/dead-letters", action="delete", ids=[str(rows[4])])
         assert rows[4] not in states(clean_db)
-        out = _action(c, "/dead-letters?queue=dq", scope="all", action="requeue", queue="dq")
+        assert "Tick" in _action(c, "/dead-letters?queue=dq", scope="all", action="requeue", queue="dq")
+        out = _action(c, "/dead-letters?queue=dq", scope="all", action="requeue", queue="dq", confirm="yes")
         assert "Requeued 1" in out and states(clean_db)[rows[5]] == "pending"
-        out = _action(c, "/dead-letters?tenant=t2", scope="all", action="delete", tenant="t2")
+        out = _action(c, "/dead-letters?tenant=t2", scope="all", action="delete", tenant="t2", confirm="yes")
         assert "Deleted 3" in out and not set(rows[6:]) & set(states(clean_db))
 
 
@@ -252,3 +253,19 @@ def test_metrics_export_tuner_gauges_when_indexes_exist(clean_db: str) -> None:
     finally:
         with psycopg.connect(clean_db, autocommit=True) as conn:
             conn.execute("DELETE FROM neuron_tasks.vector_indexes WHERE name = 'dash_ix'")
+
+
+def test_demo_phase_prints_the_url_and_does_not_wait_without_a_terminal(clean_db: str) -> None:
+    import io
+
+    from rich.console import Console
+
+    from neuron_tasks.commands import dashboard as command
+    from neuron_tasks.config import Settings
+
+    out = io.StringIO()
+    assert command.DEMO_ORDER == 900
+    started = time.monotonic()
+    assert command.demo_phase(clean_db, Settings(database_url=clean_db), Console(file=out, width=200)) is True
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", out.getvalue())
+    assert time.monotonic() - started < 30  # stdin is not a TTY under pytest: no wait for Ctrl-C
