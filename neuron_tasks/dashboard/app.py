@@ -121,20 +121,18 @@ class Dashboard:
             except ValueError:
                 after = None
         limit = self.settings.dashboard_page_size
-        rows = await run_in_threadpool(self.data.dead_letters, flt, after=after, limit=limit)
+        rows, cursor = await run_in_threadpool(self.data.dead_letters, flt, after=after, limit=limit)
         query = {k: v for k, v in flt.query().items() if k != "state"}
         next_url = None
-        if len(rows) == limit:
-            last = rows[-1]
-            next_url = "/dead-letters?" + urlencode({**query, "after_at": last["failed_at"].isoformat(),
-                                                     "after_id": last["id"]})
+        if cursor is not None:
+            next_url = "/dead-letters?" + urlencode({**query, "after_at": cursor[0].isoformat(), "after_id": cursor[1]})
         notice = None
         done = request.query_params.get("done")
         if done in NOTICES:
             n = int_param(request, "n") or 0
             notice = NOTICES[done].format(n=n)
         return self.page(request, "dead_letters.html", started, flt=flt, rows=rows, next_url=next_url,
-                         query=query, notice=notice, paged=after is not None)
+                         query=query, notice=notice, paged=after is not None, partial=len(rows) < limit)
 
     async def dead_letter_action(self, request: Request) -> Response:
         form = await request.form()

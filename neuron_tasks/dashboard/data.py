@@ -93,7 +93,7 @@ class DashboardData:
     # -- helpers ---------------------------------------------------------------------------
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(q(name), params or {})
+            cur.execute(q(name), params or {}, prepare=False)  # custom plans: filters are often NULL
             return cur.fetchall() if cur.description else []
 
     def _one(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -132,9 +132,12 @@ class DashboardData:
             return []
         rows = self._all("dash_queue_counts", {"queues": names, "cap": self.count_cap})
         for row in rows:
+            waiting_capped = int(row.pop("waiting")) >= self.count_cap
             for state in (*STATES, "finished_last_hour"):
                 n = int(row[state])
-                if n < self.count_cap:
+                # pending / retrying: the split was read from the first `cap` waiting rows only
+                capped = waiting_capped if state in ("pending", "retrying") else n >= self.count_cap
+                if not capped:
                     row[state] = Count(n)
                 elif state == "finished_last_hour":
                     row[state] = Count(n, exact=False)
@@ -159,7 +162,7 @@ class DashboardData:
 
     # -- messages ----------------------------------------------------------------------------
     def messages(self, flt: MessageFilter, *, before: int | None, limit: int = 50,
-                 budget_ms: float = 120.0) -> MessagePage:
+                 budget_ms: float = 100.0) -> MessagePage:
         """Newest first below `before`: scan windows of the primary key until `limit` rows match,
         the table ends, or the time budget is spent (then the page says how far it looked)."""
         started = time.perf_counter()
@@ -173,11 +176,8 @@ class DashboardData:
             if len(rows) >= limit:
                 next_before = rows[-1]["id"]
                 break
-            if found:
-                floor = found[0]["window_floor"]
-            else:
-                f = self._one("dash_window_floor", {"before": cursor, "window": self.window})
-                floor = f["floor"] if f else None
+            f = self._one("dash_window_floor", {"before": cursor, "window": self.window})
+            floor = f["floor"] if f else None
             if floor is None:  # nothing below: the end of the table
                 break
             cursor = int(floor)  # the whole window was looked at: go lower
@@ -186,7 +186,6 @@ class DashboardData:
                 break
         for row in rows:
             row["preview"] = preview(row.pop("payload_head"))
-            row.pop("window_floor", None)
         elapsed = (time.perf_counter() - started) * 1000
         return MessagePage(rows, scanned_to=next_before, next_before=next_before, elapsed_ms=elapsed)
 
@@ -211,12 +210,29 @@ class DashboardData:
         return hist
 
     # -- dead letters --------------------------------------------------------------------------
-    def dead_letters(self, flt: MessageFilter, *, after: tuple[datetime, int] | None,
-                     limit: int = 50) -> list[dict[str, Any]]:
-        params = {"queue": flt.queue, "actor": flt.actor, "tenant": flt.tenant, "text": flt.text or None,
-                  "after_at": after[0] if after else None, "after_id": after[1] if after else None,
-                  "limit": limit}
-        return self._all("dash_dead_letters", params)
+    def dead_letters(self, flt: MessageFilter, *, after: tuple[datetime, int] | None, limit: int = 50,
+                     budget_ms: float = 100.0) -> tuple[list[dict[str, Any]], tuple[datetime, int] | None]:
+        """Newest first below `after`, in windows like `messages`; returns (rows, next cursor)."""
+        started = time.perf_counter()
+        base = {"queue": flt.queue, "actor": flt.actor, "tenant": flt.tenant, "text": flt.text or None,
+                "window": self.window}
+        filtered = bool(flt.actor or flt.tenant or flt.text)
+        cursor = after
+        rows: list[dict[str, Any]] = []
+        while True:
+            keyset = {"after_at": cursor[0] if cursor else None, "after_id": cursor[1] if cursor else None}
+            found = self._all("dash_dead_letters", {**base, **keyset, "limit": limit - len(rows)})
+            rows.extend(found)
+            if len(rows) >= limit:
+                return rows, (rows[-1]["failed_at"], rows[-1]["id"])
+            if not filtered:
+                return rows, None  # the window is larger than a page: this was the end
+            floor = self._one("dash_dead_letter_floor", {**base, **keyset})
+            if floor is None:
+                return rows, None
+            cursor = (floor["failed_at"], floor["id"])
+            if (time.perf_counter() - started) * 1000 > budget_ms:
+                return rows, cursor
 
     def dead_letter_ids(self, flt: MessageFilter) -> list[int]:
         params = {"queue": flt.queue, "actor": flt.actor, "tenant": flt.tenant, "text": flt.text or None,
@@ -279,7 +295,7 @@ class DashboardData:
         rows: list[dict[str, Any]] = []
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
-                cur.execute(stmt, {"after": after, "limit": limit})
+                cur.execute(stmt, {"after": after, "limit": limit}, prepare=False)
                 rows = cur.fetchall()
             except psycopg.DataError:
                 rows = []  # a cursor value the key's type does not accept: an empty page

@@ -34,14 +34,11 @@ ORDER BY 1
 LIMIT 500;
 
 -- name: dash_queue_counts
--- Per queue: counts by state, each bounded by %(cap)s (a partial-index probe), oldest ready age.
-SELECT q.queue_name,
-       (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
-         WHERE m.queue_name = q.queue_name AND m.state = 'pending' LIMIT %(cap)s) x) AS pending,
+-- Per queue: counts by state, each bounded by %(cap)s and read from a partial index (waiting =
+-- pending + retrying, split by a look at those rows), and the age of the oldest due message.
+SELECT q.queue_name, w.waiting, w.pending, w.retrying,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
          WHERE m.queue_name = q.queue_name AND m.state = 'running' LIMIT %(cap)s) x) AS running,
-       (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
-         WHERE m.queue_name = q.queue_name AND m.state = 'retrying' LIMIT %(cap)s) x) AS retrying,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
          WHERE m.queue_name = q.queue_name AND m.state = 'failed' LIMIT %(cap)s) x) AS failed,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages_history h
@@ -50,6 +47,13 @@ SELECT q.queue_name,
        (SELECT greatest(extract(epoch FROM now() - min(m.eta)), 0)::float8 FROM neuron_tasks.messages m
          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')) AS oldest_ready_age_s
 FROM unnest(%(queues)s::text[]) AS q(queue_name)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS waiting,
+           count(*) FILTER (WHERE x.state = 'pending') AS pending,
+           count(*) FILTER (WHERE x.state = 'retrying') AS retrying
+    FROM (SELECT m.state FROM neuron_tasks.messages m
+          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying') LIMIT %(cap)s) x
+) w
 ORDER BY q.queue_name;
 
 -- name: dash_table_estimate
@@ -84,18 +88,14 @@ ORDER BY m.minute;
 -- name: dash_messages_window
 -- The newest %(window)s messages below an id (a primary-key range scan), filtered afterwards,
 -- so a selective filter never scans the whole table; the caller moves the window down.
-WITH win AS MATERIALIZED (
-    SELECT id FROM neuron_tasks.messages
-    WHERE id < %(before)s
-    ORDER BY id DESC
-    LIMIT %(window)s
-)
 SELECT m.id, m.message_id, m.queue_name, m.actor_name, m.state, m.priority, m.tenant, m.topic,
        m.attempts, m.retries, m.eta, m.enqueued_at, m.failed_at,
        left(m.last_error, 300) AS last_error,
-       substring(m.payload from 1 for 600) AS payload_head,
-       (SELECT min(id) FROM win) AS window_floor
-FROM win JOIN neuron_tasks.messages m USING (id)
+       substring(m.payload from 1 for 600) AS payload_head
+FROM (SELECT * FROM neuron_tasks.messages
+      WHERE id < %(before)s
+      ORDER BY id DESC
+      LIMIT %(window)s) m
 WHERE (%(queue)s::text IS NULL OR m.queue_name = %(queue)s)
   AND (%(state)s::text IS NULL OR m.state = %(state)s)
   AND (%(actor)s::text IS NULL OR m.actor_name = %(actor)s)
@@ -106,7 +106,7 @@ ORDER BY m.id DESC
 LIMIT %(limit)s;
 
 -- name: dash_window_floor
--- The lowest id of the window below an id (when the filtered query returned nothing).
+-- The lowest id of the window below an id (where the next window starts).
 SELECT min(id) AS floor FROM (
     SELECT id FROM neuron_tasks.messages WHERE id < %(before)s ORDER BY id DESC LIMIT %(window)s
 ) w;
@@ -134,21 +134,36 @@ ORDER BY finished_at DESC
 LIMIT 1;
 
 -- name: dash_dead_letters
--- Dead letters, newest first, keyset-paged on (failed_at, id), filtered by queue / actor / tenant / text.
-SELECT id, message_id, queue_name, actor_name, tenant, topic, attempts, retries, deaths,
-       enqueued_at, failed_at, left(last_error, 300) AS last_error
-FROM neuron_tasks.messages
-WHERE state = 'failed'
-  AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
-  AND (%(actor)s::text IS NULL OR actor_name = %(actor)s)
-  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-  AND (%(text)s::text IS NULL OR strpos(last_error, %(text)s) > 0)
-  AND (%(after_at)s::timestamptz IS NULL OR (failed_at, id) < (%(after_at)s, %(after_id)s))
-ORDER BY failed_at DESC, id DESC
+-- Dead letters, newest first below a (failed_at, id) cursor: a window of %(window)s read in index
+-- order (messages_dead_letters_idx, or messages_failed_idx for one queue), filtered afterwards.
+SELECT m.id, m.message_id, m.queue_name, m.actor_name, m.tenant, m.topic, m.attempts, m.retries,
+       m.deaths, m.enqueued_at, m.failed_at, left(m.last_error, 300) AS last_error
+FROM (SELECT * FROM neuron_tasks.messages
+      WHERE state = 'failed'
+        AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
+        AND (%(after_at)s::timestamptz IS NULL OR (failed_at, id) < (%(after_at)s, %(after_id)s))
+      ORDER BY failed_at DESC, id DESC
+      LIMIT %(window)s) m
+WHERE (%(actor)s::text IS NULL OR m.actor_name = %(actor)s)
+  AND (%(tenant)s::text IS NULL OR m.tenant = %(tenant)s)
+  AND (%(text)s::text IS NULL OR strpos(m.last_error, %(text)s) > 0)
+ORDER BY m.failed_at DESC, m.id DESC
 LIMIT %(limit)s;
 
+-- name: dash_dead_letter_floor
+-- The oldest (failed_at, id) of that window: where the next window starts.
+SELECT failed_at, id FROM (
+    SELECT failed_at, id FROM neuron_tasks.messages
+    WHERE state = 'failed'
+      AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (failed_at, id) < (%(after_at)s, %(after_id)s))
+    ORDER BY failed_at DESC, id DESC
+    LIMIT %(window)s) w
+ORDER BY failed_at, id
+LIMIT 1;
+
 -- name: dash_dead_letter_ids
--- Ids of the dead letters matching a filter (requeue / delete all matching), bounded.
+-- Ids of the dead letters matching a filter (requeue / delete all matching), at most %(limit)s.
 SELECT id FROM neuron_tasks.messages
 WHERE state = 'failed'
   AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)

@@ -269,3 +269,25 @@ def test_demo_phase_prints_the_url_and_does_not_wait_without_a_terminal(clean_db
     assert command.demo_phase(clean_db, Settings(database_url=clean_db), Console(file=out, width=200)) is True
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", out.getvalue())
     assert time.monotonic() - started < 30  # stdin is not a TTY under pytest: no wait for Ctrl-C
+
+
+def test_dead_letter_pages_follow_the_keyset_through_filtered_windows(clean_db: str) -> None:
+    from neuron_tasks.dashboard.data import MessageFilter
+
+    rows = [enqueue(clean_db, "rare" if i % 60 == 0 else "common", [i], failed=True) for i in range(300)]
+    pool = make_pool(clean_db, max_size=2)
+    try:
+        data = DashboardData(pool, window=100)
+        for flt, limit, expect in ((MessageFilter(), 50, rows), (MessageFilter(actor="rare"), 2, rows[::60])):
+            seen: list[int] = []
+            cursor = None
+            for _ in range(100):
+                page, cursor = data.dead_letters(flt, after=cursor, limit=limit, budget_ms=60_000)
+                seen += [r["id"] for r in page]
+                if cursor is None:
+                    break
+            assert sorted(seen) == sorted(expect) and len(seen) == len(set(seen))
+        _, cut = data.dead_letters(MessageFilter(actor="nobody"), after=None, limit=10, budget_ms=0)
+        assert cut is not None  # the time budget stopped it; the page offers to go on
+    finally:
+        pool.close()
