@@ -129,6 +129,7 @@ class PostgresBroker(Broker):
         self._lock = threading.RLock()
         self._pid = -1
         self._pool: ConnectionPool | None = None
+        self._soft_pool: ConnectionPool | None = None
         self._owner = uuid.uuid4()
         self._completer: Completer | None = None
         self._keeper: Keeper | None = None
@@ -156,7 +157,7 @@ class PostgresBroker(Broker):
             with self._lock:
                 if self._pid != os.getpid():
                     # A forked child must not share its parent's sockets or threads.
-                    self._pool = None
+                    self._pool = self._soft_pool = None
                     self._completer = self._keeper = self._listener = None
                     self._owner = uuid.uuid4()
                     self._pid = os.getpid()
@@ -169,6 +170,20 @@ class PostgresBroker(Broker):
                 if self._pool is None:
                     self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size)
         return self._pool
+
+    @property
+    def soft_pool(self) -> ConnectionPool:
+        """Connections for soft state (topic slots, token buckets, heartbeats): they commit without
+        waiting for the WAL flush; these rows are re-validated against leases, so a crash that
+        loses their last fraction of a second is harmless."""
+        self._check_pid()
+        if self._soft_pool is None:
+            with self._lock:
+                if self._soft_pool is None:
+                    self._soft_pool = db.make_pool(
+                        self.url, max_size=self.settings.pool_max_size, name="neuron_tasks-soft", durable=False
+                    )
+        return self._soft_pool
 
     def _execute(self, name: str, params: dict[str, Any], *, what: str) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
@@ -403,6 +418,9 @@ class PostgresBroker(Broker):
                 keeper.stopped()
             self._pool.close()
             self._pool = None
+        if self._soft_pool is not None:
+            self._soft_pool.close()
+            self._soft_pool = None
 
     # -- test API (Dramatiq's conventions) ------------------------------------------
     def flush(self, queue_name: str) -> None:

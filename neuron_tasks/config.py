@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     default_tenant_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     default_tenant_tokens_per_day: int | None = Field(default=None, gt=0, description="token budget per day")
     policy_cache_s: float = Field(default=2.0, ge=0, description="how long tenant and topic settings are cached")
-    topic_retry_ms: int = Field(default=200, ge=1, description="retry delay of a message whose topic is full")
+    topic_retry_ms: int = Field(default=50, ge=1, description="when a full topic's message is tried again")
 
     @property
     def heartbeat_s(self) -> float:

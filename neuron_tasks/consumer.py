@@ -195,12 +195,21 @@ class PgConsumer(Consumer):
         return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5])) for r in rows]
 
     def _next_due(self) -> float | None:
+        """Seconds until a claim may find something; None when the queue has nothing waiting."""
         try:
             with self.broker.pool.connection() as conn:
                 row = conn.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
         except psycopg.OperationalError as exc:
             raise ConnectionClosed(exc) from None
-        return None if row is None or row[0] is None else float(row[0])
+        if row is None or row[0] is None:
+            return None
+        due = float(row[0])
+        if due > 0:
+            return due
+        # Due messages we could not claim: their tenant is rate-limited or their topic is full.
+        blocked = float(row[1]) if row[1] is not None else None
+        retry = self.broker.settings.topic_retry_ms / 1000.0
+        return max(min(blocked, retry) if blocked is not None else retry, 0.002)
 
     def _decode(self, row_id: int, attempt: int, payload: bytes, deaths: int) -> PgMessageProxy | None:
         try:

@@ -32,14 +32,21 @@ def resolve_url(settings: Settings, *, export: bool = False) -> str:
     return url
 
 
-def make_pool(url: str, *, max_size: int = 16, name: str = "neuron_tasks") -> ConnectionPool:
-    """An autocommit pool; connections identify themselves in pg_stat_activity."""
+def make_pool(
+    url: str, *, max_size: int = 16, name: str = "neuron_tasks", durable: bool = True
+) -> ConnectionPool:
+    """An autocommit pool; connections identify themselves in pg_stat_activity.
+
+    `durable=False` commits without waiting for the WAL flush (synchronous_commit=off): for soft
+    state a crash may roll back by a fraction of a second (topic slots, token buckets).
+    """
+    # JIT compiles our small OLTP statements for ~1 s when their estimates look big: off.
+    options = "-c jit=off" + ("" if durable else " -c synchronous_commit=off")
     pool = ConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
-        # JIT compiles our small OLTP statements for ~1 s when their estimates look big: off.
-        kwargs={"autocommit": True, "application_name": name, "options": "-c jit=off"},
+        kwargs={"autocommit": True, "application_name": name, "options": options},
         name=name,
         open=False,
         reconnect_timeout=60,

@@ -71,33 +71,40 @@ CREATE TABLE neuron_tasks.topic_slots (
     PRIMARY KEY (topic, slot)
 );
 
--- Take one token from a tenant's bucket; returns 0 when granted, else seconds until a token.
-CREATE FUNCTION neuron_tasks.tenant_take_v1(p_tenant text, p_qps double precision, p_burst double precision)
-RETURNS double precision
+-- Take up to p_want tokens from a tenant's bucket (refilled at p_qps, capped at p_burst).
+-- granted > 0: run that many jobs now; granted = 0: wait_s until the next token.
+-- The clock is read after the row lock, and never moves the refill time backwards.
+CREATE FUNCTION neuron_tasks.tenant_take_v1(
+    p_tenant text, p_qps double precision, p_burst double precision, p_want integer DEFAULT 1,
+    OUT granted integer, OUT wait_s double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_now    timestamptz := clock_timestamp();
-    v_tokens double precision;
-    v_wait   double precision;
+    v_old      double precision;
+    v_refilled timestamptz;
+    v_now      timestamptz;
+    v_tokens   double precision;
 BEGIN
     INSERT INTO neuron_tasks.tenant_buckets (tenant, tokens, refilled_at)
-    VALUES (p_tenant, p_burst, v_now)
+    VALUES (p_tenant, p_burst, clock_timestamp())
     ON CONFLICT (tenant) DO NOTHING;
-    SELECT least(p_burst, b.tokens + greatest(extract(epoch FROM v_now - b.refilled_at), 0) * p_qps)
-      INTO v_tokens
+    SELECT b.tokens, b.refilled_at INTO v_old, v_refilled
       FROM neuron_tasks.tenant_buckets b WHERE b.tenant = p_tenant FOR UPDATE;
+    v_now := greatest(clock_timestamp(), v_refilled);
+    v_tokens := least(p_burst, v_old + extract(epoch FROM v_now - v_refilled) * p_qps);
     IF v_tokens >= 1 THEN
+        granted := least(greatest(p_want, 1), floor(v_tokens))::integer;
+        wait_s := 0;
         UPDATE neuron_tasks.tenant_buckets
-           SET tokens = v_tokens - 1, refilled_at = v_now, blocked_until = NULL
+           SET tokens = v_tokens - granted, refilled_at = v_now, blocked_until = NULL
          WHERE tenant = p_tenant;
-        RETURN 0;
+    ELSE
+        granted := 0;
+        wait_s := (1 - v_tokens) / p_qps;
+        UPDATE neuron_tasks.tenant_buckets
+           SET tokens = v_tokens, refilled_at = v_now,
+               blocked_until = v_now + make_interval(secs => wait_s), throttled = throttled + 1
+         WHERE tenant = p_tenant;
     END IF;
-    v_wait := (1 - v_tokens) / p_qps;
-    UPDATE neuron_tasks.tenant_buckets
-       SET tokens = v_tokens, refilled_at = v_now,
-           blocked_until = v_now + make_interval(secs => v_wait), throttled = throttled + 1
-     WHERE tenant = p_tenant;
-    RETURN v_wait;
 END;
 $$;
 

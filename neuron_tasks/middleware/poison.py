@@ -13,5 +13,5 @@ from ..sql import q
 class PoisonGuard(Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         if getattr(message, "deaths", 0) > 0:
-            with broker.pool.connection() as conn:
+            with broker.soft_pool.connection() as conn:
                 conn.execute(q("mark_started"), {"id": message.row_id, "owner": broker.owner})

@@ -24,9 +24,16 @@ class Topics(Middleware):
         settings = policies.topic(topic)
         if settings is None or (settings.concurrency is None and not settings.delay_s):
             return
-        with broker.pool.connection() as conn:
+        with broker.soft_pool.connection() as conn:
             if settings.concurrency is not None:
-                got = conn.execute(q("topic_acquire_slot"), {"topic": topic, "holder": message.row_id}).fetchone()
+                params = {"topic": topic, "holder": message.row_id}
+                got = conn.execute(q("topic_acquire_slot"), params).fetchone()
+                for _ in range(5):
+                    # SKIP LOCKED also skips free slots other workers are taking this instant:
+                    # only a topic with no free slot at all is really full.
+                    if got is not None or conn.execute(q("topic_free_slots"), params).fetchone()[0] == 0:
+                        break
+                    got = conn.execute(q("topic_acquire_slot"), params).fetchone()
                 if got is None:
                     message.schedule_defer(broker.settings.topic_retry_ms, f"topic {topic!r} is at its concurrency")
                     raise Deferred(f"topic {topic!r} is running {settings.concurrency} tasks")
@@ -54,5 +61,5 @@ class Topics(Middleware):
         if topic is None:
             return
         message.topic_slot = None
-        with broker.pool.connection() as conn:
+        with broker.soft_pool.connection() as conn:
             conn.execute(q("topic_release_slot"), {"topic": topic, "holder": message.row_id})

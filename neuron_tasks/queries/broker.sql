@@ -48,7 +48,8 @@ SELECT count(*) FROM (
 -- Claim up to `limit` ready messages of a queue for this worker. Fair across tenants: each
 -- tenant with ready messages (found by a skip scan of messages_ready_idx) gets an equal share of
 -- the batch, lowest priority value first within a tenant; tenants blocked by their rate limit and
--- topics whose concurrency slots are all held are left for later.
+-- topics whose concurrency slots are all held by other workers are left for later (slots this
+-- worker holds free up here soon, so it keeps claiming for them).
 WITH RECURSIVE tenants AS (
     (SELECT coalesce(tenant, '') AS t FROM neuron_tasks.messages
      WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
@@ -69,11 +70,12 @@ share AS (
     SELECT greatest(1, ceil(%(limit)s::float8 / greatest(count(*), 1)))::int AS n FROM open_tenants
 ),
 full_topics AS (
-    SELECT s.topic FROM neuron_tasks.topic_slots s
+    SELECT s.topic
+    FROM neuron_tasks.topic_slots s
+    LEFT JOIN neuron_tasks.messages h ON h.id = s.holder
     GROUP BY s.topic
-    HAVING bool_and(s.holder IS NOT NULL AND EXISTS (
-        SELECT 1 FROM neuron_tasks.messages h
-        WHERE h.id = s.holder AND h.state = 'running' AND h.lease_expires_at > now()))
+    HAVING bool_and(h.state IS NOT DISTINCT FROM 'running' AND h.lease_expires_at > now()
+                    AND h.lease_owner <> %(owner)s)
 ),
 picked AS (
     SELECT c.id FROM open_tenants o CROSS JOIN LATERAL (
@@ -97,8 +99,11 @@ WHERE m.id = picked.id
 RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths;
 
 -- name: next_eta
--- Seconds until the next delayed message of a queue is due (NULL when none waits).
-SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8
+-- Seconds until the next message of a queue is due (NULL when none waits), and until the first
+-- rate-limited tenant may run again (a due message may be waiting for that).
+SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8,
+       (SELECT extract(epoch FROM (min(b.blocked_until) - clock_timestamp()))::float8
+        FROM neuron_tasks.tenant_buckets b WHERE b.blocked_until > now())
 FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
 

@@ -38,8 +38,8 @@ WHERE %(name)s::text IS NULL OR t.name = %(name)s
 ORDER BY t.name;
 
 -- name: tenant_take
--- Take one token from a tenant's shared bucket: 0 = run now, else seconds to wait.
-SELECT neuron_tasks.tenant_take_v1(%(tenant)s, %(qps)s, %(burst)s);
+-- Take up to `want` tokens from a tenant's shared bucket: (granted, seconds to wait when none).
+SELECT granted, wait_s FROM neuron_tasks.tenant_take_v1(%(tenant)s, %(qps)s, %(burst)s, %(want)s);
 
 -- name: tenant_block
 -- A tenant may not run before `until` (its token budget is spent); dequeue skips it meanwhile.
@@ -110,18 +110,29 @@ ORDER BY t.name;
 
 -- name: topic_acquire_slot
 -- Take a free concurrency slot of a topic for a running message (a slot whose holder is not
--- running under a live lease is free). No row = the topic is at its concurrency.
+-- running under a live lease is free). No row = the topic is at its concurrency. The holder is
+-- looked up by primary key (a join, not a scan of every running message).
 UPDATE neuron_tasks.topic_slots AS s
 SET holder = %(holder)s, acquired_at = now()
 WHERE (s.topic, s.slot) = (
-    SELECT x.topic, x.slot FROM neuron_tasks.topic_slots x
-    WHERE x.topic = %(topic)s AND (x.holder IS NULL OR x.holder = %(holder)s OR NOT EXISTS (
-        SELECT 1 FROM neuron_tasks.messages h
-        WHERE h.id = x.holder AND h.state = 'running' AND h.lease_expires_at > now()))
+    SELECT x.topic, x.slot
+    FROM neuron_tasks.topic_slots x
+    LEFT JOIN neuron_tasks.messages h ON h.id = x.holder
+    WHERE x.topic = %(topic)s
+      AND (x.holder IS NULL OR x.holder = %(holder)s OR h.id IS NULL
+           OR h.state <> 'running' OR h.lease_expires_at <= now())
     ORDER BY (x.holder = %(holder)s) DESC NULLS LAST, x.slot
     LIMIT 1
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE OF x SKIP LOCKED)
 RETURNING s.slot;
+
+-- name: topic_free_slots
+-- Slots of a topic not held by a running message (acquire found none: full, or all busy locking?).
+SELECT count(*)
+FROM neuron_tasks.topic_slots x
+LEFT JOIN neuron_tasks.messages h ON h.id = x.holder
+WHERE x.topic = %(topic)s
+  AND (x.holder IS NULL OR h.id IS NULL OR h.state <> 'running' OR h.lease_expires_at <= now());
 
 -- name: topic_release_slot
 -- A message finished: its topic slot is free.
