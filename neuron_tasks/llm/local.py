@@ -35,8 +35,9 @@ def model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str = LOCAL_MODEL, device: str = "cpu") -> Any:
-    """The SentenceTransformer for `name`, loaded once per process (thread-safe)."""
+def load_model(name: str = LOCAL_MODEL, device: str = "cpu", threads: int = 0) -> Any:
+    """The SentenceTransformer for `name`, loaded once per process (thread-safe); `threads` > 0
+    sets torch's CPU threads for the process."""
     key = (name, device)
     model = _models.get(key)
     if model is not None:
@@ -47,7 +48,11 @@ def load_model(name: str = LOCAL_MODEL, device: str = "cpu") -> Any:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             started = time.perf_counter()
+            import torch
             from sentence_transformers import SentenceTransformer
+
+            if threads > 0:
+                torch.set_num_threads(threads)
 
             model = SentenceTransformer(model_path(name), device=device)
             _models[key] = model
@@ -72,7 +77,7 @@ class LocalProvider:
 
     def encode(self, texts: list[str], model: str) -> Any:
         """float32 array (len(texts), dims), unit length; one encode at a time per process."""
-        st = load_model(model, self.settings.llm_local_device)
+        st = load_model(model, self.settings.llm_local_device, self.settings.llm_local_threads)
         with self._encode_lock:
             return st.encode(
                 texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False

@@ -26,6 +26,9 @@ class LlmSettings(BaseSettings):
         description="sentence-transformers model of the local provider (a path, or all-MiniLM-L6-v2 = the bundled one)",
     )
     llm_local_device: str = Field(default="cpu", description="torch device of the local model (cpu, cuda)")
+    llm_local_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads for the local model; 0 = torch's default (one per core)"
+    )
     llm_http_base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL, e.g. https://api.openai.com/v1"
     )
