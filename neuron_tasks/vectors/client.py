@@ -1,0 +1,442 @@
+"""`Vectors`: named HNSW indexes whose vectors live in PostgreSQL.
+
+Writes go to PostgreSQL first (one transaction per batch, serialised per index by a row lock
+that also hands out the index's data sequence); every process that searches keeps the graph in
+memory and replays the rows changed since the sequence it has applied. A process loads the
+latest graph snapshot instead of rebuilding, then replays the changes after it. Searchers
+re-read the published ef/alpha (and replay writes) at most every `vectors_sync_s`, so a new
+ef reaches every searching process within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from .. import db
+from ..errors import NeuronTasksError
+from ..sql import q
+from .graph import Graph, as_matrix, normalise
+from .metrics import MetricsRecorder, QueryRecord
+from .settings import VectorSettings
+
+log = logging.getLogger(__name__)
+SPACES = ("l2", "ip", "cosine")
+
+
+class UnknownIndex(NeuronTasksError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no vector index named {name!r}; create it with `neuron-tasks index create {name} --dim N`")
+
+
+@dataclass
+class Hit:
+    id: int
+    distance: float
+    score: float | None = None
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+
+
+@dataclass
+class SearchResult:
+    query_id: uuid.UUID
+    index: str
+    k: int
+    ef: int
+    latency_ms: float
+    hits: list[Hit]
+    mode: str = "vector"
+    alpha: float | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return [h.id for h in self.hits]
+
+
+@dataclass
+class IndexState:
+    """One index as this process holds it."""
+
+    name: str
+    space: str
+    dim: int
+    m: int
+    ef_construction: int
+    text_config: str
+    graph: Graph
+    seq: int
+    ef: int
+    alpha: float
+    params_version: int
+    loaded_from: str
+    checked_at: float = 0.0
+    changed_since_snapshot: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def encode(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def decode(data: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4").reshape(-1, dim)
+
+
+class Vectors:
+    """The vector-index API of one process. Thread-safe; share one per process."""
+
+    def __init__(self, url: str | None = None, *, settings: VectorSettings | None = None,
+                 pool: ConnectionPool | None = None) -> None:
+        self.settings = settings or VectorSettings()
+        self._url = url or self.settings.database_url
+        self._pool = pool
+        self._own_pool = pool is None
+        self._lock = threading.RLock()
+        self._states: dict[str, IndexState] = {}
+        self._recorder: MetricsRecorder | None = None
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    url = self._url or db.resolve_url(self.settings)  # type: ignore[arg-type]
+                    self._pool = db.make_pool(url, max_size=4, name="neuron_tasks-vectors")
+        return self._pool
+
+    @property
+    def recorder(self) -> MetricsRecorder:
+        if self._recorder is None:
+            with self._lock:
+                if self._recorder is None:
+                    rec = MetricsRecorder(lambda: self.pool, self.settings.vectors_metrics_flush_s)
+                    rec.start()
+                    self._recorder = rec
+        return self._recorder
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(q(name), params)
+            return cur.fetchall() if cur.description else []
+
+    def flush_metrics(self, timeout: float = 10.0) -> bool:
+        return self._recorder.flush(timeout) if self._recorder is not None else True
+
+    def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.stop()
+            self._recorder = None
+        if self._own_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self._states.clear()
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop this process's in-memory graph(s); the next use loads again."""
+        with self._lock:
+            if name is None:
+                self._states.clear()
+            else:
+                self._states.pop(name, None)
+
+    # -- registry -----------------------------------------------------------------------------
+    def create_index(self, name: str, dim: int, *, space: str = "cosine", m: int | None = None,
+                     ef_construction: int | None = None, ef_search: int | None = None,
+                     text_config: str = "english") -> dict[str, Any]:
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
+        s = self.settings
+        rows = self._rows("vec_create_index", {
+            "name": name, "space": space, "dim": dim, "m": m or s.vectors_default_m,
+            "ef_construction": ef_construction or s.vectors_default_ef_construction,
+            "ef_search": ef_search or s.vectors_default_ef, "text_config": text_config})
+        return rows[0]
+
+    def drop_index(self, name: str) -> bool:
+        self.forget(name)
+        return bool(self._rows("vec_drop_index", {"name": name})[0]["count"])
+
+    def indexes(self) -> list[dict[str, Any]]:
+        return self._rows("vec_list_indexes", {})
+
+    def info(self, name: str) -> dict[str, Any]:
+        rows = self._rows("vec_get_index", {"name": name})
+        if not rows:
+            raise UnknownIndex(name)
+        return rows[0]
+
+    # -- loading and syncing ------------------------------------------------------------------
+    def state(self, name: str, *, sync: bool = True) -> IndexState:
+        """This process's graph of `name`, loaded on first use and kept in step with PostgreSQL."""
+        st = self._states.get(name)
+        if st is None:
+            with self._lock:
+                st = self._states.get(name)
+                if st is None:
+                    st = self._load(name)
+                    self._states[name] = st
+        if sync and time.monotonic() - st.checked_at >= self.settings.vectors_sync_s:
+            self.refresh(st)
+        return st
+
+    def _load(self, name: str) -> IndexState:
+        info = self.info(name)
+        snap = self._rows("vec_load_snapshot", {"name": name})
+        started = time.perf_counter()
+        if snap:
+            s = snap[0]
+            tomb = np.frombuffer(bytes(s["tombstones"]), dtype="<i8").tolist()
+            graph = Graph.from_bytes(info["space"], info["dim"], bytes(s["graph"]), int(s["capacity"]), tomb)
+            seq, source = int(s["seq"]), "snapshot"
+        else:
+            graph, seq = self._rebuild(info)
+            source = "rebuild"
+        st = IndexState(name=name, space=info["space"], dim=info["dim"], m=info["m"],
+                        ef_construction=info["ef_construction"], text_config=info["text_config"], graph=graph,
+                        seq=seq, ef=info["ef_search"], alpha=info["alpha"], params_version=info["params_version"],
+                        loaded_from=source)
+        replayed = self.refresh(st)
+        log.info("index %s: %s at seq %d in %.2fs, replayed %d changes", name, source, seq,
+                 time.perf_counter() - started, replayed)
+        if source == "rebuild" and graph.live:
+            self.save(name, st)
+        return st
+
+    def _rebuild(self, info: dict[str, Any]) -> tuple[Graph, int]:
+        """Build the graph from every live row (one consistent snapshot of the table)."""
+        name, dim = info["name"], info["dim"]
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            row = conn.execute(q("vec_params"), {"name": name}).fetchone()
+            seq = int(row[3]) if row else 0
+            graph = Graph.new(info["space"], dim, info["m"], info["ef_construction"],
+                              capacity=int(info["live_count"]) + 1024)
+            with conn.cursor(name=f"nt_rebuild_{uuid.uuid4().hex[:8]}") as cur:
+                cur.execute(q("vec_live_vectors"), {"name": name, "upto": seq})
+                while batch := cur.fetchmany(5000):
+                    ids = [int(r[0]) for r in batch]
+                    vecs = decode(b"".join(bytes(r[1]) for r in batch), dim)
+                    graph.upsert(ids, vecs, num_threads=self.settings.vectors_num_threads)
+        return graph, seq
+
+    def refresh(self, st: IndexState) -> int:
+        """Re-read published parameters; replay rows changed since our sequence. Returns rows replayed."""
+        row = self._rows("vec_params", {"name": st.name})
+        if not row:
+            self.forget(st.name)
+            raise UnknownIndex(st.name)
+        p = row[0]
+        replayed = 0
+        with st.lock:
+            st.ef, st.alpha, st.params_version = int(p["ef_search"]), float(p["alpha"]), int(p["params_version"])
+            if int(p["data_seq"]) > st.seq:
+                replayed = self._replay(st)
+            st.checked_at = time.monotonic()
+        return replayed
+
+    def _replay(self, st: IndexState) -> int:
+        rows = self._rows("vec_changes_since", {"name": st.name, "seq": st.seq, "upto": 2**62})
+        if not rows:
+            return 0
+        dead = [int(r["id"]) for r in rows if r["deleted"]]
+        live = [r for r in rows if not r["deleted"]]
+        # Final state per row: deletes and upserts touch disjoint ids.
+        st.graph.delete(dead)
+        if live:
+            vecs = decode(b"".join(bytes(r["embedding"]) for r in live), st.dim)
+            st.graph.upsert([int(r["id"]) for r in live], vecs, num_threads=self.settings.vectors_num_threads)
+        st.seq = max(st.seq, max(int(r["seq"]) for r in rows))
+        st.changed_since_snapshot += len(rows)
+        return len(rows)
+
+    def save(self, name: str, st: IndexState | None = None) -> dict[str, Any]:
+        """Persist this process's graph as the index's snapshot (kept only if newer)."""
+        st = st or self.state(name)
+        with st.lock:
+            data, seq = st.graph.to_bytes(), st.seq
+            params = {"name": name, "seq": seq, "graph": data, "live": len(st.graph.live),
+                      "elements": st.graph.elements, "capacity": st.graph.capacity,
+                      "tombstones": st.graph.tombstone_bytes()}
+            st.changed_since_snapshot = 0
+        with self.pool.connection() as conn:
+            conn.execute(q("vec_save_snapshot"), params)
+        return {"seq": seq, "bytes": len(data), "live": params["live"], "elements": params["elements"]}
+
+    # -- writes -------------------------------------------------------------------------------
+    def add(self, name: str, ids: Sequence[int], vectors: Any, *,
+            metadata: Sequence[dict[str, Any] | None] | None = None, texts: Sequence[str | None] | None = None) -> int:
+        """Insert or replace items (upsert); returns the data sequence of this write."""
+        st = self.state(name, sync=False)
+        ids = [int(i) for i in ids]
+        mat = as_matrix(vectors, st.dim)
+        if len(ids) != len(mat):
+            raise ValueError(f"{len(ids)} ids but {len(mat)} vectors")
+        if any(i < 0 for i in ids):
+            raise ValueError("ids must be non-negative integers")
+        metas = list(metadata) if metadata is not None else [None] * len(ids)
+        bodies = list(texts) if texts is not None else [None] * len(ids)
+        if len(metas) != len(ids) or len(bodies) != len(ids):
+            raise ValueError("metadata and texts must have one entry per id")
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
+            if row is None:
+                raise UnknownIndex(name)
+            seq, text_config = int(row[0]), row[1]
+            distinct = sorted(set(ids))
+            live_before = conn.execute(q("vec_count_live"), {"name": name, "ids": distinct}).fetchone()[0]
+            conn.execute(q("vec_upsert_items"), {
+                "name": name, "seq": seq, "text_config": text_config, "ids": ids,
+                "embeddings": [encode(v) for v in mat],
+                "metadata": [Jsonb(m) if m is not None else None for m in metas], "bodies": bodies})
+            new = len(distinct) - int(live_before)
+            conn.execute(q("vec_update_counts"),
+                         {"name": name, "live_delta": new, "deleted": 0, "reused": new})
+        self._apply_own(st, seq, lambda: st.graph.upsert(ids, mat, num_threads=self.settings.vectors_num_threads),
+                        len(ids))
+        return seq
+
+    upsert = add
+
+    def delete(self, name: str, ids: Sequence[int]) -> int:
+        """Delete items (tombstones in PostgreSQL, mark_deleted in every graph); returns how many were live."""
+        st = self.state(name, sync=False)
+        ids = [int(i) for i in ids]
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
+            if row is None:
+                raise UnknownIndex(name)
+            seq = int(row[0])
+            gone = [int(r[0]) for r in conn.execute(q("vec_delete_items"),
+                                                    {"name": name, "seq": seq, "ids": ids}).fetchall()]
+            conn.execute(q("vec_update_counts"),
+                         {"name": name, "live_delta": -len(gone), "deleted": len(gone), "reused": 0})
+        self._apply_own(st, seq, lambda: st.graph.delete(gone), len(gone))
+        return len(gone)
+
+    def _apply_own(self, st: IndexState, seq: int, apply: Any, changed: int) -> None:
+        with st.lock:
+            if st.seq == seq - 1:
+                apply()
+                st.seq = seq
+                st.changed_since_snapshot += changed
+            else:
+                self._replay(st)
+        every = self.settings.vectors_snapshot_every
+        if every and st.changed_since_snapshot >= every:
+            self.save(st.name, st)
+
+    # -- search -------------------------------------------------------------------------------
+    def query_vector(self, st: IndexState, query: Any) -> tuple[np.ndarray, str | None]:
+        if isinstance(query, str):
+            from .embed import embed_texts
+
+            return as_matrix(embed_texts([query]), st.dim), query
+        return as_matrix(query, st.dim), None
+
+    def filter_ids(self, name: str, flt: dict[str, Any] | Sequence[int] | None) -> set[int] | None:
+        if flt is None:
+            return None
+        if isinstance(flt, dict):
+            return {int(r["id"]) for r in self._rows("vec_filter_ids", {"name": name, "filter": Jsonb(flt)})}
+        return {int(i) for i in flt}
+
+    def search(self, index: str, query: Any, k: int = 10, ef: int | None = None,
+               filter: dict[str, Any] | Sequence[int] | None = None, *,
+               include_metadata: bool = False, record: bool = True) -> SearchResult:
+        """The k nearest items to a vector (or a text, embedded by the LLM provider).
+
+        ef: this search's ef (default: the index's published ef_search, kept up to date).
+        filter: a JSON document the items' metadata must contain, or a set of allowed ids.
+        """
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        st = self.state(index)
+        vec, text = self.query_vector(st, query)
+        allowed = self.filter_ids(index, filter)
+        with st.lock:
+            ef_used = max(int(ef or st.ef), k)
+            started = time.perf_counter()
+            labels, dists = st.graph.knn(vec, k, ef_used, allowed)
+            latency_ms = (time.perf_counter() - started) * 1000
+        hits = [Hit(int(i), float(d)) for i, d in zip(labels[0], dists[0], strict=True)]
+        result = SearchResult(uuid.uuid4(), index, k, ef_used, latency_ms, hits)
+        if include_metadata:
+            self.attach_details(index, hits)
+        if record:
+            self.record(result, vec, text, filtered=allowed is not None, sample=allowed is None and ef is None)
+        return result
+
+    def attach_details(self, index: str, hits: list[Hit]) -> None:
+        rows = {int(r["id"]): r for r in self._rows("vec_item_details", {"name": index, "ids": [h.id for h in hits]})}
+        for h in hits:
+            if h.id in rows:
+                h.metadata, h.text = rows[h.id]["metadata"], rows[h.id]["body"]
+
+    def record(self, result: SearchResult, vec: np.ndarray, text: str | None, *, filtered: bool,
+               sample: bool, force_sample: bool = False) -> None:
+        """Queue the query's metrics; keep its vector for a sampled share (filtered searches and
+        searches with an explicit ef are not sampled: their recall is not the index's)."""
+        keep = force_sample or (sample and random.random() < self.settings.vectors_sample_rate)
+        self.recorder.record(QueryRecord(
+            query_id=result.query_id, index_name=result.index, at=datetime.now(UTC), k=result.k, ef=result.ef,
+            latency_ms=result.latency_ms, mode=result.mode, alpha=result.alpha, filtered=filtered,
+            embedding=encode(vec[0]) if keep else None, query_text=text if keep else None,
+            result_ids=result.ids if keep else []))
+
+    def hybrid_search(self, index: str, text: str, k: int = 10, *, vector: Any = None, alpha: float | None = None,
+                      ef: int | None = None, filter: dict[str, Any] | Sequence[int] | None = None,
+                      include_metadata: bool = False) -> SearchResult:
+        """alpha * vector similarity + (1 - alpha) * full-text rank (both min-max scaled over the
+        candidates); alpha defaults to the index's published (tuned) alpha."""
+        from .hybrid import hybrid_search
+
+        return hybrid_search(self, index, text, k, vector=vector, alpha=alpha, ef=ef, flt=filter,
+                             include_metadata=include_metadata)
+
+    def feedback(self, query_id: uuid.UUID | str, relevant_ids: Sequence[int], *, index: str | None = None) -> None:
+        """Record which results of a query were relevant (the tuner's alpha uses it)."""
+        self.flush_metrics()
+        qid = uuid.UUID(str(query_id))
+        if index is None:
+            rows = self._rows("vec_sample_index", {"query_id": qid})
+            if not rows:
+                raise NeuronTasksError(f"unknown query id {qid}: only hybrid and sampled searches take feedback")
+            index = rows[0]["index_name"]
+        self._rows("vec_insert_feedback", {"query_id": qid, "index_name": index,
+                                           "relevant_ids": [int(i) for i in relevant_ids]})
+
+    # -- stats --------------------------------------------------------------------------------
+    def stats(self, name: str | None = None, window_s: float = 600) -> list[dict[str, Any]]:
+        """Per index: counters, ef, alpha, alert, and P50/P90/P95/P99 and recall over the window."""
+        self.flush_metrics()
+        perf = {r["index_name"]: r for r in self._rows("vec_query_stats", {"name": name, "window_s": window_s})}
+        out = []
+        for info in ([self.info(name)] if name else self.indexes()):
+            row = {k: info[k] for k in ("name", "space", "dim", "m", "ef_construction", "ef_search", "alpha",
+                                        "live_count", "deleted_count", "data_seq", "alert", "params_version")}
+            row.update({k: v for k, v in perf.get(info["name"], {}).items() if k not in ("index_name", "ef_search")})
+            snap = self._rows("vec_snapshot_info", {"name": info["name"]})
+            row["snapshot_seq"] = snap[0]["seq"] if snap else None
+            row["snapshot_bytes"] = snap[0]["bytes"] if snap else None
+            st = self._states.get(info["name"])
+            if st is not None:
+                row["graph"] = st.graph.counts()
+            out.append(row)
+        return out
+
+    def normalised(self, st: IndexState, vec: np.ndarray) -> np.ndarray:
+        return normalise(st.space, vec)

@@ -1,0 +1,109 @@
+"""Hybrid search (vector similarity + PostgreSQL full-text rank, weight alpha) and the tuning
+of alpha from relevance feedback (NDCG@10)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..sql import q
+from .graph import distances, normalise
+
+if TYPE_CHECKING:
+    from .client import IndexState, SearchResult, Vectors
+
+#: Candidates taken from each side (vector neighbours, full-text matches) before re-scoring.
+POOL = 100
+
+
+@dataclass
+class Candidates:
+    ids: np.ndarray  # (n,)
+    vector: np.ndarray  # similarity, min-max scaled to [0, 1]
+    text: np.ndarray  # full-text rank, scaled to [0, 1]
+
+
+def _scale(x: np.ndarray) -> np.ndarray:
+    if len(x) == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
+
+
+def candidates(client: Vectors, st: IndexState, text: str, vec: np.ndarray, ef: int,
+               allowed: set[int] | None = None, pool: int = POOL) -> Candidates:
+    """The union of the vector top-`pool` and the full-text top-`pool`, with both scores."""
+    with st.lock:
+        labels, _ = st.graph.knn(vec, pool, max(ef, pool), allowed)
+    ids = {int(i) for i in labels[0]}
+    with client.pool.connection() as conn:
+        rows = conn.execute(q("vec_text_candidates"), {"name": st.name, "text": text,
+                                                       "text_config": st.text_config, "limit": pool}).fetchall()
+        text_ids = {int(r[0]) for r in rows}
+        if allowed is not None:
+            text_ids &= allowed
+        ids |= text_ids
+        ordered = sorted(ids)
+        ranks = dict(conn.execute(q("vec_text_ranks"), {"name": st.name, "text": text, "ids": ordered,
+                                                        "text_config": st.text_config}).fetchall())
+    with st.lock:
+        ordered = [i for i in ordered if i in st.graph.live]
+        data = st.graph.vectors(ordered)
+    dist = distances(st.space, data, normalise(st.space, vec))[0] if ordered else np.zeros(0)
+    sim = -dist
+    arr = np.asarray(ordered, dtype=np.int64)
+    return Candidates(arr, _scale(sim.astype(np.float64)),
+                      _scale(np.asarray([float(ranks.get(i, 0.0)) for i in ordered], dtype=np.float64)))
+
+
+def rank(c: Candidates, alpha: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    score = alpha * c.vector + (1 - alpha) * c.text
+    order = np.lexsort((c.ids, -score))[:k]
+    return c.ids[order], score[order]
+
+
+def hybrid_search(client: Vectors, index: str, text: str, k: int, *, vector: Any, alpha: float | None,
+                  ef: int | None, flt: Any, include_metadata: bool) -> SearchResult:
+    from .client import Hit, SearchResult
+
+    st = client.state(index)
+    vec, _ = client.query_vector(st, text if vector is None else vector)
+    allowed = client.filter_ids(index, flt)
+    a = float(st.alpha if alpha is None else alpha)
+    ef_used = max(int(ef or st.ef), k)
+    started = time.perf_counter()
+    cand = candidates(client, st, text, vec, ef_used, allowed, pool=max(POOL, k))
+    ids, scores = rank(cand, a, k)
+    latency_ms = (time.perf_counter() - started) * 1000
+    hits = [Hit(int(i), float(1 - s), score=float(s)) for i, s in zip(ids, scores, strict=True)]
+    result = SearchResult(uuid.uuid4(), index, k, ef_used, latency_ms, hits, mode="hybrid", alpha=a)
+    if include_metadata:
+        client.attach_details(index, hits)
+    # Hybrid queries are always kept (vector + text) so feedback on them can tune alpha.
+    client.record(result, vec, text, filtered=allowed is not None, sample=False, force_sample=True)
+    return result
+
+
+def ndcg_at(ranked: np.ndarray, relevant: set[int], k: int = 10) -> float:
+    gains = np.array([1.0 if int(i) in relevant else 0.0 for i in ranked[:k]])
+    dcg = float((gains / np.log2(np.arange(2, len(gains) + 2))).sum()) if len(gains) else 0.0
+    ideal = min(len(relevant), k)
+    idcg = float((1.0 / np.log2(np.arange(2, ideal + 2))).sum()) if ideal else 0.0
+    return dcg / idcg if idcg else 0.0
+
+
+def best_alpha(pools: list[tuple[Candidates, set[int]]], grid: int, current: float) -> tuple[float, float, float,
+                                                                                            list[dict[str, float]]]:
+    """The alpha (on a grid over [0, 1]) maximising mean NDCG@10; ties go to the one nearest
+    the current alpha. Returns (alpha, ndcg at it, ndcg at current, the curve)."""
+    alphas = sorted({round(x, 4) for x in np.linspace(0, 1, grid)} | {round(current, 4)})
+    curve = []
+    for a in alphas:
+        curve.append({"alpha": a, "ndcg": float(np.mean([ndcg_at(rank(c, a, 10)[0], rel) for c, rel in pools]))})
+    best = max(curve, key=lambda r: (round(r["ndcg"], 9), -abs(r["alpha"] - current)))
+    now = next(r["ndcg"] for r in curve if r["alpha"] == round(current, 4))
+    return best["alpha"], best["ndcg"], now, curve
