@@ -35,7 +35,7 @@ LIMIT 500;
 
 -- name: dash_queue_counts
 -- Per queue: counts by state, each bounded by %(cap)s and read from a partial index (waiting =
--- pending + retrying, split by a look at those rows), and the age of the oldest due message.
+-- pending + retrying, split by state only below the cap), and the age of the oldest due message.
 SELECT q.queue_name, w.waiting, w.pending, w.retrying,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
          WHERE m.queue_name = q.queue_name AND m.state = 'running' LIMIT %(cap)s) x) AS running,
@@ -47,12 +47,19 @@ SELECT q.queue_name, w.waiting, w.pending, w.retrying,
        (SELECT greatest(extract(epoch FROM now() - min(m.eta)), 0)::float8 FROM neuron_tasks.messages m
          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')) AS oldest_ready_age_s
 FROM unnest(%(queues)s::text[]) AS q(queue_name)
-CROSS JOIN LATERAL (
-    SELECT count(*) AS waiting,
+CROSS JOIN LATERAL (  -- index-only: how many wait, up to the cap
+    SELECT count(*) AS waiting FROM (
+        SELECT 1 FROM neuron_tasks.messages m
+        WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
+        ORDER BY m.eta LIMIT %(cap)s) x
+) n
+CROSS JOIN LATERAL (  -- the split by state, read only below the cap (above it: estimates)
+    SELECT n.waiting,
            count(*) FILTER (WHERE x.state = 'pending') AS pending,
            count(*) FILTER (WHERE x.state = 'retrying') AS retrying
     FROM (SELECT m.state FROM neuron_tasks.messages m
-          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying') LIMIT %(cap)s) x
+          WHERE n.waiting < %(cap)s AND m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
+          LIMIT %(cap)s) x
 ) w
 ORDER BY q.queue_name;
 
