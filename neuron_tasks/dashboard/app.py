@@ -75,15 +75,15 @@ class Dashboard:
         started = time.perf_counter()
         ov = await run_in_threadpool(self.data.overview)
         labels = [m["minute"].astimezone().strftime("%H:%M") for m in ov.throughput]
-        throughput = charts.bars(
-            [("finished", [m["finished"] for m in ov.throughput], "s-finished"),
-             ("dead-lettered", [m["failed"] for m in ov.throughput], "s-failed")],
-            labels, title="Finished and dead-lettered per minute, last hour")
+        throughput = charts.bars([("finished", [m["finished"] for m in ov.throughput], "s-finished")],
+                                 labels, title="Finished per minute, last hour")
+        failures = charts.bars([("dead-lettered", [m["failed"] for m in ov.throughput], "s-failed")],
+                               labels, title="Dead-lettered per minute, last hour", height=110)
         depth = charts.bars(
             [(s, [r[s].best for r in ov.queues], f"s-{s}") for s in STATES],
             [r["queue_name"] for r in ov.queues], title="Messages per queue and state")
-        return self.page(request, "overview.html", started, ov=ov, throughput=throughput, depth=depth,
-                         states=STATES, live=True, cap=self.data.count_cap)
+        return self.page(request, "overview.html", started, ov=ov, throughput=throughput, failures=failures,
+                         depth=depth, states=STATES, live=True, cap=self.data.count_cap)
 
     async def messages(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -68,7 +68,7 @@ def test_overview_shows_live_numbers(page: Any, dashboard: str, clean_db: str) -
     page.goto(dashboard + "/")
     assert page.text_content("#total-pending") == "3"
     assert page.text_content("#total-failed") == "1"
-    assert page.locator("svg.chart").count() == 2
+    assert page.locator("svg.chart").count() == 3
     for i in range(2):
         enqueue(clean_db, "add", [10 + i], queue="live")
     # no reload: the page's auto-refresh (1 s here) brings the new numbers

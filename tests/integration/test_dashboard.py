@@ -35,7 +35,7 @@ def test_overview_shows_queues_by_state_charts_and_workers(clean_db: str) -> Non
     assert re.search(r'id="workers-alive">1<', html)
     for queue in ("alpha", "beta", "gamma"):
         assert f'data-queue="{queue}"' in html
-    assert html.count("<svg") == 2 and "Finished and dead-lettered per minute" in html
+    assert html.count("<svg") == 3 and "Finished per minute" in html and "Dead-lettered per minute" in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no CDN, nothing remote
 
 
