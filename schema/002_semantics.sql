@@ -71,6 +71,16 @@ CREATE TABLE neuron_tasks.topic_slots (
     PRIMARY KEY (topic, slot)
 );
 
+-- Is a topic slot's holder a message running under a live lease? (plpgsql: evaluated per slot
+-- row, also when a concurrently updated row is rechecked under FOR UPDATE SKIP LOCKED.)
+CREATE FUNCTION neuron_tasks.slot_holder_alive_v1(p_holder bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM neuron_tasks.messages h
+                   WHERE h.id = p_holder AND h.state = 'running' AND h.lease_expires_at > now());
+END;
+$$;
+
 -- Take up to p_want tokens from a tenant's bucket (refilled at p_qps, capped at p_burst).
 -- granted > 0: run that many jobs now; granted = 0: wait_s until the next token.
 -- The clock is read after the row lock, and never moves the refill time backwards.

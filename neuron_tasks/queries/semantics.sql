@@ -110,20 +110,18 @@ ORDER BY t.name;
 
 -- name: topic_acquire_slot
 -- Take a free concurrency slot of a topic for a running message (a slot whose holder is not
--- running under a live lease is free). No row = the topic is at its concurrency. The holder is
--- looked up by primary key (a join, not a scan of every running message).
+-- running under a live lease is free). No row = the topic is at its concurrency. Freeness is a
+-- per-row function call so that a slot taken concurrently is rechecked with its new holder.
 UPDATE neuron_tasks.topic_slots AS s
 SET holder = %(holder)s, acquired_at = now()
 WHERE (s.topic, s.slot) = (
-    SELECT x.topic, x.slot
-    FROM neuron_tasks.topic_slots x
-    LEFT JOIN neuron_tasks.messages h ON h.id = x.holder
+    SELECT x.topic, x.slot FROM neuron_tasks.topic_slots x
     WHERE x.topic = %(topic)s
-      AND (x.holder IS NULL OR x.holder = %(holder)s OR h.id IS NULL
-           OR h.state <> 'running' OR h.lease_expires_at <= now())
+      AND (x.holder IS NULL OR x.holder = %(holder)s OR NOT neuron_tasks.slot_holder_alive_v1(x.holder))
     ORDER BY (x.holder = %(holder)s) DESC NULLS LAST, x.slot
     LIMIT 1
-    FOR UPDATE OF x SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED)
+  AND (s.holder IS NULL OR s.holder = %(holder)s OR NOT neuron_tasks.slot_holder_alive_v1(s.holder))
 RETURNING s.slot;
 
 -- name: topic_free_slots
