@@ -344,7 +344,7 @@ class Vectors:
         if isinstance(query, str):
             from .embed import embed_texts
 
-            return as_matrix(embed_texts([query]), st.dim), query
+            return as_matrix(embed_texts(self.pool, [query]), st.dim), query
         return as_matrix(query, st.dim), None
 
     def filter_ids(self, name: str, flt: dict[str, Any] | Sequence[int] | None) -> set[int] | None:

@@ -1,20 +1,21 @@
-"""Text -> vector through the LLM issue's embedding provider, when it is installed.
-
-`neuron_tasks.llm` is looked up at call time (never at import): if it offers an embedding
-function, text queries and `embed_and_index` use it; otherwise only vectors are accepted and
-`TextEmbeddingUnavailable` says so.
+"""Text -> vector through the LLM issue's embedding service (`neuron_tasks.llm.service.LlmService`),
+looked up at call time, never at import: with it, text queries and `embed_and_index` work (and
+share its Postgres embedding cache and usage accounting); without it (the llm extra not
+installed), only vectors are accepted and `TextEmbeddingUnavailable` says so.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
+import threading
 from typing import Any
 
 import numpy as np
+from psycopg_pool import ConnectionPool
 
 from ..errors import NeuronTasksError
+
+_services: dict[int, Any] = {}
+_lock = threading.Lock()
 
 
 class TextEmbeddingUnavailable(NeuronTasksError):
@@ -22,53 +23,34 @@ class TextEmbeddingUnavailable(NeuronTasksError):
 
     def __init__(self, why: str) -> None:
         super().__init__(
-            "text given but no embedding provider is available "
-            f"({why}); pass vectors, or install the llm extra (`pip install 'neuron-tasks[llm]'`)"
+            f"text given but no embedding provider is available ({why}); pass vectors instead, or install the "
+            "llm extra (`pip install 'neuron-tasks[llm]'`)"
         )
 
 
-#: Functions in neuron_tasks.llm (or its submodules) that turn a list of texts into vectors.
-_CANDIDATES = (
-    ("neuron_tasks.llm", "embed_texts"),
-    ("neuron_tasks.llm", "embed"),
-    ("neuron_tasks.llm.embeddings", "embed_texts"),
-    ("neuron_tasks.llm.embeddings", "embed"),
-    ("neuron_tasks.llm.providers", "embed_texts"),
-)
-_PROVIDER_FACTORIES = (
-    ("neuron_tasks.llm", "default_provider"),
-    ("neuron_tasks.llm", "get_provider"),
-    ("neuron_tasks.llm.providers", "default_provider"),
-    ("neuron_tasks.llm.providers", "get_provider"),
-)
+def service(pool: ConnectionPool) -> Any:
+    """The LLM service on this pool (one per pool), or raise TextEmbeddingUnavailable."""
+    with _lock:
+        found = _services.get(id(pool))
+        if found is None:
+            try:
+                from ..llm.service import LlmService
+            except ImportError as exc:
+                raise TextEmbeddingUnavailable(f"neuron_tasks.llm cannot be imported: {exc}") from None
+            found = _services[id(pool)] = LlmService(pool)
+        return found
 
 
-def _lookup(module: str, attr: str) -> Any:
+def available() -> bool:
     try:
-        mod = importlib.import_module(module)
+        from ..llm.service import LlmService  # noqa: F401
     except ImportError:
-        return None
-    return getattr(mod, attr, None)
+        return False
+    return True
 
 
-def text_embedder() -> Callable[[list[str]], np.ndarray]:
-    """A function texts -> float32 (n, dim) matrix, or raise TextEmbeddingUnavailable."""
-    if _lookup("neuron_tasks.llm", "__name__") is None:
-        raise TextEmbeddingUnavailable("neuron_tasks.llm is not importable")
-    for module, attr in _CANDIDATES:
-        fn = _lookup(module, attr)
-        if callable(fn) and not inspect.isclass(fn):
-            return lambda texts, fn=fn: np.asarray(fn(list(texts)), dtype=np.float32)
-    for module, attr in _PROVIDER_FACTORIES:
-        factory = _lookup(module, attr)
-        if callable(factory):
-            provider = factory()
-            for method in ("embed", "embed_texts", "encode"):
-                fn = getattr(provider, method, None)
-                if callable(fn):
-                    return lambda texts, fn=fn: np.asarray(fn(list(texts)), dtype=np.float32)
-    raise TextEmbeddingUnavailable("neuron_tasks.llm offers no embed function yet")
-
-
-def embed_texts(texts: list[str]) -> np.ndarray:
-    return text_embedder()(texts)
+def embed_texts(pool: ConnectionPool, texts: list[str], *, tenant: str | None = None,
+                model: str | None = None) -> np.ndarray:
+    """float32 (n, dim) embeddings of `texts` from the configured provider (cached in Postgres)."""
+    out = service(pool).embed(list(texts), tenant=tenant, model=model)
+    return np.asarray(out["embeddings"], dtype=np.float32).reshape(len(texts), -1)
