@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from neuron_tasks.config import Settings
-from neuron_tasks.sql import q
+from neuron_tasks.sql import q, queries
 
 from .jobs import ScheduledJob, due_times
 from .settings import SchedulerSettings
@@ -212,8 +213,13 @@ class SchedulerNode:
 def builtin(conn: psycopg.Connection, name: str, core: Settings) -> str:
     """Run one maintenance job in the fire's transaction; returns a note for the fire log."""
     if name == "lease_sweeper":
-        rows = conn.execute(q("reclaim_expired"), {"max_deaths": core.max_retries}).fetchall()
-        for queue_name in {r[0] for r in rows if r[1] != "failed"}:
+        # The keeper's sweep (neuron_tasks/keeper.py), run by the leader even when no worker is alive.
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(q("reclaim_expired"), {"max_deaths": max(core.max_retries, 1)}).fetchall()
+        ids = [r["id"] for r in rows if "id" in r]
+        if ids and "free_slots" in queries():
+            conn.execute(q("free_slots"), {"ids": ids})
+        for queue_name in {r["queue_name"] for r in rows if r["state"] != "failed"}:
             conn.execute(q("notify"), {"queue_name": queue_name})
         return f"reclaimed {len(rows)}"
     if name == "retention":
