@@ -345,7 +345,9 @@ class PostgresBroker(Broker):
         self._check_pid()
         with self._lock:
             if self._completer is None:
-                self._completer = Completer(lambda: self.pool, self.owner, self.settings.ack_linger_ms / 1000.0)
+                self._completer = Completer(
+                    lambda: self.pool, self.owner, self.settings.ack_linger_ms / 1000.0, lambda: self.wake(None)
+                )
                 self._completer.start()
             if self._listener is None:
                 self._listener = Listener(self.url, self.wake)

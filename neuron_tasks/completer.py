@@ -48,15 +48,18 @@ class Completer(threading.Thread):
         pool: Callable[[], ConnectionPool],
         owner: UUID,
         linger_s: float,
+        on_slots_freed: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="neuron-tasks-completer", daemon=True)
         self._pool = pool
         self.owner = owner
         self.linger_s = linger_s
+        self.on_slots_freed = on_slots_freed
         self._cond = threading.Condition()
         self._batch = Batch()
         self._in_flight = 0
         self._stopping = False
+        self.took_slots = False  # set by the consumer when a claim took topic slots
 
     # -- called by worker threads -------------------------------------------------
     def ack(self, row_id: int) -> None:
@@ -94,7 +97,8 @@ class Completer(threading.Thread):
                     self._cond.wait(0.5)
                 if not self._batch and self._stopping:
                     return
-            if self.linger_s and not self._stopping:
+            if self.linger_s and not self._stopping and not self.took_slots:
+                # (Topic slots free up only when written: no lingering when this process holds some.)
                 # Let concurrent worker threads add to this batch.
                 deadline = time.monotonic() + self.linger_s
                 with self._cond:
@@ -123,12 +127,17 @@ class Completer(threading.Thread):
                 continue
             with self._cond:
                 self._in_flight = 0
+            if self.took_slots and self.on_slots_freed is not None:
+                self.on_slots_freed()  # consumers waiting for a free topic slot may claim again
 
     def _write(self, batch: Batch) -> None:
         woken: set[str] = set()
         with self._pool().connection() as conn, conn.transaction():
             if batch.acks:
                 conn.execute(q("ack"), {"ids": batch.acks, "owner": self.owner})
+            done_ids = batch.acks + [r["id"] for r in batch.retries + batch.nacks + batch.defers]
+            if self.took_slots:  # this process claimed messages holding topic slots
+                conn.execute(q("free_slots"), {"ids": done_ids})
             with conn.cursor() as cur:
                 if batch.retries:
                     cur.executemany(

@@ -40,7 +40,6 @@ class PgMessageProxy(MessageProxy):
         self._consumer: PgConsumer | None = consumer
         self._retry: tuple[bytes, int] | None = None
         self._defer: tuple[int, str] | None = None
-        self.topic_slot: str | None = None
 
     def is_in_flight(self) -> bool:
         return self._consumer is not None
@@ -190,6 +189,8 @@ class PgConsumer(Consumer):
             # Dramatiq's ConsumerThread restarts the consumer after a connection error.
             raise ConnectionClosed(exc) from None
         rows.sort(key=lambda r: (r[1], r[2], r[0]))
+        if rows and rows[0][6]:
+            self.broker.completer.took_slots = True
         with self._held_lock:
             self._held += len(rows)
         return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5])) for r in rows]

@@ -111,10 +111,12 @@ class Keeper(threading.Thread):
             # At least one re-run after a crash, even with max_retries=0.
             max_deaths = max(self.settings.max_retries, 1)
             rows = conn.execute(q("reclaim_expired"), {"max_deaths": max_deaths}).fetchall()
-            for queue_name in {r[0] for r in rows if r[1] != "failed"}:
+            if rows:
+                conn.execute(q("free_slots"), {"ids": [r[0] for r in rows]})
+            for queue_name in {r[1] for r in rows if r[2] != "failed"}:
                 conn.execute(q("notify"), {"queue_name": queue_name})
         if rows:
-            poisoned = sum(1 for r in rows if r[1] == "failed")
+            poisoned = sum(1 for r in rows if r[2] == "failed")
             log.warning(
                 "reclaimed %d messages from dead workers (%d dead-lettered as poison)", len(rows), poisoned
             )

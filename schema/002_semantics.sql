@@ -70,6 +70,7 @@ CREATE TABLE neuron_tasks.topic_slots (
     acquired_at timestamptz,
     PRIMARY KEY (topic, slot)
 );
+CREATE INDEX topic_slots_holder_idx ON neuron_tasks.topic_slots (holder) WHERE holder IS NOT NULL;
 
 -- Is a topic slot's holder a message running under a live lease? (plpgsql: evaluated per slot
 -- row, also when a concurrently updated row is rechecked under FOR UPDATE SKIP LOCKED.)

@@ -50,8 +50,8 @@ def reset(url: str) -> None:
         conn.execute("VACUUM ANALYZE neuron_tasks.messages")
 
 
-def drain(url: str, n: int, *, bare: bool, threads: int = 8, **options: Any) -> float:
-    """Enqueue n no-op messages, then time a worker draining them; returns messages/s."""
+def drain(url: str, n: int, *, bare: bool, threads: int = 8, job_ms: float = 0.0, **options: Any) -> float:
+    """Enqueue n messages (no-op, or sleeping job_ms), then time a worker draining them; messages/s."""
     reset(url)
     settings = Settings(database_url=url, queue_depth=max(n * 2, 10_000))
     broker = PostgresBroker(settings=settings, middleware=[] if bare else None)
@@ -59,7 +59,8 @@ def drain(url: str, n: int, *, bare: bool, threads: int = 8, **options: Any) -> 
 
     @dramatiq.actor(queue_name="bench", max_retries=0)
     def noop(i: int) -> None:
-        pass
+        if job_ms:
+            time.sleep(job_ms / 1000.0)
 
     if "tenant" in options:
         set_tenant(broker.pool, options["tenant"], qps=1e6, burst=1e6)
@@ -131,7 +132,11 @@ def main() -> int:
     results["drain"] = {"bare": bare, "all_middleware": full, "all_middleware_with_tenant": tenant}
     unlimited = drain(url, n, bare=False)
     topic8 = drain(url, n, bare=False, topic="capped", _concurrency=8)
-    results["topic"] = {"no_topic": unlimited, "topic_concurrency_8": topic8}
+    slow_n = max(n // 5, 500)
+    unlimited_10 = drain(url, slow_n, bare=False, job_ms=10)
+    topic8_10 = drain(url, slow_n, bare=False, job_ms=10, topic="capped", _concurrency=8)
+    results["topic"] = {"no_topic": unlimited, "topic_concurrency_8": topic8,
+                        "no_topic_10ms_jobs": unlimited_10, "topic_concurrency_8_10ms_jobs": topic8_10}
     results["rate"] = rate_accuracy(url, args.rate_seconds)
 
     print(f"\nbench/middleware  ({n} no-op messages per drain, 1 process x 8 threads)\n")
@@ -141,6 +146,9 @@ def main() -> int:
     print(f"{'drain, all middleware, tenant with a QPS limit':48} {tenant:10.0f} {tenant / bare:8.2f}  (shared bucket)")
     print(f"{'drain, no topic':48} {unlimited:10.0f}")
     print(f"{'drain, topic concurrency 8':48} {topic8:10.0f} {topic8 / unlimited:8.2f}  >= 0.8 of no topic")
+    print(f"{'drain, 10 ms jobs, no topic':48} {unlimited_10:10.0f}")
+    print(f"{'drain, 10 ms jobs, topic concurrency 8':48} {topic8_10:10.0f} {topic8_10 / unlimited_10:8.2f}  "
+          ">= 0.8 of no topic")
     print(f"\nrate-limit accuracy over {args.rate_seconds:.0f} s, burst 5, 3 tenants at once (goal 0.95-1.02)")
     for r in results["rate"]:
         print(f"  {r['tenant']:5} limit {r['qps']:5.1f} qps: {r['jobs']:5d} jobs in {r['span_s']:6.2f} s -> "

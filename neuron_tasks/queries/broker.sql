@@ -47,9 +47,10 @@ SELECT count(*) FROM (
 -- name: dequeue
 -- Claim up to `limit` ready messages of a queue for this worker. Fair across tenants: each
 -- tenant with ready messages (found by a skip scan of messages_ready_idx) gets an equal share of
--- the batch, lowest priority value first within a tenant; tenants blocked by their rate limit and
--- topics whose concurrency slots are all held by other workers are left for later (slots this
--- worker holds free up here soon, so it keeps claiming for them).
+-- the batch, lowest priority value first within a tenant; tenants blocked by their rate limit are
+-- left for later. A message of a topic with a concurrency limit is claimed only together with a
+-- free slot of its topic, which it holds until it is acked (slots locked SKIP LOCKED: two workers
+-- never take the same one).
 WITH RECURSIVE tenants AS (
     (SELECT coalesce(tenant, '') AS t FROM neuron_tasks.messages
      WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
@@ -69,23 +70,40 @@ open_tenants AS (
 share AS (
     SELECT greatest(1, ceil(%(limit)s::float8 / greatest(count(*), 1)))::int AS n FROM open_tenants
 ),
-full_topics AS (
-    SELECT s.topic
-    FROM neuron_tasks.topic_slots s
-    LEFT JOIN neuron_tasks.messages h ON h.id = s.holder
-    GROUP BY s.topic
-    HAVING bool_and(h.state IS NOT DISTINCT FROM 'running' AND h.lease_expires_at > now()
-                    AND h.lease_owner <> %(owner)s)
+limited AS (
+    SELECT DISTINCT topic FROM neuron_tasks.topic_slots
 ),
-picked AS (
-    SELECT c.id FROM open_tenants o CROSS JOIN LATERAL (
-        SELECT m.id FROM neuron_tasks.messages m
+free_slots AS (
+    SELECT f.topic, f.slot, row_number() OVER (PARTITION BY f.topic ORDER BY f.slot) AS rn
+    FROM (SELECT s.topic, s.slot FROM neuron_tasks.topic_slots s
+          WHERE s.holder IS NULL OR NOT neuron_tasks.slot_holder_alive_v1(s.holder)
+          FOR UPDATE SKIP LOCKED) AS f
+),
+candidates AS (
+    SELECT c.id, c.topic, c.priority, c.eta FROM open_tenants o CROSS JOIN LATERAL (
+        SELECT m.id, m.topic, m.priority, m.eta FROM neuron_tasks.messages m
         WHERE m.queue_name = %(queue_name)s AND coalesce(m.tenant, '') = o.t
           AND m.state IN ('pending', 'retrying') AND m.eta <= now()
-          AND (m.topic IS NULL OR m.topic NOT IN (SELECT topic FROM full_topics))
         ORDER BY m.priority, m.eta, m.id
         LIMIT (SELECT n FROM share)
         FOR UPDATE SKIP LOCKED) AS c
+),
+ranked AS (
+    SELECT c.id, c.topic,
+           CASE WHEN c.topic IN (SELECT topic FROM limited)
+                THEN row_number() OVER (PARTITION BY c.topic ORDER BY c.priority, c.eta, c.id) END AS rn
+    FROM candidates c
+),
+picked AS (
+    SELECT r.id, r.topic, r.rn FROM ranked r
+    WHERE r.rn IS NULL OR r.rn <= (SELECT count(*) FROM free_slots f WHERE f.topic = r.topic)
+),
+grab AS (
+    UPDATE neuron_tasks.topic_slots AS s
+    SET holder = p.id, acquired_at = now()
+    FROM picked p JOIN free_slots f ON f.topic = p.topic AND f.rn = p.rn
+    WHERE s.topic = f.topic AND s.slot = f.slot
+    RETURNING s.holder
 )
 UPDATE neuron_tasks.messages AS m
 SET state = 'running',
@@ -96,7 +114,8 @@ SET state = 'running',
     updated_at = now()
 FROM picked
 WHERE m.id = picked.id
-RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths;
+RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths,
+          (SELECT count(*) FROM grab) AS slots_taken;
 
 -- name: next_eta
 -- Seconds until the next message of a queue is due (NULL when none waits), and until the first
@@ -160,24 +179,39 @@ SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
 WHERE id = %(id)s AND lease_owner = %(owner)s;
 
 -- name: release
--- Give claimed messages back to the queue (worker shutdown, consumer restart).
-UPDATE neuron_tasks.messages
-SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    updated_at = now()
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
-RETURNING queue_name;
+-- Give claimed messages back to the queue (worker shutdown, consumer restart), and their slots.
+WITH back AS (
+    UPDATE neuron_tasks.messages
+    SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+    RETURNING id, queue_name),
+freed AS (
+    UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
+    WHERE holder IN (SELECT id FROM back))
+SELECT queue_name FROM back;
 
 -- name: release_owner
--- Give back every message a worker still holds (its broker is closing).
-UPDATE neuron_tasks.messages
-SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    updated_at = now()
-WHERE lease_owner = %(owner)s AND state = 'running'
-RETURNING queue_name;
+-- Give back every message a worker still holds (its broker is closing), and their slots.
+WITH back AS (
+    UPDATE neuron_tasks.messages
+    SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    WHERE lease_owner = %(owner)s AND state = 'running'
+    RETURNING id, queue_name),
+freed AS (
+    UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
+    WHERE holder IN (SELECT id FROM back))
+SELECT queue_name FROM back;
+
+-- name: free_slots
+-- Messages that finished, failed, retry or wait give their topic slots back (completer batch).
+UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
+WHERE holder = ANY(%(ids)s);
 
 -- name: notify
 -- Wake workers listening on a queue.
@@ -242,7 +276,7 @@ SET deaths = e.new_deaths,
     updated_at = now()
 FROM expired AS e
 WHERE m.id = e.id
-RETURNING m.queue_name, m.state;
+RETURNING m.id, m.queue_name, m.state;
 
 -- name: mark_started
 -- A message that killed a worker before is about to run again: record it, so a second death

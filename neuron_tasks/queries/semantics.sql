@@ -108,35 +108,6 @@ SELECT t.name, t.concurrency, t.max_retries, t.delay_s, t.priority, t.next_start
 FROM neuron_tasks.topics t
 ORDER BY t.name;
 
--- name: topic_acquire_slot
--- Take a free concurrency slot of a topic for a running message (a slot whose holder is not
--- running under a live lease is free). No row = the topic is at its concurrency. Freeness is a
--- per-row function call so that a slot taken concurrently is rechecked with its new holder.
-UPDATE neuron_tasks.topic_slots AS s
-SET holder = %(holder)s, acquired_at = now()
-WHERE (s.topic, s.slot) = (
-    SELECT x.topic, x.slot FROM neuron_tasks.topic_slots x
-    WHERE x.topic = %(topic)s
-      AND (x.holder IS NULL OR x.holder = %(holder)s OR NOT neuron_tasks.slot_holder_alive_v1(x.holder))
-    ORDER BY (x.holder = %(holder)s) DESC NULLS LAST, x.slot
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED)
-  AND (s.holder IS NULL OR s.holder = %(holder)s OR NOT neuron_tasks.slot_holder_alive_v1(s.holder))
-RETURNING s.slot;
-
--- name: topic_free_slots
--- Slots of a topic not held by a running message (acquire found none: full, or all busy locking?).
-SELECT count(*)
-FROM neuron_tasks.topic_slots x
-LEFT JOIN neuron_tasks.messages h ON h.id = x.holder
-WHERE x.topic = %(topic)s
-  AND (x.holder IS NULL OR h.id IS NULL OR h.state <> 'running' OR h.lease_expires_at <= now());
-
--- name: topic_release_slot
--- A message finished: its topic slot is free.
-UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
-WHERE topic = %(topic)s AND holder = %(holder)s;
-
 -- name: topic_start
 -- Delay between tasks: claim the topic's next start; no row = not yet (see next_start_at).
 UPDATE neuron_tasks.topics
