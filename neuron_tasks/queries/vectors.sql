@@ -225,3 +225,14 @@ SELECT index_name FROM neuron_tasks.vector_queries WHERE query_id = %(query_id)s
 UNION
 SELECT index_name FROM neuron_tasks.vector_query_samples WHERE query_id = %(query_id)s
 LIMIT 1;
+
+-- name: vec_demo_latency
+-- Served latency percentiles and served recall@10 per ef of an index over the last hour (demo, bench).
+SELECT qm.ef, count(*) AS queries,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY qm.latency_ms) AS p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY qm.latency_ms) AS p95_ms,
+       (SELECT avg(s.recall_at_10) FROM neuron_tasks.vector_query_samples s
+        WHERE s.index_name = %(name)s AND s.ef = qm.ef AND s.at > now() - interval '1 hour') AS recall_at_10
+FROM neuron_tasks.vector_queries qm
+WHERE qm.index_name = %(name)s AND qm.at > now() - interval '1 hour'
+GROUP BY qm.ef ORDER BY qm.ef;

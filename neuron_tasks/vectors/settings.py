@@ -49,7 +49,12 @@ class VectorSettings(BaseSettings):
     tuner_min_ef: int = Field(default=10, ge=1, description="smallest ef the tuner sets (never below k)")
     tuner_max_ef: int = Field(default=1024, ge=2, description="largest ef the tuner sets")
     tuner_recall_margin: float = Field(
-        default=0.005, ge=0, le=0.1, description="the tuner aims this much above the recall target (sampling noise)"
+        default=0.0, ge=0, le=0.1, description="the tuner aims this much above the recall target"
+    )
+    tuner_recall_confidence_z: float = Field(
+        default=1.645, ge=0, le=5,
+        description="an ef meets the recall target when mean recall minus z standard errors does "
+        "(1.645: one-sided 95 percent; the sampled queries are not the queries to come)",
     )
     tuner_window_s: int = Field(default=3600, ge=1, description="sampled queries younger than this are used")
     tuner_min_samples: int = Field(default=20, ge=1, description="fewer samples than this: no decision")

@@ -40,6 +40,7 @@ class Measurement:
     p90_ms: float
     p95_ms: float
     p99_ms: float
+    recall_sem: float = 0.0  # standard error of the mean recall over the sampled queries
 
 
 @dataclass
@@ -87,20 +88,23 @@ def measure(graph: Graph, work: Workload, ef: int, latency_queries: int) -> Meas
         graph.knn(work.queries[r:r + 1], int(work.ks[r]), ef)
         times.append((time.perf_counter() - started) * 1000)
     p = np.percentile(times, [50, 90, 95, 99]) if times else np.zeros(4)
-    return Measurement(ef, float(hits.mean()), *(float(x) for x in p))
+    sem = float(hits.std(ddof=1) / np.sqrt(len(hits))) if len(hits) > 1 else 0.0
+    return Measurement(ef, float(hits.mean()), *(float(x) for x in p), recall_sem=sem)
 
 
 def choose_search(evaluate: Callable[[int], Measurement], current: int, *, target_recall: float,
                   target_latency_ms: float, lo: int, hi: int, max_evals: int,
-                  margin: float) -> tuple[int, str, str | None, dict[int, Measurement]]:
-    """The cheapest ef meeting the recall target (with margin); see the module docstring."""
+                  margin: float, z: float = 0.0) -> tuple[int, str, str | None, dict[int, Measurement]]:
+    """The cheapest ef meeting the recall target (plus margin, and with `z` standard errors of
+    confidence: the samples are not the queries to come); see the module docstring."""
     goal = min(target_recall + margin, 1.0)
     seen: dict[int, Measurement] = {}
 
     def meets(ef: int) -> bool:
         if ef not in seen:
             seen[ef] = evaluate(ef)
-        return seen[ef].recall >= goal
+        m = seen[ef]
+        return m.recall - z * m.recall_sem >= goal or m.recall >= 1.0
 
     start = min(max(current, lo), hi)
     ok, bad = (start, None) if meets(start) else (None, start)
@@ -129,9 +133,10 @@ def choose_search(evaluate: Callable[[int], Measurement], current: int, *, targe
                 f"{target_latency_ms:g} ms; favouring recall", "latency SLO missed at the cheapest ef meeting recall",
                 seen)
     if ok != current and current in seen and abs(ok - current) <= max(1, round(0.05 * current)) \
-            and seen[current].recall >= goal and seen[current].p95_ms <= target_latency_ms:
+            and meets(current) and seen[current].p95_ms <= target_latency_ms:
         return current, "within 5% of the cheapest ef meeting both SLOs: kept", None, seen
-    return ok, f"cheapest ef meeting recall >= {goal:.3f} and p95 <= {target_latency_ms:g} ms", None, seen
+    return (ok, f"cheapest ef meeting recall >= {goal:.3f} (at {z:g} standard errors) and p95 <= "
+            f"{target_latency_ms:g} ms", None, seen)
 
 
 def choose_step(evaluate: Callable[[int], Measurement], current: int, *, target_recall: float,
@@ -242,7 +247,8 @@ def tune_index(client: Vectors, name: str, *, strategy: str | None = None, publi
     else:
         new, reason, alert, seen = choose_search(evaluate, current, target_recall=target_recall,
                                                  target_latency_ms=target_latency, lo=lo, hi=hi,
-                                                 max_evals=s.tuner_max_evaluations, margin=s.tuner_recall_margin)
+                                                 max_evals=s.tuner_max_evaluations, margin=s.tuner_recall_margin,
+                                                 z=s.tuner_recall_confidence_z)
     decision = Decision(name, strategy, current, new, reason, alert, before=seen.get(current), after=seen.get(new),
                         samples=len(rows), evaluations=len(seen),
                         candidates=[asdict(m) for _, m in sorted(seen.items())])
