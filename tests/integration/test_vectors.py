@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -163,3 +165,50 @@ def test_unknown_index_and_bad_input(vec: Vectors) -> None:
         vec.create_index("c", dim=4, space="hamming")
     assert vec.search("b", [0.0] * 4, k=5).ids == []
     assert vec.drop_index("b") and not vec.drop_index("b")
+
+
+def test_embed_and_index_through_the_llm_provider(vdb: str, monkeypatch: pytest.MonkeyPatch,
+                                                  broker: object) -> None:
+    """(`broker` is set as Dramatiq's global broker: importing the actors module declares them on it.)"""
+    fake_mod = pytest.importorskip("neuron_tasks.llm.fake")
+    from neuron_tasks import vectors
+    from neuron_tasks.actors.vectors import embed_and_index_items
+    from neuron_tasks.vectors import embed
+
+    with fake_mod.FakeProvider() as fake:
+        monkeypatch.setenv("NEURON_TASKS_LLM_PROVIDER", "http")
+        monkeypatch.setenv("NEURON_TASKS_LLM_HTTP_BASE_URL", fake.base_url)
+        monkeypatch.setattr(embed, "_services", {})
+        client = make(vdb)
+        vectors.set_client(client)
+        try:
+            dim = len(embed.embed_texts(client.pool, ["probe"])[0])
+            client.create_index("texts", dim=dim, space="cosine")
+            items = [{"id": i, "text": f"document {i} about {'cats' if i % 2 else 'dogs'}", "metadata": {"i": i}}
+                     for i in range(20)]
+            out = embed_and_index_items("texts", items)
+            assert out["added"] == 20 and client.info("texts")["live_count"] == 20
+            res = client.search("texts", "document 7 about cats", k=1, include_metadata=True)
+            assert res.ids == [7] and res.hits[0].text == "document 7 about cats"  # same text, same vector
+            hyb = client.hybrid_search("texts", "dogs", k=5)
+            assert all(i % 2 == 0 for i in hyb.ids[:5])
+        finally:
+            vectors.set_client(None)
+            client.close()
+
+
+def test_index_cli(vdb: str, tmp_path: Path) -> None:
+    from tests.integration.test_cli import cli
+
+    cli(vdb, "index", "create", "c1", "--dim", "3", "--space", "l2")
+    assert cli(vdb, "index", "create", "c1", "--dim", "3", check=False).returncode != 0
+    lines = [json.dumps({"id": i, "vector": [i, 0, 0], "metadata": {"i": i}}) for i in range(50)]
+    (tmp_path / "v.jsonl").write_text("\n".join(lines))
+    assert "snapshot saved" in cli(vdb, "index", "add", "c1", "--file", str(tmp_path / "v.jsonl")).stdout
+    out = json.loads(cli(vdb, "index", "search", "c1", "--vector", "[7.2, 0, 0]", "-k", "2", "--json").stdout)
+    assert [h["id"] for h in out["hits"]] == [7, 8] and out["hits"][0]["metadata"] == {"i": 7}
+    stats = json.loads(cli(vdb, "index", "stats", "c1", "--json").stdout)
+    assert stats["indexes"][0]["live_count"] == 50 and stats["indexes"][0]["queries"] >= 1
+    assert "Vector indexes" in cli(vdb, "index", "stats").stdout
+    cli(vdb, "index", "drop", "c1")
+    assert cli(vdb, "index", "drop", "c1", check=False).returncode != 0
