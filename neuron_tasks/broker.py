@@ -121,6 +121,8 @@ class PostgresBroker(Broker):
         middleware: list[Middleware] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self._base_settings = self.settings.model_copy()  # defaults < file < environment
+        self._settings_version: tuple[Any, ...] | None = None
         self.stats = Stats()
         self.policies = Policies(lambda: self.pool, self.settings)
         super().__init__(middleware=middleware or default_middleware(self.settings, self.stats))
@@ -168,8 +170,14 @@ class PostgresBroker(Broker):
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size)
+                    self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size, **self._hygiene())
         return self._pool
+
+    def _hygiene(self) -> dict[str, int]:
+        return {
+            "statement_timeout_ms": self.settings.statement_timeout_ms,
+            "idle_in_transaction_timeout_ms": self.settings.idle_in_transaction_timeout_ms,
+        }
 
     @property
     def soft_pool(self) -> ConnectionPool:
@@ -181,7 +189,11 @@ class PostgresBroker(Broker):
             with self._lock:
                 if self._soft_pool is None:
                     self._soft_pool = db.make_pool(
-                        self.url, max_size=self.settings.pool_max_size, name="neuron_tasks-soft", durable=False
+                        self.url,
+                        max_size=self.settings.pool_max_size,
+                        name="neuron_tasks-soft",
+                        durable=False,
+                        **self._hygiene(),
                     )
         return self._soft_pool
 
@@ -339,7 +351,7 @@ class PostgresBroker(Broker):
         (default 100) is used instead so that claims are batched.
         """
         self._start_runtime()
-        return PgConsumer(self, queue_name, self.settings.batch_size, timeout)
+        return PgConsumer(self, queue_name, timeout)
 
     def _start_runtime(self) -> None:
         self._check_pid()
@@ -350,7 +362,7 @@ class PostgresBroker(Broker):
                 )
                 self._completer.start()
             if self._listener is None:
-                self._listener = Listener(self.url, self.wake)
+                self._listener = Listener(self.url, self.wake, self.reload_settings)
                 self._listener.start()
                 self._listener.connected.wait(5)
             if self._keeper is None:
@@ -361,6 +373,7 @@ class PostgresBroker(Broker):
                     lambda: sorted(self.queues),
                     self.stats,
                     self.wake,
+                    lambda: self.reload_settings(force=False),
                 )
                 self._keeper.start()
 
@@ -369,6 +382,45 @@ class PostgresBroker(Broker):
         self._start_runtime()
         assert self._completer is not None
         return self._completer
+
+    def reload_settings(self, *, force: bool = True) -> dict[str, tuple[Any, Any]]:
+        """Apply runtime settings (`neuron-tasks config set`) to this running process.
+
+        Returns {key: (old, new)} of what changed. Called on NOTIFY and by the keeper's poll.
+        """
+        from . import runtime
+
+        with self.pool.connection() as conn:
+            if conn.execute("SELECT to_regclass('neuron_tasks.settings') IS NULL").fetchone()[0]:
+                return {}
+            version = runtime.version(conn)
+            if not force and version == self._settings_version:
+                return {}
+            values = runtime.runtime_values(conn)
+        new = runtime.effective(self._base_settings, values)
+        changed: dict[str, tuple[Any, Any]] = {}
+        for key, live_def in runtime.definitions().items():
+            if key not in type(self.settings).model_fields or not live_def.live:
+                continue
+            old_value, new_value = getattr(self.settings, key), getattr(new, key)
+            if old_value != new_value:
+                setattr(self.settings, key, new_value)
+                changed[key] = (old_value, new_value)
+        self._settings_version = version
+        if changed:
+            self._apply_to_middleware()
+            self.wake(None)
+            log.info("applied runtime settings: %s",
+                     ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+        return changed
+
+    def _apply_to_middleware(self) -> None:
+        s = self.settings
+        for m in self.middleware:
+            if isinstance(m, TimeLimit):
+                m.time_limit = s.timeout_ms
+            elif isinstance(m, Retries):
+                m.max_retries, m.min_backoff, m.max_backoff = s.max_retries, s.min_backoff_ms, s.max_backoff_ms
 
     def event(self, queue_name: str) -> threading.Event:
         with self._lock:

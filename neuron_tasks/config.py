@@ -6,22 +6,61 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "NEURON_TASKS_CONFIG"
 
 
-class Settings(BaseSettings):
+def config_file() -> Path | None:
+    """The TOML config file: $NEURON_TASKS_CONFIG, else ./neuron_tasks.toml when it exists."""
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return Path(named)
+    local = Path("neuron_tasks.toml")
+    return local if local.is_file() else None
+
+
+class NeuronSettings(BaseSettings):
+    """Base of every neuron_tasks settings class. Precedence, lowest first: built-in default <
+    config file (TOML, keys as field names, top level or under [neuron_tasks]) < environment
+    (NEURON_TASKS_<NAME>) < runtime setting (`neuron-tasks config set`, see runtime.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_file()
+        if path is None:
+            return (init_settings, env_settings)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        nested = TomlConfigSettingsSource(settings_cls, toml_file=path, toml_table_header=("neuron_tasks",))
+        return (init_settings, env_settings, nested, toml)
+
+
+class Settings(NeuronSettings):
     """Every setting, its default and its meaning.
 
     Names map to the seed's GUCs: neurondb.neuranq_naptime -> naptime_ms,
     neuranq_batch_size -> batch_size, neuranq_queue_depth -> queue_depth,
     neuranq_timeout -> timeout_ms, neuranq_max_retries -> max_retries.
     """
-
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
 
     database_url: str | None = Field(
         default=None, description="PostgreSQL URL; unset = start an embedded PostgreSQL"
@@ -53,7 +92,16 @@ class Settings(BaseSettings):
     default_tenant_tokens_per_minute: int | None = Field(default=None, gt=0, description="token budget per minute")
     default_tenant_tokens_per_day: int | None = Field(default=None, gt=0, description="token budget per day")
     policy_cache_s: float = Field(default=2.0, ge=0, description="how long tenant and topic settings are cached")
-    topic_retry_ms: int = Field(default=50, ge=1, description="when a full topic's message is tried again")
+    topic_retry_ms: int = Field(default=50, ge=1, description="when a message that could not start is tried again")
+    settings_poll_s: float = Field(
+        default=5.0, gt=0, description="workers re-read runtime settings this often (and on NOTIFY)"
+    )
+    statement_timeout_ms: int = Field(
+        default=60_000, ge=0, description="statement_timeout of our connections (0 = none)"
+    )
+    idle_in_transaction_timeout_ms: int = Field(
+        default=60_000, ge=0, description="idle_in_transaction_session_timeout of our connections (0 = none)"
+    )
 
     @property
     def heartbeat_s(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -71,37 +72,49 @@ class PgConsumer(Consumer):
     in batches when at least a quarter of that room is free, or when nothing is held.
     """
 
-    def __init__(self, broker: PostgresBroker, queue_name: str, limit: int, timeout_ms: int) -> None:
+    def __init__(self, broker: PostgresBroker, queue_name: str, timeout_ms: int) -> None:
         self.broker = broker
         self.queue_name = queue_name
-        self.limit = max(1, limit)
         self.timeout_s = timeout_ms / 1000.0
         self.cache: deque[tuple[int, int, bytes, int]] = deque()
         self.event = broker.event(queue_name)
         self._held = 0
         self._held_lock = threading.Lock()
+        self._next_poll = 0.0
         self.closed = False
+
+    @property
+    def limit(self) -> int:
+        """batch_size, read on every claim so that a runtime change applies at once."""
+        return max(1, self.broker.settings.batch_size)
 
     # -- Dramatiq's Consumer API ------------------------------------------------------
     def __next__(self) -> MessageProxy | None:
+        """A claimed message, or None after waiting at most the worker's timeout.
+
+        The database is asked again when woken (NOTIFY, an ack, a settings change), when the
+        next delayed message is due, and otherwise every `naptime_ms` (the polling fallback).
+        """
         while True:
             if self.cache:
                 proxy = self._decode(*self.cache.popleft())
                 if proxy is None:
                     continue
                 return proxy
-            room = self.limit - self._held
-            wait_s = min(self.timeout_s, self.broker.settings.naptime_ms / 1000.0)
-            if room >= max(1, self.limit // 4) or self._held == 0:
+            now = time.monotonic()
+            if self.event.is_set() or now >= self._next_poll:
                 self.event.clear()
-                rows = self._claim(room)
-                if rows:
-                    self.cache.extend(rows)
-                    continue
-                due = self._next_due()
-                if due is not None:
-                    wait_s = min(wait_s, max(due, 0.001))
-            self.event.wait(wait_s)
+                self._next_poll = now + self.broker.settings.naptime_ms / 1000.0
+                room = self.limit - self._held
+                if room >= max(1, self.limit // 4) or self._held == 0:
+                    rows = self._claim(room)
+                    if rows:
+                        self.cache.extend(rows)
+                        continue
+                    due = self._next_due()
+                    if due is not None:
+                        self._next_poll = min(self._next_poll, now + max(due, 0.001))
+            self.event.wait(max(min(self.timeout_s, self._next_poll - time.monotonic()), 0.0))
             return None
 
     def ack(self, message: MessageProxy) -> None:

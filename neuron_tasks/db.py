@@ -33,7 +33,13 @@ def resolve_url(settings: Settings, *, export: bool = False) -> str:
 
 
 def make_pool(
-    url: str, *, max_size: int = 16, name: str = "neuron_tasks", durable: bool = True
+    url: str,
+    *,
+    max_size: int = 16,
+    name: str = "neuron_tasks",
+    durable: bool = True,
+    statement_timeout_ms: int = 0,
+    idle_in_transaction_timeout_ms: int = 0,
 ) -> ConnectionPool:
     """An autocommit pool; connections identify themselves in pg_stat_activity.
 
@@ -42,6 +48,9 @@ def make_pool(
     """
     # JIT compiles our small OLTP statements for ~1 s when their estimates look big: off.
     options = "-c jit=off" + ("" if durable else " -c synchronous_commit=off")
+    # Connection hygiene: no statement of ours runs forever, no transaction is left open.
+    options += f" -c statement_timeout={int(statement_timeout_ms)}"
+    options += f" -c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_ms)}"
     pool = ConnectionPool(
         url,
         min_size=1,

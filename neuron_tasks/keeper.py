@@ -50,6 +50,7 @@ class Keeper(threading.Thread):
         queues: Callable[[], list[str]],
         stats: Stats,
         wake: Callable[[str | None], None],
+        reload_settings: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(name="neuron-tasks-keeper", daemon=True)
         self._pool = pool
@@ -58,6 +59,8 @@ class Keeper(threading.Thread):
         self.queues = queues
         self.stats = stats
         self.wake = wake
+        self.reload_settings = reload_settings
+        self._last_settings_poll = 0.0
         self._halt = threading.Event()
         self._registered = False
         self._last_retention = 0.0
@@ -71,6 +74,11 @@ class Keeper(threading.Thread):
             try:
                 self.beat()
                 self.sweep()
+                if self.reload_settings is not None and (
+                    time.monotonic() - self._last_settings_poll >= self.settings.settings_poll_s
+                ):
+                    self._last_settings_poll = time.monotonic()
+                    self.reload_settings()  # the fallback when a NOTIFY was missed
                 if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
                     self.retention()
                     self._last_retention = time.monotonic()
@@ -78,7 +86,7 @@ class Keeper(threading.Thread):
                 log.warning("heartbeat failed (%s); retrying", exc)
             except Exception:
                 log.exception("housekeeping failed; retrying")
-            self._halt.wait(self.settings.heartbeat_s)
+            self._halt.wait(min(self.settings.heartbeat_s, self.settings.settings_poll_s))
 
     def beat(self) -> None:
         with self.stats.lock:

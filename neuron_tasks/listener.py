@@ -10,16 +10,20 @@ import psycopg
 
 log = logging.getLogger(__name__)
 CHANNEL = "neuron_tasks"
+SETTINGS_CHANNEL = "neuron_tasks_settings"
 
 
 class Listener(threading.Thread):
     """Calls `wake(queue_name)` for each notification, and `wake(None)` after a reconnect
     (notifications sent while disconnected are lost, so every consumer should look)."""
 
-    def __init__(self, url: str, wake: Callable[[str | None], None]) -> None:
+    def __init__(
+        self, url: str, wake: Callable[[str | None], None], on_settings: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(name="neuron-tasks-listener", daemon=True)
         self.url = url
         self.wake = wake
+        self.on_settings = on_settings
         self._halt = threading.Event()
         self.connected = threading.Event()
 
@@ -34,12 +38,17 @@ class Listener(threading.Thread):
                     self.url, autocommit=True, application_name="neuron_tasks-listener"
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {SETTINGS_CHANNEL}")
                     self.connected.set()
                     delay = 0.1
                     self.wake(None)
                     while not self._halt.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            self.wake(note.payload)
+                            if note.channel == SETTINGS_CHANNEL:
+                                if self.on_settings is not None:
+                                    self.on_settings()
+                            else:
+                                self.wake(note.payload)
             except psycopg.OperationalError as exc:
                 self.connected.clear()
                 if self._halt.is_set():

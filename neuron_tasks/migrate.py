@@ -100,4 +100,8 @@ def upgrade(url: str) -> list[Migration]:
                 (m.version, m.name, m.checksum),
             )
             applied.append(m)
+        if conn.execute("SELECT to_regclass('neuron_tasks.setting_defs') IS NOT NULL").fetchone()[0]:
+            from .runtime import sync_defs
+
+            sync_defs(conn)  # setting definitions follow the installed code
     return applied
