@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import InvalidOption
+from .errors import InvalidOption, MessageTooLarge, UnknownTenant, UnknownTopic
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
 
@@ -84,3 +85,66 @@ def fingerprint_of(message: Any, options: dict[str, Any]) -> str | None:
         blob = json.dumps([message.args, message.kwargs], sort_keys=True, default=str)
         return f"{message.queue_name}:{message.actor_name}:#{hashlib.sha256(blob.encode()).hexdigest()}"
     return None
+
+
+#: Actor options a message inherits when it does not set them itself.
+INHERITED = ("tenant", "topic", "unique", "on_duplicate")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message checked for enqueue, as every broker stores it."""
+
+    message: Any  # actor defaults merged into its options, deadline as epoch milliseconds
+    columns: Columns
+    fingerprint: str | None
+    on_duplicate: str  # 'raise' or 'existing'
+    payload: bytes
+
+
+def prepare(
+    message: Any,
+    *,
+    actor: Any | None,
+    delay: int | float | None,
+    topic: Callable[[str], Any | None],
+    tenant_known: Callable[[str], bool] | None,
+    max_message_bytes: int,
+) -> Prepared:
+    """Validate a message's options the same way in every broker (Postgres and in-memory).
+
+    `actor` (its `options` and `priority`) supplies defaults; `topic(name)` returns the topic's
+    settings (with a `priority` attribute) or None when the topic does not exist; `tenant_known`,
+    given only under tenant_policy 'refuse', says whether a tenant is configured.
+
+    Raises:
+      UnknownTopic, UnknownTenant, InvalidOption, MessageTooLarge.
+    """
+    options = dict(message.options)
+    if actor is not None:
+        for name in INHERITED:
+            if name not in options and name in actor.options:
+                options[name] = actor.options[name]
+    topic_name = options.get("topic")
+    if topic_name is not None:
+        found = topic(topic_name) if isinstance(topic_name, str) else None
+        if found is None:
+            raise UnknownTopic(str(topic_name))
+        if "priority" not in options and found.priority is not None:
+            options["priority"] = found.priority
+    tenant = options.get("tenant")
+    if isinstance(tenant, str) and tenant_known is not None and not tenant_known(tenant):
+        raise UnknownTenant(tenant)
+    on_duplicate = options.get("on_duplicate", "raise")
+    if on_duplicate not in ("raise", "existing"):
+        raise InvalidOption(f"option on_duplicate={on_duplicate!r}: use 'raise' or 'existing'")
+    cols = columns(options, default_priority=actor.priority if actor is not None else 0, delay=delay)
+    if cols.deadline is not None and not isinstance(options.get("deadline"), int):
+        # Keep the message JSON-encodable: deadlines travel as epoch milliseconds.
+        options["deadline"] = int(cols.deadline.timestamp() * 1000)
+    if options != message.options:
+        message = message.copy(options=options)
+    payload = message.encode()
+    if len(payload) > max_message_bytes:
+        raise MessageTooLarge(len(payload), max_message_bytes)
+    return Prepared(message, cols, fingerprint_of(message, options), on_duplicate, payload)
