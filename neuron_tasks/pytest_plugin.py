@@ -10,7 +10,8 @@ or add `pytest_plugins = ["neuron_tasks.pytest_plugin"]` to your conftest.py.
 Override `nt_settings` or `nt_topics` in your conftest.py to change the broker's settings
 (queue depth, retries, backoff, tenant policy) or the topics that exist.
 Actors your modules declared at import on the global broker (say the PostgresBroker of
-`set_default_broker()`, which connects only when used) are moved onto `nt_broker` for the test.
+`set_default_broker()`, which connects only when used) are moved onto `nt_broker` for the test;
+`nt_broker.adopt(actor, ...)` moves others.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def nt_topics() -> dict[str, TopicSettings]:
 def nt_broker(nt_settings: Settings, nt_topics: dict[str, TopicSettings]) -> Iterator[InMemoryBroker]:
     """An InMemoryBroker set as Dramatiq's global broker, flushed afterwards.
 
-    Actors declared inside the test bind to it. Actors your modules declared at import on the
-    global broker of that time (say a PostgresBroker from `set_default_broker()`, which does not
-    connect until used) are moved onto it for the test and given back afterwards.
+    Actors declared inside the test bind to it. The actors of the global broker it replaces
+    (say the PostgresBroker of your app's `set_default_broker()`, which connects only when used)
+    are moved onto it for the test and given back afterwards; move others with
+    `nt_broker.adopt(my_actor, ...)`.
     """
     broker = InMemoryBroker(nt_settings, topics=nt_topics)
     with use_broker(broker):

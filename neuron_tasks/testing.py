@@ -47,7 +47,8 @@ from typing import Any
 
 import dramatiq
 import dramatiq.broker
-from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.actor import Actor
+from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.brokers.stub import StubBroker, _StubConsumer
 from dramatiq.common import current_millis, dq_name, iter_queue, q_name
 from dramatiq.errors import QueueJoinTimeout, QueueNotFound
@@ -198,6 +199,7 @@ class InMemoryBroker(StubBroker):
         self._order = itertools.count()
         self._live: dict[str, _Live] = {}  # message id -> state
         self._unique: dict[str, str] = {}  # fingerprint -> message id
+        self._adopted: list[tuple[Actor[Any, Any], Broker]] = []
 
     @property
     def topics(self) -> dict[str, TopicSettings]:
@@ -205,6 +207,21 @@ class InMemoryBroker(StubBroker):
         return self.policies.topics
 
     # -- declaring ------------------------------------------------------------------
+    def adopt(self, *actors: Actor[Any, Any]) -> None:
+        """Bind actors declared on another broker (say your app's PostgresBroker) to this one,
+        until `give_back_actors()`."""
+        for actor in actors:
+            if actor.broker is not self:
+                self._adopted.append((actor, actor.broker))
+                actor.broker = self
+            self.declare_actor(actor)
+
+    def give_back_actors(self) -> None:
+        """Return adopted actors to the brokers they were declared on."""
+        while self._adopted:
+            actor, broker = self._adopted.pop()
+            actor.broker = broker
+
     def declare_queue(self, queue_name: str) -> None:
         if queue_name in self.queues:
             return
@@ -383,18 +400,15 @@ def _quiet(broker: Any, name: str) -> bool:
 
 
 @contextmanager
-def use_broker(broker: dramatiq.Broker) -> Iterator[dramatiq.Broker]:
-    """Make `broker` the global broker and move the previous one's actors onto it, until exit."""
+def use_broker(broker: InMemoryBroker) -> Iterator[InMemoryBroker]:
+    """Make `broker` Dramatiq's global broker, adopting the previous global broker's actors, until exit."""
     previous = dramatiq.broker.global_broker
-    moved = [] if previous is None or previous is broker else list(previous.actors.values())
     dramatiq.set_broker(broker)
-    for actor in moved:
-        actor.broker = broker
-        broker.declare_actor(actor)
+    if previous is not None and previous is not broker:
+        broker.adopt(*previous.actors.values())
     try:
         yield broker
     finally:
-        for actor in moved:
-            actor.broker = previous
+        broker.give_back_actors()
         if previous is not None:
             dramatiq.set_broker(previous)
