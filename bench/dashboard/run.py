@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -36,7 +37,7 @@ INSERT INTO neuron_tasks.messages
     (message_id, queue_name, actor_name, state, priority, eta, tenant, topic, attempts, retries,
      lease_owner, lease_expires_at, payload, enqueued_at, failed_at, last_error, errors)
 SELECT md5(g::text),
-       'queue_' || (g %% 5),
+       CASE WHEN g <= 3 THEN 'queue_small' ELSE 'queue_' || (g %% 5) END,
        CASE WHEN g <= 10 THEN 'rare_actor' ELSE (ARRAY['embed', 'rerank', 'send_email', 'resize'])[1 + g %% 4] END,
        s.state,
        g %% 3,
@@ -141,10 +142,12 @@ def explain_all(url: str) -> dict[str, list[str]]:
     from neuron_tasks.sql import q
 
     params = {"cap": 10_000, "queues": ["queue_0", "queue_1"], "minutes": 60, "before": 2**62, "window": 20_000,
-              "limit": 50, "queue": None, "state": None, "actor": "embed", "tenant": None, "topic": None,
+              "limit": 50, "since": datetime.now(UTC) - timedelta(hours=1),
+              "queue": None, "state": None, "actor": "embed", "tenant": None, "topic": None,
               "text": None, "after_at": None, "after_id": None, "stale_s": 30, "id": 1, "message_id": "x",
-              "lookback_s": 604800, "table": "neuron_tasks.messages", "ids": [1, 2]}
-    names = ["dash_queue_names", "dash_queue_counts", "dash_throughput", "dash_messages_window", "dash_window_floor",
+              "table": "neuron_tasks.messages", "ids": [1, 2]}
+    names = ["dash_queue_names", "dash_queue_counts", "dash_finished_per_minute",
+             "dash_failed_per_minute", "dash_messages_window", "dash_window_floor",
              "dash_message_by_id", "dash_message_by_message_id", "dash_history_by_id", "dash_dead_letters",
              "dash_dead_letter_ids", "dash_workers_table", "dash_workers_alive"]
     out: dict[str, list[str]] = {}

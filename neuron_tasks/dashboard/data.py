@@ -7,9 +7,10 @@ message list scans fixed windows of the primary key, lists are keyset-paged.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,6 +23,8 @@ from ..repo import FAILURE_OPTIONS, Repo
 from ..sql import q
 
 STATES = ("pending", "running", "retrying", "failed")
+#: How many of the newest finished messages a message page looks through for an id.
+HISTORY_LOOKUP = 50_000
 #: Largest number of dead letters one "all matching" action touches.
 BULK_LIMIT = 10_000
 
@@ -89,6 +92,8 @@ class DashboardData:
         self.count_cap = count_cap
         self.window = window
         self.stale_s = stale_s
+        self._lock = threading.Lock()
+        self._finished: dict[datetime, int] = {}  # finished per completed minute (immutable once past)
 
     # -- helpers ---------------------------------------------------------------------------
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -112,18 +117,44 @@ class DashboardData:
     def ping(self) -> bool:
         return self._one("dash_ping") is not None
 
-    def estimate(self, queue: str, state: str) -> int:
-        """The planner's estimate of a queue's messages in a state (no scan)."""
-        stmt = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM neuron_tasks.messages WHERE queue_name = {} AND state = {}")
-        with self.pool.connection() as conn:
-            row = conn.execute(stmt.format(sql.Literal(queue), sql.Literal(state))).fetchone()
-        plan = row[0] if row else None
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        try:
-            return int(plan[0]["Plan"]["Plan Rows"])  # type: ignore[index]
-        except (TypeError, KeyError, IndexError, ValueError):
-            return 0
+    def estimates(self, cells: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The planner's estimates of (queue, state) cells, in one round trip (no scan)."""
+        if not cells:
+            return {}
+        stmt = sql.SQL(";").join(
+            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM neuron_tasks.messages WHERE queue_name = {} AND state = {}")
+            .format(sql.Literal(queue), sql.Literal(state)) for queue, state in cells)
+        out: dict[tuple[str, str], int] = {}
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(stmt)
+            for cell in cells:
+                row = cur.fetchone()
+                plan = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None)
+                try:
+                    out[cell] = int(plan[0]["Plan"]["Plan Rows"])  # type: ignore[index]
+                except (TypeError, KeyError, IndexError, ValueError):
+                    out[cell] = 0
+                cur.nextset()
+        return out
+
+    def throughput(self, minutes: int = 60) -> list[dict[str, Any]]:
+        """Finished and dead-lettered per minute; completed minutes of history are kept in memory."""
+        now_row = self._one("dash_now_minute")
+        assert now_row is not None
+        now_min: datetime = now_row["minute"]
+        axis = [now_min - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
+        with self._lock:
+            known = {m: n for m, n in self._finished.items() if m >= axis[0]}
+        # re-read the current and the previous minute (acks committing late), and any gap
+        since = min([m for m in axis if m not in known] + [now_min - timedelta(minutes=1)])
+        fresh = {r["minute"]: int(r["n"]) for r in self._all("dash_finished_per_minute", {"since": since})}
+        for m in axis:
+            if m >= since:
+                known[m] = fresh.get(m, 0)
+        with self._lock:
+            self._finished = {m: n for m, n in known.items() if m < now_min}
+        failed = {r["minute"]: int(r["n"]) for r in self._all("dash_failed_per_minute", {"since": axis[0]})}
+        return [{"minute": m, "finished": known.get(m, 0), "failed": failed.get(m, 0)} for m in axis]
 
     # -- overview and metrics ---------------------------------------------------------------
     def queue_counts(self) -> list[dict[str, Any]]:
@@ -131,18 +162,21 @@ class DashboardData:
         if not names:
             return []
         rows = self._all("dash_queue_counts", {"queues": names, "cap": self.count_cap})
+        capped: list[tuple[str, str]] = []
         for row in rows:
             waiting_capped = int(row.pop("waiting")) >= self.count_cap
             for state in (*STATES, "finished_last_hour"):
                 n = int(row[state])
                 # pending / retrying: the split was read from the first `cap` waiting rows only
-                capped = waiting_capped if state in ("pending", "retrying") else n >= self.count_cap
-                if not capped:
-                    row[state] = Count(n)
-                elif state == "finished_last_hour":
-                    row[state] = Count(n, exact=False)
-                else:
-                    row[state] = Count(n, exact=False, estimate=self.estimate(row["queue_name"], state))
+                over = waiting_capped if state in ("pending", "retrying") else n >= self.count_cap
+                row[state] = Count(n, exact=not over)
+                if over and state != "finished_last_hour":
+                    capped.append((row["queue_name"], state))
+        estimates = self.estimates(capped)
+        for row in rows:
+            for state in STATES:
+                if not row[state].exact:
+                    row[state].estimate = estimates.get((row["queue_name"], state))
         return rows
 
     def overview(self) -> Overview:
@@ -150,7 +184,7 @@ class DashboardData:
         for state in (*STATES, "finished_last_hour"):
             cells = [r[state] for r in out.queues]
             out.totals[state] = Count(sum(c.best for c in cells), exact=all(c.exact for c in cells))
-        out.throughput = self._all("dash_throughput", {"minutes": 60})
+        out.throughput = self.throughput(60)
         out.workers_alive = self.workers_alive()
         row = self._one("dash_table_estimate", {"table": "neuron_tasks.messages"})
         out.table_estimate = max(int(row["estimate"]), 0) if row else 0
@@ -202,7 +236,7 @@ class DashboardData:
                 row["message"] = decode_payload(bytes(row.pop("payload")))
                 return row
         hist = self._one("dash_history_by_id", {"id": row_id if row_id is not None else -1, "message_id": key,
-                                                "lookback_s": 7 * 86400})
+                                                "window": HISTORY_LOOKUP})
         if hist is not None:
             hist["state"] = "finished"
             hist["errors"] = []

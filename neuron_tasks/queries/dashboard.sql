@@ -59,7 +59,7 @@ CROSS JOIN LATERAL (  -- the split by state, read only below the cap (above it: 
            count(*) FILTER (WHERE x.state = 'retrying') AS retrying
     FROM (SELECT m.state FROM neuron_tasks.messages m
           WHERE n.waiting < %(cap)s AND m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
-          LIMIT %(cap)s) x
+          ORDER BY m.eta LIMIT %(cap)s) x  -- ordered: read through messages_eta_idx, never a table scan
 ) w
 ORDER BY q.queue_name;
 
@@ -69,28 +69,24 @@ SELECT c.reltuples::bigint AS estimate
 FROM pg_class c
 WHERE c.oid = to_regclass(%(table)s);
 
--- name: dash_throughput
--- Finished and dead-lettered messages per minute over the last %(minutes)s minutes.
-WITH minutes AS (
-    SELECT generate_series(date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute',
-                           date_trunc('minute', now()), interval '1 minute') AS minute
-), finished AS (
-    SELECT date_trunc('minute', finished_at) AS minute, count(*) AS n
-    FROM neuron_tasks.messages_history
-    WHERE finished_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
-    GROUP BY 1
-), failed AS (
-    SELECT date_trunc('minute', failed_at) AS minute, count(*) AS n
-    FROM neuron_tasks.messages
-    WHERE state = 'failed'
-      AND failed_at >= date_trunc('minute', now()) - (%(minutes)s - 1) * interval '1 minute'
-    GROUP BY 1
-)
-SELECT m.minute, coalesce(f.n, 0) AS finished, coalesce(d.n, 0) AS failed
-FROM minutes m
-LEFT JOIN finished f USING (minute)
-LEFT JOIN failed d USING (minute)
-ORDER BY m.minute;
+-- name: dash_now_minute
+-- The database's current minute (the charts' time axis).
+SELECT date_trunc('minute', now()) AS minute;
+
+-- name: dash_finished_per_minute
+-- Finished messages per minute since a minute (history's finished_at index; callers keep
+-- completed minutes, so a refresh reads about two minutes of history).
+SELECT date_trunc('minute', finished_at) AS minute, count(*) AS n
+FROM neuron_tasks.messages_history
+WHERE finished_at >= %(since)s
+GROUP BY 1;
+
+-- name: dash_failed_per_minute
+-- Dead letters per minute of their failure since a minute (messages_dead_letters_idx).
+SELECT date_trunc('minute', failed_at) AS minute, count(*) AS n
+FROM neuron_tasks.messages
+WHERE state = 'failed' AND failed_at >= %(since)s
+GROUP BY 1;
 
 -- name: dash_messages_window
 -- The newest %(window)s messages below an id (a primary-key range scan), filtered afterwards,
@@ -131,13 +127,15 @@ WHERE id = %(id)s;
 SELECT id FROM neuron_tasks.messages WHERE message_id = %(message_id)s ORDER BY id DESC LIMIT 1;
 
 -- name: dash_history_by_id
--- A finished message's history row (recent first; bounded to the retention window's newest rows).
-SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
-       enqueued_at, started_at, finished_at, worker_id
-FROM neuron_tasks.messages_history
-WHERE (id = %(id)s OR message_id = %(message_id)s)
-  AND finished_at > now() - %(lookback_s)s * interval '1 second'
-ORDER BY finished_at DESC
+-- A finished message's history row, looked for among the newest %(window)s finished (history has
+-- no index on ids: the ack path stays lean; the look is bounded).
+SELECT * FROM (
+    SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
+           enqueued_at, started_at, finished_at, worker_id
+    FROM neuron_tasks.messages_history
+    ORDER BY finished_at DESC
+    LIMIT %(window)s) h
+WHERE h.id = %(id)s OR h.message_id = %(message_id)s
 LIMIT 1;
 
 -- name: dash_dead_letters

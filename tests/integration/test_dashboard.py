@@ -291,3 +291,24 @@ def test_dead_letter_pages_follow_the_keyset_through_filtered_windows(clean_db: 
         assert cut is not None  # the time budget stopped it; the page offers to go on
     finally:
         pool.close()
+
+
+def test_throughput_per_minute_reads_completed_minutes_once(clean_db: str) -> None:
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO neuron_tasks.messages_history (id, message_id, queue_name, actor_name, priority,"
+                     " attempts, retries, enqueued_at, finished_at) SELECT g, 'h' || g, 'default', 'add', 0, 1, 0,"
+                     " now() - interval '10 minutes', date_trunc('minute', now()) - interval '5 minutes'"
+                     " FROM generate_series(1, 7) g")
+    kill(clean_db, enqueue(clean_db, "add", [1]))
+    pool = make_pool(clean_db, max_size=2)
+    try:
+        data = DashboardData(pool)
+        first = data.throughput(60)
+        assert len(first) == 60 and first[-6]["finished"] == 7 and first[-1]["failed"] == 1
+        assert sum(m["finished"] for m in first) == 7
+        with psycopg.connect(clean_db, autocommit=True) as conn:  # a completed minute is not read again
+            conn.execute("DELETE FROM neuron_tasks.messages_history")
+        assert data.throughput(60)[-6]["finished"] == 7
+        assert DashboardData(pool).throughput(60)[-6]["finished"] == 0
+    finally:
+        pool.close()
