@@ -304,11 +304,11 @@ def test_throughput_per_minute_reads_completed_minutes_once(clean_db: str) -> No
     try:
         data = DashboardData(pool)
         first = data.throughput(60)
-        assert len(first) == 60 and first[-6]["finished"] == 7 and first[-1]["failed"] == 1
-        assert sum(m["finished"] for m in first) == 7
+        assert len(first) == 60 and [m["finished"] for m in first].count(7) == 1
+        assert sum(m["finished"] for m in first) == 7 and sum(m["failed"] for m in first) == 1
         with psycopg.connect(clean_db, autocommit=True) as conn:  # a completed minute is not read again
             conn.execute("DELETE FROM neuron_tasks.messages_history")
-        assert data.throughput(60)[-6]["finished"] == 7
-        assert DashboardData(pool).throughput(60)[-6]["finished"] == 0
+        assert sum(m["finished"] for m in data.throughput(60)) == 7
+        assert sum(m["finished"] for m in DashboardData(pool).throughput(60)) == 0
     finally:
         pool.close()
