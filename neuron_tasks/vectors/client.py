@@ -114,7 +114,9 @@ class Vectors:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    url = self._url or db.resolve_url(self.settings)  # type: ignore[arg-type]
+                    from ..config import Settings
+
+                    url = self._url or db.resolve_url(Settings())
                     self._pool = db.make_pool(url, max_size=4, name="neuron_tasks-vectors")
         return self._pool
 

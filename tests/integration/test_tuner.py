@@ -97,3 +97,29 @@ def test_not_enough_samples_no_decision(vdb: str) -> None:  # noqa: F811
         assert not d.changed and "need 50" in d.reason and decisions(vdb) == []
     finally:
         v.close()
+
+
+@pytest.fixture
+def tuner_actors(broker: object, vdb: str) -> Iterator[object]:  # noqa: F811
+    """neuron_tasks.actors.tuner declared on this test's broker, its client on the test database."""
+    import importlib
+    import sys
+
+    from neuron_tasks import vectors
+
+    name = "neuron_tasks.actors.tuner"
+    module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+    vectors.set_client(make(vdb, tuner_latency_queries=50))
+    yield module
+    vectors.client().close()
+    vectors.set_client(None)
+
+
+def test_tuner_actor_runs_on_a_worker(hard: tuple[Vectors, np.ndarray], tuner_actors: object, worker: object,
+                                      broker: object, vdb: str) -> None:  # noqa: F811
+    msg = tuner_actors.tune_vector_indexes.send()  # type: ignore[attr-defined]
+    broker.join(msg.queue_name, timeout=60_000)  # type: ignore[attr-defined]
+    rows = decisions(vdb)
+    assert len(rows) == 1 and rows[0][0] == 10 and rows[0][1] > 10
+    hard[0].refresh(hard[0].state("t"))
+    assert hard[0].state("t").ef == rows[0][1]
