@@ -95,7 +95,8 @@ class Dashboard:
         if page.next_before is not None:
             next_url = "/messages?" + urlencode({**flt.query(), "before": page.next_before})
         return self.page(request, "messages.html", started, flt=flt, page=page, states=STATES, next_url=next_url,
-                         first_url="/messages?" + urlencode(flt.query()), paged=before is not None)
+                         first_url="/messages?" + urlencode(flt.query()), paged=before is not None,
+                         page_size=self.settings.dashboard_page_size)
 
     async def queue(self, request: Request) -> Response:
         name = clean(str(request.path_params["name"]))
