@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def main() -> int:
         answered = fake.count()
         throttled = fake.count(status=429)
     drop_database(server, url)
-    ideal = max(args.calls / args.limit - 1, 0) * args.window
+    ideal = (math.ceil(args.calls / args.limit) - 1) * args.window  # fixed windows: the last one starts then
     print(f"{done} calls by {args.processes} processes x {args.threads} threads against {args.limit} requests / "
           f"{args.window:.0f}s: {answered} provider answers, {throttled} were 429 "
           f"({100 * throttled / max(answered, 1):.2f} %); {elapsed:.1f}s (at least {ideal:.0f}s by the limit)")
