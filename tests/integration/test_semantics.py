@@ -151,9 +151,14 @@ def test_deadline_passed_fails_without_running(broker: PostgresBroker, worker: d
 
 
 def test_unique_jobs(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
+    import threading
+
+    release = threading.Event()  # holds job "a" running until the duplicates were tried
+
     @dramatiq.actor
     def refresh(key: str) -> None:
-        time.sleep(0.2)
+        if key == "a":
+            release.wait(20)
 
     first = refresh.send_with_options(args=("a",), unique_key="refresh-a")
     with pytest.raises(DuplicateJob, match="refresh-a") as info:
@@ -175,6 +180,7 @@ def test_unique_jobs(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
             conn.execute(sql, (Jsonb({"unique_key": "refresh-a"}),))
         existing = conn.execute(sql, (Jsonb({"unique_key": "refresh-a", "on_duplicate": "existing"}),)).fetchone()
         assert existing == (first.message_id,)
+    release.set()
     broker.join(refresh.queue_name, timeout=10_000)
     refresh.send_with_options(args=("a",), unique_key="refresh-a")  # finished: may run again
     assert by_args.message_id
