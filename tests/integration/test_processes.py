@@ -423,5 +423,3 @@ def test_tenant_qps_and_topic_concurrency_hold_across_processes(
         running += delta
         peak = max(peak, running)
     assert len(spans) == 10 and peak == 2, f"topic concurrency 2 across 2 processes, peak {peak}"
-    pids = {r[0] for r in fetch(db, "SELECT DISTINCT pid FROM public.test_runs WHERE key LIKE 'start:heavy%%'")}
-    assert len(pids) == 2, "both processes ran topic tasks"
