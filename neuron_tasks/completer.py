@@ -112,23 +112,35 @@ class Completer(threading.Thread):
                 self._in_flight = len(batch)
             try:
                 self._write(batch)
-            except Exception as exc:
-                log.error("could not record %d results (%s); will retry", len(batch), exc)
+            except psycopg.OperationalError as exc:
+                # The connection is gone (restart, terminated backend): keep the batch and retry.
+                log.warning("could not record %d results (%s); retrying", len(batch), exc)
                 with self._cond:
                     self._batch.acks[:0] = batch.acks
                     self._batch.retries[:0] = batch.retries
                     self._batch.nacks[:0] = batch.nacks
                     self._batch.defers[:0] = batch.defers
                     self._in_flight = 0
-                if self._stopping and isinstance(exc, psycopg.OperationalError):
-                    time.sleep(0.2)
-                else:
-                    time.sleep(0.5)
+                time.sleep(0.2)
                 continue
+            except Exception:
+                # One bad result must not block every other: write them one by one.
+                log.exception("a batch of %d results failed; writing them one by one", len(batch))
+                self._write_singly(batch)
             with self._cond:
                 self._in_flight = 0
             if self.took_slots and self.on_slots_freed is not None:
                 self.on_slots_freed()  # consumers waiting for a free topic slot may claim again
+
+    def _write_singly(self, batch: Batch) -> None:
+        singles = [Batch(acks=[a]) for a in batch.acks] + [Batch(retries=[r]) for r in batch.retries]
+        singles += [Batch(nacks=[n]) for n in batch.nacks] + [Batch(defers=[d]) for d in batch.defers]
+        for single in singles:
+            try:
+                self._write(single)
+            except Exception:
+                # Its lease will expire and the message runs again: at-least-once, never lost.
+                log.exception("could not record a result (%s); its lease will expire and it runs again", single)
 
     def _write(self, batch: Batch) -> None:
         woken: set[str] = set()
