@@ -196,7 +196,9 @@ class PgConsumer(Consumer):
             "limit": room,
         }
         try:
-            with self.broker.pool.connection() as conn:
+            # A claim lost in a server crash only returns the message to the queue: no need to
+            # wait for the WAL flush (the soft-state pool commits asynchronously).
+            with self.broker.soft_pool.connection() as conn:
                 rows = conn.execute(q("dequeue"), params).fetchall()
         except psycopg.OperationalError as exc:
             # Dramatiq's ConsumerThread restarts the consumer after a connection error.
@@ -211,7 +213,7 @@ class PgConsumer(Consumer):
     def _next_due(self) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting."""
         try:
-            with self.broker.pool.connection() as conn:
+            with self.broker.soft_pool.connection() as conn:
                 row = conn.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
         except psycopg.OperationalError as exc:
             raise ConnectionClosed(exc) from None
