@@ -60,6 +60,11 @@ class Repo:
         )
 
     def message(self, key: str) -> dict[str, Any] | None:
+        """A message by row id (digits) or message id, through their indexes."""
+        if key.isdigit() and len(key) < 19:
+            rows = self._all("get_message_by_id", {"id": int(key)})
+            if rows:
+                return rows[0]
         rows = self._all("get_message", {"key": key})
         return rows[0] if rows else None
 

@@ -351,13 +351,21 @@ WHERE state = 'failed'
 ORDER BY failed_at DESC, id DESC
 LIMIT %(limit)s;
 
--- name: get_message
--- One message by row id or message id, with its payload and every error.
+-- name: get_message_by_id
+-- One message by row id, with its payload and every error (primary key).
 SELECT id, message_id, queue_name, actor_name, state, priority, eta, tenant, topic, deadline,
        attempts, retries, deaths, lease_owner, enqueued_at, started_at, failed_at, last_error,
        errors, payload
 FROM neuron_tasks.messages
-WHERE id::text = %(key)s OR message_id = %(key)s
+WHERE id = %(id)s;
+
+-- name: get_message
+-- One message by message id, with its payload and every error (messages_message_id_idx).
+SELECT id, message_id, queue_name, actor_name, state, priority, eta, tenant, topic, deadline,
+       attempts, retries, deaths, lease_owner, enqueued_at, started_at, failed_at, last_error,
+       errors, payload
+FROM neuron_tasks.messages
+WHERE message_id = %(key)s
 ORDER BY id DESC
 LIMIT 1;
 
