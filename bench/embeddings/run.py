@@ -111,13 +111,19 @@ def main() -> int:
     default_threads = torch.get_num_threads()
 
     def direct() -> float:
-        torch.set_num_threads(default_threads)
-        t0 = time.perf_counter()
-        model.encode(items, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-        secs = time.perf_counter() - t0
+        """The faster of one encode with torch's default threads and one with the jobs' threads."""
+        best = float("inf")
+        for n in dict.fromkeys([default_threads, args.torch_threads or default_threads]):
+            torch.set_num_threads(n)
+            t0 = time.perf_counter()
+            model.encode(items, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                         show_progress_bar=False)
+            secs = time.perf_counter() - t0
+            best = min(best, secs)
+            print(f"direct encode ({n} torch threads): {args.texts} texts in {secs:.2f}s = "
+                  f"{args.texts / secs:.0f} texts/s", flush=True)
         torch.set_num_threads(args.torch_threads or default_threads)
-        print(f"direct encode: {args.texts} texts in {secs:.2f}s = {args.texts / secs:.0f} texts/s", flush=True)
-        return secs
+        return best
 
     settings = Settings(database_url=url)
     broker = PostgresBroker(url, settings=settings)
