@@ -48,6 +48,7 @@ class ScheduledJob:
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     catch_up: bool = True  # after a failover, fire the ticks missed (within the misfire grace)
+    requires: str | None = None  # a table that must exist, else the tick is recorded as skipped
 
     def __post_init__(self) -> None:
         if (self.every is None) == (self.cron is None):
@@ -152,14 +153,20 @@ TUNER_ACTOR = "neuron_tasks.tune_vector_indexes"
 MAINTENANCE_QUEUE = "maintenance"
 
 
-def builtin_jobs(*, sweeper_every_s: float, retention_every_s: float, tuner_every_s: float) -> list[ScheduledJob]:
+def builtin_jobs(*, sweeper_every_s: float, retention_every_s: float, tuner_every_s: float,
+                 cache_rotation_every_s: float = 3600.0, defrag_every_s: float = 300.0,
+                 defrag_actor: str = "neuron_tasks.defrag_indexes") -> list[ScheduledJob]:
     """The lease sweeper and retention (statements the leader runs itself, so they work with no
-    worker alive) and the tuner (an actor, enqueued on the `maintenance` queue for workers that
-    import neuron_tasks.actors.tuner)."""
+    worker alive); the tuner, LLM cache rotation and defrag (actors enqueued for workers; a tick
+    is recorded as skipped while the feature's table does not exist)."""
     return [
         ScheduledJob("neuron_tasks.lease_sweeper", "builtin", "lease_sweeper", every=sweeper_every_s,
                      catch_up=False),
         ScheduledJob("neuron_tasks.retention", "builtin", "retention", every=retention_every_s, catch_up=False),
         ScheduledJob("neuron_tasks.tuner", "actor", TUNER_ACTOR, every=tuner_every_s, queue=MAINTENANCE_QUEUE,
-                     catch_up=False),
+                     catch_up=False, requires="neuron_tasks.vector_indexes"),
+        ScheduledJob("neuron_tasks.cache_rotation", "actor", "llm_cache_rotate", every=cache_rotation_every_s,
+                     queue="llm", catch_up=False, requires="neuron_tasks.llm_cache"),
+        ScheduledJob("neuron_tasks.defrag", "actor", defrag_actor, every=defrag_every_s, queue=MAINTENANCE_QUEUE,
+                     catch_up=False, requires="neuron_tasks.defrag_runs"),
     ]

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from neuron_tasks.config import Settings
 from neuron_tasks.sql import q, queries
 
-from .jobs import ScheduledJob, due_times
+from .jobs import TUNER_ACTOR, ScheduledJob, due_times
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,14 @@ class SchedulerNode:
 
     # -- the main loop ------------------------------------------------------------------------
     def run(self) -> None:
-        self._execute("sched_register_node", {"node_id": self.node_id, "host": socket.gethostname(),
-                                              "pid": os.getpid()})
+        while not self.stop_event.is_set():
+            try:
+                self._execute("sched_register_node", {"node_id": self.node_id, "host": socket.gethostname(),
+                                                      "pid": os.getpid()})
+                break
+            except psycopg.OperationalError as exc:
+                log.warning("scheduler: cannot reach the database (%s); retrying", exc)
+                self.stop_event.wait(self.settings.scheduler_poll_s)
         log.info("scheduler node %s up with %d jobs; waiting for leadership", self.node_id, len(self.jobs))
         try:
             while not self.stop_event.is_set():
@@ -198,14 +204,14 @@ class SchedulerNode:
         message_id: str | None = None
         if job.kind == "builtin":
             note = builtin(conn, job.target, self.core)
+        elif job.requires and not conn.execute(q("sched_table_exists"), {"name": job.requires}).fetchone()[0]:
+            note = f"skipped: {job.requires} does not exist (feature not installed)"
+        elif job.target == TUNER_ACTOR and not conn.execute(q("sched_any_tuned_index"), {}).fetchone()[0]:
+            note = "skipped: no vector index to tune"
         else:
-            if job.target == "neuron_tasks.tune_vector_indexes" and not conn.execute(
-                    q("sched_any_tuned_index"), {}).fetchone()[0]:
-                note = "skipped: no vector index to tune"
-            else:
-                message_id = conn.execute(q("sched_enqueue"), {
-                    "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),
-                    "options": Jsonb(job.options)}).fetchone()[0]
+            message_id = conn.execute(q("sched_enqueue"), {
+                "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),
+                "options": Jsonb(job.options)}).fetchone()[0]
         conn.execute(q("sched_fire_message"), {"job": job.name, "fire_time": t, "message_id": message_id,
                                                "note": note})
 

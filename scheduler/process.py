@@ -24,7 +24,10 @@ def build_jobs(url: str, modules: list[str], config: Path | None, settings: Sche
     if settings.scheduler_builtins:
         jobs += builtin_jobs(sweeper_every_s=settings.scheduler_sweeper_every_s,
                              retention_every_s=settings.scheduler_retention_every_s,
-                             tuner_every_s=settings.scheduler_tuner_every_s)
+                             tuner_every_s=settings.scheduler_tuner_every_s,
+                             cache_rotation_every_s=settings.scheduler_cache_rotation_every_s,
+                             defrag_every_s=settings.scheduler_defrag_every_s,
+                             defrag_actor=settings.scheduler_defrag_actor)
     modules = [*modules, *(m.strip() for m in settings.scheduler_modules.split(",") if m.strip())]
     if modules:
         import dramatiq

@@ -25,6 +25,16 @@ class SchedulerSettings(BaseSettings):
     scheduler_tuner_every_s: float = Field(
         default=60.0, ge=1, description="vector tuner interval (the seed's neuranmon_naptime)"
     )
+    scheduler_cache_rotation_every_s: float = Field(
+        default=3600.0, ge=1, description="LLM cache rotation interval (actor llm_cache_rotate, queue llm)"
+    )
+    scheduler_defrag_every_s: float = Field(
+        default=300.0, ge=1, description="index defrag interval (the seed's neurandefrag_naptime)"
+    )
+    scheduler_defrag_actor: str = Field(
+        default="neuron_tasks.defrag_indexes",
+        description="actor enqueued on the maintenance queue for defrag, once neuron_tasks.defrag_runs exists",
+    )
     scheduler_modules: str = Field(
         default="", description="comma-separated modules to import for @periodic actors (besides the arguments)"
     )

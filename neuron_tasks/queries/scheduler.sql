@@ -84,3 +84,7 @@ DELETE FROM neuron_tasks.scheduler_fires WHERE fired_at < now() - make_interval(
 -- name: sched_trim_nodes
 -- Forget scheduler processes stopped or silent for a day.
 DELETE FROM neuron_tasks.scheduler_nodes WHERE heartbeat_at < now() - interval '1 day';
+
+-- name: sched_table_exists
+-- Is a feature's table installed (a scheduled job that needs it is skipped until it is)?
+SELECT to_regclass(%(name)s) IS NOT NULL;

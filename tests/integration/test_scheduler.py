@@ -214,3 +214,27 @@ def test_sigkill_of_leader_hands_over_without_duplicate(sdb: str, jobs_file: Pat
     assert nodes == sorted(nodes, key=lambda n: nodes.index(n))  # one leader, then the other
     handover_s = (taken_over - killed_at).total_seconds()
     assert handover_s < 15, f"standby took {handover_s:.1f}s"
+
+
+def test_feature_jobs_skip_until_installed(sdb: str) -> None:
+    from scheduler.jobs import builtin_jobs
+
+    with psycopg.connect(sdb, autocommit=True) as conn:
+        conn.execute("TRUNCATE neuron_tasks.vector_indexes CASCADE")
+    tuner = next(j for j in builtin_jobs(sweeper_every_s=10, retention_every_s=60, tuner_every_s=1)
+                 if j.name == "neuron_tasks.tuner")
+    needs = ScheduledJob("needs", "actor", "x", every=1, requires="neuron_tasks.no_such_table")
+    node = SchedulerNode(sdb, [tuner, needs])
+    node.leading.set()
+    node._lead_since = datetime.now(UTC) - timedelta(seconds=3)
+    assert node.fire_job("needs") in (3, 4)  # the ticks since it leads
+    assert node.fire_job("neuron_tasks.tuner") == 1  # catch_up=False: the latest tick only
+    with psycopg.connect(sdb, autocommit=True) as conn:
+        notes = dict(conn.execute("SELECT job, note FROM neuron_tasks.scheduler_fires").fetchall())
+        conn.execute("INSERT INTO neuron_tasks.vector_indexes (name, space, dim) VALUES ('i', 'l2', 2)")
+    assert "does not exist" in notes["needs"] and "no vector index" in notes["neuron_tasks.tuner"]
+    time.sleep(1.1)
+    assert node.fire_job("neuron_tasks.tuner") == 1
+    assert messages(sdb, "neuron_tasks.tune_vector_indexes")
+    with psycopg.connect(sdb, autocommit=True) as conn:
+        conn.execute("TRUNCATE neuron_tasks.vector_indexes CASCADE")
