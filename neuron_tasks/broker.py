@@ -38,11 +38,11 @@ from . import db
 from .completer import Completer
 from .config import Settings
 from .consumer import PgConsumer, PgMessageProxy
-from .errors import DeadLettered, DuplicateJob, InvalidOption, MessageTooLarge, QueueFull, UnknownTenant, UnknownTopic
+from .errors import DeadLettered, DuplicateJob, QueueFull
 from .keeper import Keeper, Stats
 from .listener import Listener
 from .middleware import Deadlines, MessageOptions, PoisonGuard, Retries, Tenancy, Topics, WorkerStats
-from .options import columns, fingerprint_of
+from .options import Prepared, prepare
 from .policies import Policies
 from .sql import q
 
@@ -222,49 +222,31 @@ class PostgresBroker(Broker):
         return self.queues.copy()
 
     # -- enqueue --------------------------------------------------------------------
+    def _prepare(self, message: Message, delay: int | float | None) -> Prepared:
+        refuse = self.settings.tenant_policy == "refuse"
+        return prepare(
+            message,
+            actor=self.actors.get(message.actor_name),
+            delay=delay,
+            topic=self.policies.topic,
+            tenant_known=(lambda name: self.policies.tenant(name) is not None) if refuse else None,
+            max_message_bytes=self.settings.max_message_bytes,
+        )
+
     def _row(self, message: Message, delay: int | float | None) -> dict[str, Any]:
-        actor = self.actors.get(message.actor_name)
-        options = dict(message.options)
-        if actor is not None:
-            for name in ("tenant", "topic", "unique", "on_duplicate"):
-                if name not in options and name in actor.options:
-                    options[name] = actor.options[name]
-        topic = options.get("topic")
-        if topic is not None:
-            settings = self.policies.topic(topic) if isinstance(topic, str) else None
-            if settings is None:
-                raise UnknownTopic(str(topic))
-            if "priority" not in options and settings.priority is not None:
-                options["priority"] = settings.priority
-        tenant = options.get("tenant")
-        if (
-            isinstance(tenant, str)
-            and self.settings.tenant_policy == "refuse"
-            and self.policies.tenant(tenant) is None
-        ):
-            raise UnknownTenant(tenant)
-        if options.get("on_duplicate", "raise") not in ("raise", "existing"):
-            raise InvalidOption(f"option on_duplicate={options['on_duplicate']!r}: use 'raise' or 'existing'")
-        cols = columns(options, default_priority=actor.priority if actor else 0, delay=delay)
-        if cols.deadline is not None and not isinstance(options.get("deadline"), int):
-            # Keep the message JSON-encodable: deadlines travel as epoch milliseconds.
-            options["deadline"] = int(cols.deadline.timestamp() * 1000)
-        if options != message.options:
-            message = message.copy(options=options)
-        payload = message.encode()
-        if len(payload) > self.settings.max_message_bytes:
-            raise MessageTooLarge(len(payload), self.settings.max_message_bytes)
+        p = self._prepare(message, delay)
         return {
             "message_id": message.message_id,
             "queue_name": q_name(message.queue_name),
             "actor_name": message.actor_name,
-            "priority": cols.priority,
-            "delay_ms": cols.delay_ms,
-            "tenant": cols.tenant,
-            "topic": cols.topic,
-            "deadline": cols.deadline,
-            "fingerprint": fingerprint_of(message, options),
-            "payload": payload,
+            "priority": p.columns.priority,
+            "delay_ms": p.columns.delay_ms,
+            "tenant": p.columns.tenant,
+            "topic": p.columns.topic,
+            "deadline": p.columns.deadline,
+            "fingerprint": p.fingerprint,
+            "on_duplicate": p.on_duplicate,
+            "payload": p.payload,
         }
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
@@ -283,7 +265,7 @@ class PostgresBroker(Broker):
         self._reserve_depth(row["queue_name"], 1)
         if not self._execute("insert_message", row, what="enqueue"):
             existing = self._existing(row["fingerprint"])
-            if message.options.get("on_duplicate", "raise") == "existing" and existing is not None:
+            if row["on_duplicate"] == "existing" and existing is not None:
                 return message.copy(message_id=existing)
             raise DuplicateJob(row["fingerprint"], existing)
         self.emit_after("enqueue", message, delay)
@@ -305,13 +287,13 @@ class PostgresBroker(Broker):
             per_queue[r["queue_name"]] = per_queue.get(r["queue_name"], 0) + 1
         for queue_name, n in per_queue.items():
             self._reserve_depth(queue_name, n)
-        params = {key: [r[key] for r in rows] for key in rows[0]}
+        params = {key: [r[key] for r in rows] for key in rows[0] if key != "on_duplicate"}
 
         def insert() -> set[str]:
             with self.pool.connection() as conn, conn.transaction():
                 inserted = {r[0] for r in conn.execute(q("insert_messages"), params).fetchall()}
-                for m, r in zip(messages, rows, strict=True):
-                    if r["message_id"] not in inserted and m.options.get("on_duplicate", "raise") != "existing":
+                for r in rows:
+                    if r["message_id"] not in inserted and r["on_duplicate"] != "existing":
                         # Roll the whole batch back: nothing is half-enqueued.
                         raise DuplicateJob(r["fingerprint"], None)
                 return inserted

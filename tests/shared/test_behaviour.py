@@ -14,7 +14,7 @@ import pytest
 from dramatiq.broker import Broker
 from dramatiq.errors import QueueJoinTimeout
 
-from neuron_tasks import MessageTooLarge, PostgresBroker, QueueFull
+from neuron_tasks import MessageTooLarge, QueueFull
 from neuron_tasks.errors import (
     DeadlineExceeded,
     DuplicateJob,
@@ -114,12 +114,8 @@ def test_unique_jobs_refused_or_existing_while_live(any_broker: Broker) -> None:
         any_broker.join(refresh.queue_name, timeout=JOIN_MS)
 
 
-def test_actor_level_unique_and_on_duplicate(make_broker: MakeBroker, request: pytest.FixtureRequest) -> None:
-    broker = make_broker()
-    if isinstance(broker, PostgresBroker):
-        # Known drift, kept visible: PostgresBroker.enqueue reads on_duplicate from the message only,
-        # not from the actor's options (the fix: use options.prepare(...).on_duplicate in broker.py).
-        request.applymarker(pytest.mark.xfail(raises=DuplicateJob, strict=True))
+def test_actor_level_unique_and_on_duplicate(make_broker: MakeBroker) -> None:
+    make_broker()
 
     @dramatiq.actor(unique=True, on_duplicate="existing")
     def sync(account: int) -> None: ...
