@@ -96,3 +96,22 @@ def test_batcher_error_reaches_every_caller() -> None:
     with pytest.raises(ValueError, match="model exploded"):
         batcher.submit(1)
     assert batcher.calls == 1
+
+
+def test_importing_the_actors_needs_no_database_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dramatiq\n"
+        "from neuron_tasks import PostgresBroker, Settings\n"
+        "url = 'postgresql://nobody@127.0.0.1:1/none'\n"
+        "dramatiq.set_broker(PostgresBroker(url, settings=Settings(database_url=url)))\n"
+        "import neuron_tasks.actors.llm\n"
+        "print(sorted(dramatiq.get_broker().actors))\n"
+        "print([m for m in ('torch', 'sentence_transformers', 'httpx') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    actors, heavy = out.stdout.strip().splitlines()
+    assert "llm_embed" in actors and "sql_task" in actors and "http_call" in actors
+    assert heavy == "[]"
