@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from neuron_tasks import migrate
-from neuron_tasks.broker import rebuild_exception
+from neuron_tasks.broker_test_api import rebuild_exception
 from neuron_tasks.cli import parse_duration
 from neuron_tasks.config import Settings
 from neuron_tasks.errors import DeadLettered, InvalidOption
