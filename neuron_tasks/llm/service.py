@@ -67,7 +67,7 @@ class LlmService:
 
     def _record(self, rows: list[UsageRow]) -> None:
         with self.pool.connection() as conn:
-            record_usage_many(conn, rows)
+            record_usage_many(conn, rows, wait_flush=False)
 
     # -- embed ------------------------------------------------------------------------------------
     def embed(self, texts: list[str] | str, *, model: str | None = None, provider: str | None = None,

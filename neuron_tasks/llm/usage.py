@@ -27,13 +27,15 @@ class UsageRow:
     message_id: str | None = None
 
 
-def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow]) -> None:
-    """Insert many usage rows in one statement."""
+def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow], *, wait_flush: bool = True) -> None:
+    """Insert many usage rows in one statement. `wait_flush=False` (jobs, on an autocommit
+    connection) commits without waiting for the WAL flush: the job's ack makes it durable."""
     if not rows:
         return
     names = [f.name for f in fields(UsageRow)]
     columns = list(zip(*(astuple(r) for r in rows), strict=True))
-    conn.execute(q("usage_insert"), {name: list(col) for name, col in zip(names, columns, strict=True)})
+    params = {name: list(col) for name, col in zip(names, columns, strict=True)}
+    conn.execute(q("usage_insert" if wait_flush else "usage_insert_async"), params)
 
 
 def record_usage(

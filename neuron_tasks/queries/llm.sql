@@ -3,9 +3,12 @@
 
 -- name: results_store
 -- Store Dramatiq results (arrays of equal length); a later result for a key replaces it.
+-- Committed without waiting for the WAL flush (synchronous_commit off for this transaction
+-- only): the job's ack, committed later with a flush, makes this earlier commit durable too.
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO neuron_tasks.results (key, value, expires_at)
 SELECT r.key, r.value, now() + r.ttl_ms * interval '1 millisecond'
-FROM unnest(%(keys)s::text[], %(values)s::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms)
+FROM unnest(%(keys)s::text[], %(values)s::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms), async
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, stored_at = now(), expires_at = excluded.expires_at;
 
@@ -22,19 +25,24 @@ WITH gone AS (
 SELECT count(*) FROM gone;
 
 -- name: cache_lookup
--- Cache hits among `keys`: counts the hit and the access time.
-UPDATE neuron_tasks.llm_cache
-SET hits = hits + 1, last_access = now()
-WHERE key = ANY(%(keys)s) AND expires_at > now()
-RETURNING key, value;
+-- Cache hits among `keys`: counts the hit and the access time (no WAL flush wait: a lost
+-- hit count after a crash does not matter).
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE neuron_tasks.llm_cache c
+SET hits = c.hits + 1, last_access = now()
+FROM async
+WHERE c.key = ANY(%(keys)s) AND c.expires_at > now()
+RETURNING c.key, c.value;
 
 -- name: cache_store
--- Store computed results (arrays of equal length); an existing key is replaced.
+-- Store computed results (arrays of equal length); an existing key is replaced. A cache may
+-- lose its last writes in a crash: committed without waiting for the WAL flush.
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, expires_at)
 SELECT c.key, c.operation, c.model, c.input, c.value, octet_length(c.value) + octet_length(c.input::text),
        now() + c.ttl_s * interval '1 second'
 FROM unnest(%(keys)s::bytea[], %(operations)s::text[], %(models)s::text[], %(inputs)s::jsonb[],
-            %(values)s::bytea[], %(ttl_s)s::float8[]) AS c(key, operation, model, input, value, ttl_s)
+            %(values)s::bytea[], %(ttl_s)s::float8[]) AS c(key, operation, model, input, value, ttl_s), async
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, input = excluded.input, bytes = excluded.bytes,
     created_at = now(), last_access = now(), expires_at = excluded.expires_at;
@@ -81,12 +89,23 @@ ORDER BY hits DESC, last_access DESC
 LIMIT %(limit)s;
 
 -- name: usage_insert
--- Record token usage (arrays of equal length), one row per job.
+-- Record token usage (arrays of equal length), one row per job, in the caller's transaction.
 INSERT INTO neuron_tasks.llm_usage
     (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id)
 SELECT * FROM unnest(%(tenant)s::text[], %(tokens)s::integer[], %(prompt_tokens)s::integer[],
                      %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
                      %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[]);
+
+-- name: usage_insert_async
+-- usage_insert for jobs (autocommit): the row commits before the job's ack, whose flushed
+-- commit makes it durable too, so this commit does not wait for the WAL flush.
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO neuron_tasks.llm_usage
+    (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id)
+SELECT u.* FROM unnest(%(tenant)s::text[], %(tokens)s::integer[], %(prompt_tokens)s::integer[],
+                       %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
+                       %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[])
+     AS u, async;
 
 -- name: usage_by_tenant
 -- Tokens per tenant and operation since a time.
