@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dramatiq.broker import Broker
@@ -43,7 +43,6 @@ class _Pending:
     ttl_ms: int
     done: bool = False
     error: BaseException | None = None
-    event: threading.Event = field(default_factory=threading.Event)
 
 
 class PostgresResultBackend(ResultBackend):

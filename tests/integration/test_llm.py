@@ -222,3 +222,23 @@ def test_cache_rotation_evicts_least_recently_used(service: LlmService, llm_db: 
         conn.execute("UPDATE neuron_tasks.llm_cache SET expires_at = now() WHERE input->>'text' = 'new'")
     assert llm_cache.rotate(service.pool, settings)["expired"] == 1
     assert llm_cache.clear(service.pool) == 1
+
+
+def test_results_backend_ttl_and_purge(llm_db: str) -> None:
+    from dramatiq.message import Message
+    from dramatiq.results.errors import ResultMissing
+
+    from neuron_tasks.results import PostgresResultBackend
+
+    backend = PostgresResultBackend(llm_db)
+    try:
+        short, long = (Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}) for _ in range(2))
+        backend.store_result(short, {"v": 1}, ttl=100)
+        backend.store_result(long, [1, 2], ttl=60_000)
+        assert backend.get_result(short) == {"v": 1} and backend.get_result(long) == [1, 2]
+        time.sleep(0.2)
+        with pytest.raises(ResultMissing):
+            backend.get_result(short)
+        assert backend.purge_expired() == 1 and backend.get_result(long) == [1, 2]
+    finally:
+        backend.close()
