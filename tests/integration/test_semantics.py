@@ -153,12 +153,11 @@ def test_deadline_passed_fails_without_running(broker: PostgresBroker, worker: d
 def test_unique_jobs(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
     import threading
 
-    release = threading.Event()  # holds job "a" running until the duplicates were tried
+    release = threading.Event()  # holds the jobs running until the duplicates were tried
 
     @dramatiq.actor
     def refresh(key: str) -> None:
-        if key == "a":
-            release.wait(20)
+        release.wait(20)
 
     first = refresh.send_with_options(args=("a",), unique_key="refresh-a")
     with pytest.raises(DuplicateJob, match="refresh-a") as info:
