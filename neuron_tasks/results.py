@@ -8,9 +8,10 @@
 
 Results expire after their TTL (Dramatiq's `result_ttl`): reads ignore expired rows and
 `purge_expired()` (run by the cache rotation job, and now and then by writers) deletes them.
-Concurrent writers of one process share round trips: while one thread writes, the others'
-results queue up and go in the next single INSERT (a group commit; each store returns only
-once its row is written, so a result is never acknowledged before it is stored).
+Concurrent writers of one process share round trips: a storing thread writes every result
+queued at that moment in one INSERT, and threads whose result another one took wait for that
+write (each store returns only once its row is written, so a job is never acked before its
+result is stored).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dramatiq.broker import Broker
@@ -41,8 +42,9 @@ class _Pending:
     key: str
     value: bytes
     ttl_ms: int
-    done: bool = False
+    taken: bool = False
     error: BaseException | None = None
+    event: threading.Event = field(default_factory=threading.Event)
 
 
 class PostgresResultBackend(ResultBackend):
@@ -63,7 +65,6 @@ class PostgresResultBackend(ResultBackend):
         self._own_pool: ConnectionPool | None = pool
         self._pool_pid = os.getpid() if pool is not None else -1
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._pending: list[_Pending] = []
         self._writes = 0
 
@@ -127,11 +128,16 @@ class PostgresResultBackend(ResultBackend):
         item = _Pending(message_key, self.encoder.encode(result), int(ttl))
         with self._lock:
             self._pending.append(item)
-        with self._write_lock:
-            if not item.done:
-                with self._lock:
-                    batch, self._pending = self._pending, []
-                self._write(batch)
+        with self._lock:
+            batch = None if item.taken else self._pending
+            if batch is not None:
+                self._pending = []
+                for p in batch:
+                    p.taken = True
+        if batch is None:
+            item.event.wait()
+        else:
+            self._write(batch)
         if item.error is not None:
             raise item.error
 
@@ -150,7 +156,7 @@ class PostgresResultBackend(ResultBackend):
                 p.error = exc
         finally:
             for p in batch:
-                p.done = True
+                p.event.set()
         self._writes += len(batch)
         if self._writes >= PURGE_EVERY:
             self._writes = 0
