@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
+import time
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,9 @@ RESTART_REQUIRED = frozenset({
     "idle_in_transaction_timeout_ms", "settings_poll_s", "llm_provider", "llm_local_model", "llm_local_device",
     "llm_local_threads", "dashboard_host", "dashboard_port", "dashboard_pool_max_size", "scheduler_modules",
     "scheduler_config", "scheduler_builtins",
+    # The scheduler builds its jobs' triggers at start.
+    "scheduler_sweeper_every_s", "scheduler_retention_every_s", "scheduler_tuner_every_s",
+    "scheduler_cache_rotation_every_s", "scheduler_defrag_every_s", "scheduler_defrag_actor",
 })
 _SECRET_WORDS = ("token", "api_key", "password", "secret")
 
@@ -254,3 +259,30 @@ def live_settings(url: str, base: Settings | None = None) -> Settings:
     """The core Settings with this database's runtime values applied."""
     with psycopg.connect(url, autocommit=True) as conn:
         return effective(base or Settings(), runtime_values(conn))
+
+
+_cache: dict[str, tuple[float, dict[str, str | None]]] = {}
+_cache_lock = threading.Lock()
+
+
+def values_for(url: str, *, max_age_s: float = 2.0) -> dict[str, str | None]:
+    """This database's runtime values, re-read at most every `max_age_s` (kept on errors)."""
+    with _cache_lock:
+        cached = _cache.get(url)
+        if cached is not None and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            missing = conn.execute("SELECT to_regclass('neuron_tasks.settings') IS NULL").fetchone()[0]
+            values = {} if missing else runtime_values(conn)
+    except psycopg.Error:
+        return cached[1] if cached is not None else {}
+    with _cache_lock:
+        _cache[url] = (time.monotonic(), values)
+    return values
+
+
+def overlay(base: M, url: str) -> M:
+    """`base` (as built at start: defaults < file < environment < arguments) with the runtime
+    values on top. Long-running parts (tuner, scheduler) call this on every cycle."""
+    return effective(base, values_for(url))

@@ -45,6 +45,7 @@ class SchedulerNode:
         self.jobs = {j.name: j for j in jobs}
         self.settings = settings or SchedulerSettings()
         self.core = core or Settings(database_url=url)
+        self._base_settings, self._base_core = self.settings, self.core
         self.node_id = node_id or uuid.uuid4()
         self.stop_event = threading.Event()
         self.leading = threading.Event()
@@ -67,6 +68,7 @@ class SchedulerNode:
         log.info("scheduler node %s up with %d jobs; waiting for leadership", self.node_id, len(self.jobs))
         try:
             while not self.stop_event.is_set():
+                self._refresh_settings()
                 try:
                     if self.leading.is_set():
                         self._check_lock()
@@ -159,6 +161,13 @@ class SchedulerNode:
                     "name": name, "kind": job.kind, "target": job.target,
                     "queue_name": job.queue if job.kind == "actor" else None, "trigger": job.trigger_text,
                     "next_fire": nxt, "node_id": self.node_id})
+
+    def _refresh_settings(self) -> None:
+        """Runtime settings (`neuron-tasks config set`) apply from the next loop on."""
+        from neuron_tasks.runtime import overlay
+
+        self.settings = overlay(self._base_settings, self.url)
+        self.core = overlay(self._base_core, self.url)
 
     # -- fires --------------------------------------------------------------------------------
     def catch_up(self) -> int:

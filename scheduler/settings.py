@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neuron_tasks.config import NeuronSettings
 
 
-class SchedulerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+class SchedulerSettings(NeuronSettings):
+    # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
     scheduler_poll_s: float = Field(
         default=1.0, gt=0, le=60,

@@ -18,9 +18,13 @@ QUEUE = "maintenance"
 
 def tune(index: str | None = None) -> list[dict[str, Any]]:
     from .. import vectors
+    from ..runtime import overlay
     from ..vectors.tuner import tune_all, tune_alpha, tune_index
 
     client = vectors.client()
+    # Tuner settings (targets, strategy, evaluations) follow `neuron-tasks config set` at every cycle.
+    base = client.__dict__.setdefault("base_settings", client.settings)
+    client.settings = overlay(base, client.url)
     if index is None:
         decisions = tune_all(client)
     else:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neuron_tasks.config import NeuronSettings
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-class DashboardSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+class DashboardSettings(NeuronSettings):
+    # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
     dashboard_host: str = Field(default="127.0.0.1", description="address to bind; anything but loopback needs a token")
     dashboard_port: int = Field(default=8787, ge=0, le=65535, description="port to bind (0 = any free port)")

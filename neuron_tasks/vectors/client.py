@@ -110,14 +110,20 @@ class Vectors:
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
+    def url(self) -> str:
+        """The database URL (the embedded server's when none is configured)."""
+        if self._url is None:
+            from ..config import Settings
+
+            self._url = db.resolve_url(Settings())
+        return self._url
+
+    @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    from ..config import Settings
-
-                    url = self._url or db.resolve_url(Settings())
-                    self._pool = db.make_pool(url, max_size=4, name="neuron_tasks-vectors")
+                    self._pool = db.make_pool(self.url, max_size=4, name="neuron_tasks-vectors")
         return self._pool
 
     @property

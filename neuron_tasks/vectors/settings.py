@@ -7,11 +7,12 @@ target_latency_ms 10 (000's `neuranmon_target_latency_ms`; 001 quotes 100 ms).
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neuron_tasks.config import NeuronSettings
 
 
-class VectorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+class VectorSettings(NeuronSettings):
+    # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
     database_url: str | None = Field(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
     vectors_default_ef: int = Field(default=40, ge=1, description="ef_search of a new index until the tuner moves it")

@@ -140,3 +140,26 @@ def test_a_running_worker_applies_batch_size_and_naptime_live(broker: PostgresBr
             assert left == 0 and time.monotonic() - sent < 10, "found by polling at the new 200 ms naptime"
     finally:
         worker.stop()
+
+
+def test_scheduler_and_tuner_pick_up_runtime_settings(runtime_db: str) -> None:
+    from neuron_tasks.vectors.settings import VectorSettings
+    from scheduler.node import SchedulerNode
+    from scheduler.settings import SchedulerSettings
+
+    node = SchedulerNode(runtime_db, [], settings=SchedulerSettings(scheduler_poll_s=0.25))
+    with psycopg.connect(runtime_db, autocommit=True) as conn:
+        runtime.set_value(conn, "scheduler_max_catchup", "17")
+        runtime.set_value(conn, "max_retries", "6")
+        runtime.set_value(conn, "tuner_target_recall", "0.9")
+    runtime._cache.clear()  # as if max_age_s had passed
+    node._refresh_settings()
+    assert node.settings.scheduler_max_catchup == 17
+    assert node.settings.scheduler_poll_s == 0.25, "what the process was started with stays under runtime values"
+    assert node.core.max_retries == 6
+    assert runtime.overlay(VectorSettings(), runtime_db).tuner_target_recall == 0.9
+    with psycopg.connect(runtime_db, autocommit=True) as conn:
+        runtime.reset_value(conn, "scheduler_max_catchup")
+    runtime._cache.clear()
+    node._refresh_settings()
+    assert node.settings.scheduler_max_catchup == SchedulerSettings().scheduler_max_catchup
