@@ -1,7 +1,7 @@
-"""Token usage per job and tenant (neuron_tasks.llm_usage), to be charged to tenants' budgets.
+"""Token usage per job and tenant (neuron_tasks.llm_usage).
 
-`record_usage` is the interface the tenancy middleware can charge from; rows it has charged
-get `charged_at` set.
+Recording a row also charges its tokens to the tenant's budget (neuron_tasks.tenant_usage, which
+the Tenancy middleware checks) in the same statement, and sets its `charged_at`.
 """
 
 from __future__ import annotations

@@ -242,3 +242,18 @@ def test_results_backend_ttl_and_purge(llm_db: str) -> None:
         assert backend.purge_expired() == 1 and backend.get_result(long) == [1, 2]
     finally:
         backend.close()
+
+
+def test_llm_usage_is_charged_to_the_tenant_budget(llm_db: str) -> None:
+    import psycopg
+
+    from neuron_tasks.llm.usage import UsageRow, record_usage_many
+
+    with psycopg.connect(llm_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM neuron_tasks.tenant_usage")
+        record_usage_many(conn, [UsageRow("acme", 120, operation="complete"), UsageRow("acme", 30),
+                                 UsageRow(None, 50), UsageRow("beta", 0, cached=True)], wait_flush=False)
+        charged = conn.execute("SELECT tenant, tokens, jobs FROM neuron_tasks.tenant_usage ORDER BY tenant").fetchall()
+        assert charged == [("acme", 150, 2)]
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.llm_usage WHERE tenant = 'acme' "
+                            "AND charged_at IS NOT NULL").fetchone() == (2,)
