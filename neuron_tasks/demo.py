@@ -42,8 +42,9 @@ def run_demo(url: str, settings: Settings, *, jobs: int, processes: int, console
     started = time.time()
     repo = Repo(broker.pool)
     try:
+        before = sum(r["finished"] for r in repo.queue_status() if r["queue"].startswith("demo"))
         expected = enqueue_mix(broker, url, actors, jobs, console)
-        ok = watch(repo, expected, console)
+        ok = watch(repo, expected, console, finished_before=before)
         show_queues(repo, console)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -107,21 +108,26 @@ def enqueue_mix(broker: PostgresBroker, url: str, actors: object, jobs: int, con
     return expected
 
 
-def watch(repo: Repo, expected: dict[str, int], console: Console) -> bool:
+def watch(repo: Repo, expected: dict[str, int], console: Console, *, finished_before: int = 0) -> bool:
+    """Show progress until every demo message finished or failed; True when the counts are right."""
     total = expected["finished"] + expected["failed"]
     deadline = time.monotonic() + 120
+    stalled_after = time.monotonic() + 30
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("processing", total=total, detail="")
         while time.monotonic() < deadline:
             rows = [r for r in repo.queue_status() if r["queue"].startswith("demo")]
-            finished = sum(r["finished"] for r in rows)
+            finished = sum(r["finished"] for r in rows) - finished_before  # history of earlier demos
             failed = sum(r["failed"] for r in rows)
             live = sum(r["pending"] + r["running"] + r["retrying"] for r in rows)
             retrying = sum(r["retrying"] for r in rows)
             progress.update(task, completed=finished + failed,
                             detail=f"finished {finished}  retrying {retrying}  dead {failed}")
             if live == 0 and finished + failed >= total:
+                break
+            if time.monotonic() > stalled_after and finished + failed == 0:
+                console.print("[red]no message finished after 30 s: see the worker log[/]")
                 break
             time.sleep(0.2)
     ok = finished == expected["finished"] and failed == expected["failed"]
