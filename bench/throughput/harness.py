@@ -271,6 +271,12 @@ class System(ABC):
         """A description of failed/dead-lettered messages, if any."""
         return None
 
+    def probe_stats(self) -> dict[str, float] | None:
+        """Cost of the side-channel query (PostgreSQL systems)."""
+        probe = getattr(self, "probe", None)
+        stats = getattr(probe, "stats", None)
+        return stats() if callable(stats) else None
+
     # -- consuming --------------------------------------------------------
     def worker_cmd(self, threads: int, procs: int, latency_file: str | None) -> list[str]:
         script = sys.modules["__main__"].__file__
@@ -347,7 +353,7 @@ def measure(system: System, what: str) -> dict[str, Any]:
             t1 = _wait_drained(system, group, timeout, n)
         finally:
             group.stop()
-        out = _rate(n, t1 - t0)
+        out = _rate(n, t1 - t0) | {"probe": system.probe_stats()}
         if (p := system.problems()) is not None:
             out["warning"] = p
         return out
@@ -361,7 +367,7 @@ def measure(system: System, what: str) -> dict[str, Any]:
             t1 = _wait_drained(system, group, timeout, n)
         finally:
             group.stop()
-        out = _rate(n, t1 - t0) | {"send_seconds": round(t_sent - t0, 4)}
+        out = _rate(n, t1 - t0) | {"send_seconds": round(t_sent - t0, 4), "probe": system.probe_stats()}
         if (p := system.problems()) is not None:
             out["warning"] = p
         return out
@@ -444,7 +450,7 @@ def main(system_cls: type[System], worker_main: WorkerMain) -> None:
         result = {"status": "n/a", "reason": str(e)}
     except Exception as e:
         traceback.print_exc()
-        result = {"status": "error", "error": f"{type(e).__name__}: {e}"[:400]}
+        result = {"status": "error", "error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:400]}
     finally:
         try:
             system.close()

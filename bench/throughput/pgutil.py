@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -43,10 +44,23 @@ class Probe:
     def __init__(self, url: str, exists_sql: str) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
         self.sql = exists_sql
+        self.calls = 0
+        self.seconds = 0.0
+        self.max_seconds = 0.0
 
     def pending(self) -> bool:
+        t0 = time.perf_counter()
         row = self.conn.execute(self.sql).fetchone()  # type: ignore[arg-type]
+        took = time.perf_counter() - t0
+        self.calls += 1
+        self.seconds += took
+        self.max_seconds = max(self.max_seconds, took)
         return bool(row and row[0])
+
+    def stats(self) -> dict[str, float]:
+        """Cost of the side channel: the polling query's mean and max duration."""
+        mean = self.seconds / self.calls if self.calls else 0.0
+        return {"polls": self.calls, "mean_ms": round(mean * 1000, 3), "max_ms": round(self.max_seconds * 1000, 3)}
 
     def scalar(self, query: str) -> object:
         row = self.conn.execute(query).fetchone()  # type: ignore[arg-type]
