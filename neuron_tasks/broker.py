@@ -41,7 +41,7 @@ from .errors import DuplicateJob, QueueFull
 from .keeper import Keeper, Stats
 from .listener import Listener
 from .middleware import Deadlines, MessageOptions, PoisonGuard, Retries, Tenancy, Topics, WorkerStats
-from .options import Prepared, prepare
+from .options import prepare_for
 from .policies import Policies
 from .sql import q
 
@@ -221,19 +221,8 @@ class PostgresBroker(BrokerTestAPI, Broker):
         return self.queues.copy()
 
     # -- enqueue --------------------------------------------------------------------
-    def _prepare(self, message: Message, delay: int | float | None) -> Prepared:
-        refuse = self.settings.tenant_policy == "refuse"
-        return prepare(
-            message,
-            actor=self.actors.get(message.actor_name),
-            delay=delay,
-            topic=self.policies.topic,
-            tenant_known=(lambda name: self.policies.tenant(name) is not None) if refuse else None,
-            max_message_bytes=self.settings.max_message_bytes,
-        )
-
     def _row(self, message: Message, delay: int | float | None) -> dict[str, Any]:
-        p = self._prepare(message, delay)
+        p = prepare_for(self, message, delay)
         return {
             "message_id": message.message_id,
             "queue_name": q_name(message.queue_name),

@@ -148,3 +148,17 @@ def prepare(
     if len(payload) > max_message_bytes:
         raise MessageTooLarge(len(payload), max_message_bytes)
     return Prepared(message, cols, fingerprint_of(message, options), on_duplicate, payload)
+
+
+def prepare_for(broker: Any, message: Any, delay: int | float | None) -> Prepared:
+    """`prepare` with a broker's declared actors, its topic and tenant policies and its settings
+    (the Postgres and in-memory brokers both validate through here)."""
+    refuse = broker.settings.tenant_policy == "refuse"
+    return prepare(
+        message,
+        actor=broker.actors.get(message.actor_name),
+        delay=delay,
+        topic=broker.policies.topic,
+        tenant_known=(lambda name: broker.policies.tenant(name) is not None) if refuse else None,
+        max_message_bytes=broker.settings.max_message_bytes,
+    )

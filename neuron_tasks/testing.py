@@ -68,7 +68,7 @@ from dramatiq.results.backends import StubBackend
 from .config import Settings
 from .errors import DuplicateJob, QueueFull
 from .middleware import Deadlines, MessageOptions, Retries
-from .options import Prepared, prepare
+from .options import prepare_for
 from .policies import TenantLimits, TopicSettings
 
 __all__ = ["InMemoryBroker", "MemoryPolicies", "default_middleware", "join_all", "use_broker"]
@@ -241,17 +241,6 @@ class InMemoryBroker(StubBroker):
         return _Consumer(self, queue, self.dead_letters_by_queue[queue_name], prefetch, timeout)
 
     # -- enqueue --------------------------------------------------------------------
-    def _prepare(self, message: Message, delay: int | float | None) -> Prepared:
-        refuse = self.settings.tenant_policy == "refuse"
-        return prepare(
-            message,
-            actor=self.actors.get(message.actor_name),
-            delay=delay,
-            topic=self.policies.topic,
-            tenant_known=(lambda name: self.policies.tenant(name) is not None) if refuse else None,
-            max_message_bytes=self.settings.max_message_bytes,
-        )
-
     def _waiting(self, queue_name: str) -> int:
         """Pending and retrying messages (delayed ones included), as the Postgres broker counts them."""
         return self.queues[queue_name].qsize() + self.queues[dq_name(queue_name)].unfinished_tasks
@@ -289,7 +278,7 @@ class InMemoryBroker(StubBroker):
         return self._enqueue(list(messages), delay, many=True)
 
     def _enqueue(self, messages: list[Message], delay: int | float | None, *, many: bool) -> list[Message]:
-        prepared = [self._prepare(m, delay) for m in messages]
+        prepared = [prepare_for(self, m, delay) for m in messages]
         for p in prepared:
             self.declare_queue(q_name(p.message.queue_name))  # the Postgres broker takes any queue name
         for m in messages:

@@ -35,7 +35,8 @@ def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow], *, wait_fl
     names = [f.name for f in fields(UsageRow)]
     columns = list(zip(*(astuple(r) for r in rows), strict=True))
     params = {name: list(col) for name, col in zip(names, columns, strict=True)}
-    conn.execute(q("usage_insert" if wait_flush else "usage_insert_async"), params)
+    params["synchronous_commit"] = "on" if wait_flush else "off"
+    conn.execute(q("usage_insert"), params)
 
 
 def record_usage(

@@ -89,31 +89,10 @@ ORDER BY hits DESC, last_access DESC
 LIMIT %(limit)s;
 
 -- name: usage_insert
--- Record token usage (arrays of equal length), one row per job, in the caller's transaction, and
--- charge it to the tenants' token budgets (neuron_tasks.tenant_usage, issue 4) in the same statement.
-WITH ins AS (
-    INSERT INTO neuron_tasks.llm_usage
-        (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id,
-         charged_at)
-    SELECT u.*, CASE WHEN u.tenant IS NOT NULL THEN now() END
-    FROM unnest(%(tenant)s::text[], %(tokens)s::integer[], %(prompt_tokens)s::integer[],
-                %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
-                %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[])
-         AS u(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model,
-              message_id)
-    RETURNING tenant, tokens)
-INSERT INTO neuron_tasks.tenant_usage (tenant, minute, tokens, jobs)
-SELECT tenant, date_trunc('minute', now()), sum(tokens), count(*) FROM ins
-WHERE tenant IS NOT NULL AND tokens > 0
-GROUP BY tenant
-ON CONFLICT (tenant, minute) DO UPDATE
-SET tokens = neuron_tasks.tenant_usage.tokens + excluded.tokens,
-    jobs = neuron_tasks.tenant_usage.jobs + excluded.jobs;
-
--- name: usage_insert_async
--- usage_insert for jobs (autocommit): the rows commit before the job's ack, whose flushed
--- commit makes them durable too, so this commit does not wait for the WAL flush.
-WITH async AS (SELECT set_config('synchronous_commit', 'off', true)),
+-- Record token usage (arrays of equal length), one row per job, and charge it to the tenants'
+-- token budgets (neuron_tasks.tenant_usage) in the same statement. `synchronous_commit` 'off' is
+-- for jobs on an autocommit connection: their ack's flushed commit makes these rows durable too.
+WITH sync AS (SELECT set_config('synchronous_commit', %(synchronous_commit)s, true)),
 ins AS (
     INSERT INTO neuron_tasks.llm_usage
         (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id,
@@ -123,7 +102,7 @@ ins AS (
                 %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
                 %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[])
          AS u(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model,
-              message_id), async
+              message_id), sync
     RETURNING tenant, tokens)
 INSERT INTO neuron_tasks.tenant_usage (tenant, minute, tokens, jobs)
 SELECT tenant, date_trunc('minute', now()), sum(tokens), count(*) FROM ins
