@@ -168,8 +168,11 @@ CREATE VIEW neuron_tasks.failed_jobs AS
     FROM neuron_tasks.messages
     WHERE state = 'failed';
 
--- enqueue from SQL, now aware of topics, the tenant policy and unique keys.
-CREATE OR REPLACE FUNCTION neuron_tasks.enqueue(
+-- Enqueue from SQL, inside the caller's transaction: a rollback never runs the job.
+-- The payload is Dramatiq's JSON message encoding (workers must use the JSON encoder).
+-- options: priority (int), delay (ms), eta (timestamptz), tenant, topic (must exist),
+--          deadline (timestamptz or epoch ms), unique_key + on_duplicate, max_retries, ...
+CREATE FUNCTION neuron_tasks.enqueue(
     queue   text,
     actor   text,
     args    jsonb DEFAULT '[]'::jsonb,
@@ -296,3 +299,5 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION neuron_tasks.enqueue(text, text, jsonb, jsonb, jsonb) IS
+    'Enqueue a Dramatiq message from SQL in the caller''s transaction; returns the message id.';
