@@ -1,0 +1,27 @@
+"""Pipelines (issue 8, after EDB AIDB): keep embeddings of a Postgres table in sync.
+
+    from neuron_tasks import pipelines
+    pipelines.create_pipeline(url, "docs", source="docs", key="id", data="body", mode="background")
+    pipelines.sync(pool, "docs")          # the backfill, then every later change
+    pipelines.list_pipelines(url)         # the pipeline_metrics view
+
+From SQL: `SELECT neuron_tasks.create_pipeline('docs', 'docs', 'id', 'body')`.
+"""
+
+from .engine import Embedder, SyncResult, service_embedder, sync
+from .manage import (
+    MODES,
+    PipelineError,
+    create_pipeline,
+    drop_pipeline,
+    get_pipeline,
+    list_pipelines,
+    parse_step,
+    pipeline_errors,
+    update_pipeline,
+)
+from .settings import PipelineSettings
+
+__all__ = ["MODES", "Embedder", "PipelineError", "PipelineSettings", "SyncResult", "create_pipeline",
+           "drop_pipeline", "get_pipeline", "list_pipelines", "parse_step", "pipeline_errors",
+           "service_embedder", "sync", "update_pipeline"]

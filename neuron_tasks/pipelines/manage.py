@@ -1,0 +1,112 @@
+"""Create, update, drop and list pipelines (the SQL functions of schema/008 do the checking)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ..sql import q
+
+MODES = ("live", "background", "disabled")
+
+
+class PipelineError(ValueError):
+    """Bad pipeline input or an unknown pipeline; the message says what to change."""
+
+
+def parse_step(step: str) -> dict[str, Any]:
+    """`embed`, `embed:MODEL` or `embed:PROVIDER:MODEL` -> {"op": "embed", "provider"?, "model"?}."""
+    op, _, rest = step.partition(":")
+    if op != "embed":
+        raise PipelineError(f"unknown step {step!r}: the one step supported is embed[:provider:model]")
+    out: dict[str, Any] = {"op": "embed"}
+    if rest:
+        provider, sep, model = rest.partition(":")
+        if sep:
+            out["provider"], out["model"] = provider, model
+        else:
+            out["model"] = rest
+    return out
+
+
+def check_step(step: dict[str, Any]) -> None:
+    """Refuse an unknown provider or local model before anything is created."""
+    from ..llm.settings import LOCAL_MODEL, LlmSettings
+
+    provider = step.get("provider") or LlmSettings().llm_provider
+    if provider not in ("local", "http"):
+        raise PipelineError(f"unknown provider {provider!r} in step {step}: use local or http")
+    model = step.get("model")
+    if provider == "local" and model and model != LOCAL_MODEL and not Path(model).exists():
+        raise PipelineError(f"unknown local model {model!r}: use {LOCAL_MODEL} or a sentence-transformers path")
+
+
+def _conn(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True)
+
+
+def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, destination: str | None = None,
+                    step: str | dict[str, Any] = "embed", mode: str = "background",
+                    sync_interval: str = "30 seconds", batch_size: int = 100) -> dict[str, Any]:
+    """Create a pipeline; its existing rows wait in the backlog (run `sync` for the backfill)."""
+    st = parse_step(step) if isinstance(step, str) else dict(step)
+    check_step(st)
+    params = {"name": name, "source": source, "key": key, "data": data, "destination": destination,
+              "steps": json.dumps([st]), "mode": mode, "interval": sync_interval, "batch_size": batch_size}
+    with _conn(url) as conn:
+        try:
+            conn.execute(q("pipeline_create"), params)
+        except psycopg.Error as exc:
+            raise PipelineError(_message(exc)) from None
+    return get_pipeline(url, name)
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).splitlines()[0]
+    return f"{text} ({diag.message_hint})" if diag.message_hint else text
+
+
+def get_pipeline(url: str, name: str) -> dict[str, Any]:
+    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("pipeline_get"), {"name": name}).fetchone()
+    if row is None:
+        raise PipelineError(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
+    return row
+
+
+def update_pipeline(url: str, name: str, *, mode: str | None = None, sync_interval: str | None = None,
+                    batch_size: int | None = None) -> dict[str, Any]:
+    """Change mode, interval or batch size. Switching back from disabled catches up on the backlog."""
+    if mode is not None and mode not in MODES:
+        raise PipelineError(f"mode must be live, background or disabled, got {mode!r}")
+    with _conn(url) as conn:
+        try:
+            row = conn.execute(q("pipeline_update"), {"name": name, "mode": mode, "interval": sync_interval,
+                                                       "batch_size": batch_size}).fetchone()
+        except psycopg.Error as exc:
+            raise PipelineError(f"cannot update pipeline {name}: {_message(exc)}") from None
+    if row is None:
+        raise PipelineError(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
+    return get_pipeline(url, name)
+
+
+def drop_pipeline(url: str, name: str, *, drop_destination: bool = False) -> bool:
+    with _conn(url) as conn:
+        row = conn.execute(q("pipeline_drop"), {"name": name, "drop_destination": drop_destination}).fetchone()
+    return bool(row and row[0])
+
+
+def list_pipelines(url: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The `pipeline_metrics` rows (AIDB's columns), one per pipeline."""
+    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(q("pipeline_metrics"), {"name": name}).fetchall()
+
+
+def pipeline_errors(url: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
+    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(q("pipeline_errors"), {"name": name, "limit": limit}).fetchall()

@@ -1,0 +1,97 @@
+-- Named statements of the pipelines (issue 8); the per-table statements are built in
+-- neuron_tasks/pipelines/sync.py with psycopg.sql (table and column names are identifiers).
+
+-- name: pipeline_create
+-- Create a pipeline through the SQL function (all checks and the backfill queueing are there).
+SELECT neuron_tasks.create_pipeline(%(name)s, %(source)s, %(key)s, %(data)s, %(destination)s, %(steps)s,
+    %(mode)s, %(interval)s::interval, %(batch_size)s)
+
+-- name: pipeline_drop
+-- Drop a pipeline (its triggers, backlog and errors; the destination when asked).
+SELECT neuron_tasks.drop_pipeline(%(name)s, %(drop_destination)s)
+
+-- name: pipeline_get
+-- One pipeline's definition.
+SELECT name, source_table, key_column, key_type, data_column, steps, destination, auto_processing,
+       background_sync_interval, batch_size, status, last_error, last_sync_at, created_at, updated_at
+FROM neuron_tasks.pipelines WHERE name = %(name)s
+
+-- name: pipeline_update
+-- Change a pipeline's mode, interval or batch size (NULL keeps the current value).
+UPDATE neuron_tasks.pipelines
+SET auto_processing = coalesce(%(mode)s, auto_processing),
+    background_sync_interval = coalesce(%(interval)s::interval, background_sync_interval),
+    batch_size = coalesce(%(batch_size)s, batch_size),
+    updated_at = now()
+WHERE name = %(name)s
+RETURNING name
+
+-- name: pipeline_metrics
+-- AIDB-style metrics of every pipeline (or one).
+SELECT pipeline, auto_processing, table_unprocessed_rows, volume_scans_completed, count_source_records,
+       count_destination_records, count_errors, status, last_sync_at, last_error
+FROM neuron_tasks.pipeline_metrics
+WHERE %(name)s::text IS NULL OR pipeline = %(name)s
+ORDER BY pipeline
+
+-- name: pipeline_errors
+-- The per-record errors of a pipeline, most recent first.
+SELECT key, error, attempts, failed_at FROM neuron_tasks.pipeline_errors
+WHERE pipeline = %(name)s ORDER BY failed_at DESC LIMIT %(limit)s
+
+-- name: pipeline_try_lock
+-- Take the pipeline's advisory lock (session level) if free: one sync per pipeline at a time.
+SELECT pg_try_advisory_lock(hashtext('neuron_tasks.pipeline'), hashtext(%(name)s))
+
+-- name: pipeline_lock
+-- Wait for the pipeline's advisory lock.
+SELECT pg_advisory_lock(hashtext('neuron_tasks.pipeline'), hashtext(%(name)s))
+
+-- name: pipeline_unlock
+-- Release the pipeline's advisory lock.
+SELECT pg_advisory_unlock(hashtext('neuron_tasks.pipeline'), hashtext(%(name)s))
+
+-- name: pipeline_claim
+-- The next batch of due backlog entries, oldest change first; skips entries a writer holds.
+SELECT key, seq, attempts FROM neuron_tasks.pipeline_backlog
+WHERE pipeline = %(name)s AND not_before <= now()
+ORDER BY seq LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: pipeline_done
+-- Remove the processed entries that did not change meanwhile (same seq) and their old errors.
+WITH done AS (
+    DELETE FROM neuron_tasks.pipeline_backlog b
+    USING unnest(%(keys)s::text[], %(seqs)s::bigint[]) AS d(key, seq)
+    WHERE b.pipeline = %(name)s AND b.key = d.key AND b.seq = d.seq
+    RETURNING b.key
+)
+DELETE FROM neuron_tasks.pipeline_errors e USING done
+WHERE e.pipeline = %(name)s AND e.key = done.key
+
+-- name: pipeline_failed
+-- Push a failed entry back with exponential backoff (unless it changed meanwhile).
+UPDATE neuron_tasks.pipeline_backlog
+SET attempts = attempts + 1,
+    not_before = now() + make_interval(secs => least(%(backoff_max_s)s, %(backoff_s)s * 2 ^ attempts))
+WHERE pipeline = %(name)s AND key = %(key)s AND seq = %(seq)s
+
+-- name: pipeline_error_record
+-- Store (or replace) a record's last error.
+INSERT INTO neuron_tasks.pipeline_errors (pipeline, key, error, attempts)
+VALUES (%(name)s, %(key)s, %(error)s, %(attempts)s)
+ON CONFLICT (pipeline, key) DO UPDATE
+SET error = excluded.error, attempts = excluded.attempts, failed_at = now()
+
+-- name: pipeline_sync_ok
+-- Mark a pipeline's sync as finished.
+UPDATE neuron_tasks.pipelines SET status = 'ok', last_error = NULL, last_sync_at = now() WHERE name = %(name)s
+
+-- name: pipeline_sync_failed
+-- Mark a pipeline's sync as failed with its error.
+UPDATE neuron_tasks.pipelines SET status = 'failed', last_error = %(error)s, last_sync_at = now()
+WHERE name = %(name)s
+
+-- name: pipeline_backlog_size
+-- Entries waiting in a pipeline's backlog.
+SELECT count(*) FROM neuron_tasks.pipeline_backlog WHERE pipeline = %(name)s

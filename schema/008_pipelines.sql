@@ -1,0 +1,308 @@
+-- Pipelines (issue 8, after EDB AIDB's pipelines): keep embeddings of a Postgres table in sync.
+-- Triggers on the source table record changed keys in a backlog; a sync job embeds them in
+-- batches and writes a destination table (key, embedding, source_hash, timestamps).
+
+CREATE TABLE neuron_tasks.pipelines (
+    name                     text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    source_table             text NOT NULL,          -- quoted schema.table
+    key_column               text NOT NULL,
+    key_type                 text NOT NULL,          -- format_type of the key column
+    data_column              text NOT NULL,
+    steps                    jsonb NOT NULL DEFAULT '[{"op": "embed"}]',
+    destination              text NOT NULL UNIQUE,   -- quoted schema.table
+    auto_processing          text NOT NULL DEFAULT 'background'
+                             CHECK (auto_processing IN ('live', 'background', 'disabled')),
+    background_sync_interval interval NOT NULL DEFAULT '30 seconds'
+                             CHECK (background_sync_interval BETWEEN '1 second' AND '2 days'),
+    batch_size               integer NOT NULL DEFAULT 100 CHECK (batch_size BETWEEN 1 AND 10000),
+    status                   text NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'ok', 'failed')),
+    last_error               text,
+    last_sync_at             timestamptz,
+    created_at               timestamptz NOT NULL DEFAULT now(),
+    updated_at               timestamptz NOT NULL DEFAULT now()
+);
+
+-- Keys changed since they were last processed; seq moves on every change, so a sync deletes
+-- only the entries it processed unchanged (a row changed meanwhile is processed again).
+CREATE SEQUENCE neuron_tasks.pipeline_backlog_seq;
+CREATE TABLE neuron_tasks.pipeline_backlog (
+    pipeline   text NOT NULL REFERENCES neuron_tasks.pipelines (name) ON DELETE CASCADE,
+    key        text NOT NULL,
+    seq        bigint NOT NULL DEFAULT nextval('neuron_tasks.pipeline_backlog_seq'),
+    attempts   integer NOT NULL DEFAULT 0,
+    not_before timestamptz NOT NULL DEFAULT '-infinity',
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (pipeline, key)
+);
+CREATE INDEX pipeline_backlog_order ON neuron_tasks.pipeline_backlog (pipeline, seq);
+
+-- The last error of each record that failed (cleared when it succeeds).
+CREATE TABLE neuron_tasks.pipeline_errors (
+    pipeline  text NOT NULL REFERENCES neuron_tasks.pipelines (name) ON DELETE CASCADE,
+    key       text NOT NULL,
+    error     text NOT NULL,
+    attempts  integer NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, key)
+);
+
+-- Statement trigger on a source table: TG_ARGV = (pipeline, key column). Records the keys of
+-- the changed rows; in live mode also enqueues one sync per transaction (same transaction).
+CREATE FUNCTION neuron_tasks.pipeline_capture_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_mode  text;
+    v_rows  bigint := 0;
+    v_n     bigint;
+    v_guc   text := 'neuron_tasks.pipeline_enqueued_' || TG_ARGV[0];
+BEGIN
+    SELECT auto_processing INTO v_mode FROM neuron_tasks.pipelines WHERE name = TG_ARGV[0];
+    IF v_mode IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        EXECUTE format(
+            'INSERT INTO neuron_tasks.pipeline_backlog AS b (pipeline, key)
+             SELECT DISTINCT $1, (%I)::text FROM new_rows
+             ON CONFLICT (pipeline, key) DO UPDATE
+                SET seq = nextval(''neuron_tasks.pipeline_backlog_seq''), attempts = 0,
+                    not_before = ''-infinity'', changed_at = clock_timestamp()', TG_ARGV[1])
+            USING TG_ARGV[0];
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_rows := v_rows + v_n;
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        EXECUTE format(
+            'INSERT INTO neuron_tasks.pipeline_backlog AS b (pipeline, key)
+             SELECT DISTINCT $1, (%I)::text FROM old_rows
+             ON CONFLICT (pipeline, key) DO UPDATE
+                SET seq = nextval(''neuron_tasks.pipeline_backlog_seq''), attempts = 0,
+                    not_before = ''-infinity'', changed_at = clock_timestamp()', TG_ARGV[1])
+            USING TG_ARGV[0];
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_rows := v_rows + v_n;
+    END IF;
+    IF v_mode = 'live' AND v_rows > 0
+       AND coalesce(current_setting(v_guc, true), '') <> txid_current()::text THEN
+        PERFORM neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync',
+                                     jsonb_build_array(TG_ARGV[0]));
+        PERFORM set_config(v_guc, txid_current()::text, true);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Rows in a table, for the metrics view.
+CREATE FUNCTION neuron_tasks.pipeline_count_v1(tbl text) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v bigint;
+BEGIN
+    IF to_regclass(tbl) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT count(*) FROM ' || tbl INTO v;
+    RETURN v;
+END;
+$$;
+
+-- Create a pipeline from SQL: checks its input, creates (or checks) the destination, installs
+-- the triggers and queues every existing row (the initial backfill). All or nothing.
+CREATE FUNCTION neuron_tasks.create_pipeline(
+    name                     text,
+    source                   text,
+    key_column               text,
+    data_column              text,
+    destination              text DEFAULT NULL,
+    steps                    jsonb DEFAULT '[{"op": "embed"}]',
+    auto_processing          text DEFAULT 'background',
+    background_sync_interval interval DEFAULT '30 seconds',
+    batch_size               integer DEFAULT 100
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_src      regclass;
+    v_src_name text;
+    v_dst      text;
+    v_dst_reg  regclass;
+    v_key_type text;
+    v_data_type text;
+    v_step     jsonb;
+    v_shape    text;
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
+        RAISE EXCEPTION 'create_pipeline: invalid pipeline name %', quote_nullable(name)
+            USING HINT = 'use 1-40 lower-case letters, digits or underscores, starting with a letter',
+                  ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM neuron_tasks.pipelines p WHERE p.name = create_pipeline.name) THEN
+        RAISE EXCEPTION 'create_pipeline: pipeline % already exists', name
+            USING HINT = 'update it, or drop it first', ERRCODE = '42710';
+    END IF;
+    v_src := to_regclass(source);
+    IF v_src IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = v_src AND relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'create_pipeline: source table % does not exist', quote_nullable(source)
+            USING HINT = 'create the table first (schema.table, or a table on the search_path)',
+                  ERRCODE = '42P01';
+    END IF;
+    SELECT format('%I.%I', n.nspname, c.relname) INTO v_src_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = v_src;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO v_key_type
+    FROM pg_attribute a WHERE a.attrelid = v_src AND a.attname = key_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_key_type IS NULL THEN
+        RAISE EXCEPTION 'create_pipeline: table % has no key column %', v_src_name, quote_nullable(key_column)
+            USING ERRCODE = '42703';
+    END IF;
+    SELECT format_type(a.atttypid, a.atttypmod), t.typcategory INTO v_data_type, v_shape
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    WHERE a.attrelid = v_src AND a.attname = data_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF v_data_type IS NULL THEN
+        RAISE EXCEPTION 'create_pipeline: table % has no data column %', v_src_name, quote_nullable(data_column)
+            USING ERRCODE = '42703';
+    END IF;
+    IF v_shape <> 'S' THEN
+        RAISE EXCEPTION 'create_pipeline: data column %.% is %, not text', v_src_name, data_column, v_data_type
+            USING HINT = 'use a text, varchar or char column (or a view/generated column casting to text)',
+                  ERRCODE = '42804';
+    END IF;
+    IF jsonb_typeof(steps) IS DISTINCT FROM 'array' OR jsonb_array_length(steps) <> 1 THEN
+        RAISE EXCEPTION 'create_pipeline: steps must be a JSON array of one step, got %', steps
+            USING HINT = 'e.g. [{"op": "embed", "model": "local:all-MiniLM-L6-v2"}]', ERRCODE = '22023';
+    END IF;
+    v_step := steps->0;
+    IF v_step->>'op' IS DISTINCT FROM 'embed' THEN
+        RAISE EXCEPTION 'create_pipeline: unknown step %', v_step
+            USING HINT = 'the one step supported is {"op": "embed", "model": "..."}', ERRCODE = '22023';
+    END IF;
+    IF auto_processing IS NULL OR auto_processing NOT IN ('live', 'background', 'disabled') THEN
+        RAISE EXCEPTION 'create_pipeline: auto_processing must be live, background or disabled, got %',
+            quote_nullable(auto_processing) USING ERRCODE = '22023';
+    END IF;
+    IF background_sync_interval IS NULL
+       OR background_sync_interval NOT BETWEEN interval '1 second' AND interval '2 days' THEN
+        RAISE EXCEPTION 'create_pipeline: background_sync_interval must be between 1 second and 2 days, got %',
+            quote_nullable(background_sync_interval) USING ERRCODE = '22023';
+    END IF;
+    IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'create_pipeline: batch_size must be between 1 and 10000, got %',
+            quote_nullable(batch_size) USING ERRCODE = '22023';
+    END IF;
+    destination := coalesce(destination, name || '_embeddings');
+    IF destination LIKE 'index:%' THEN
+        RAISE EXCEPTION 'create_pipeline: vector-index destinations (%) are not supported yet', destination
+            USING HINT = 'give a table name; it is created with key, embedding real[], source_hash and timestamps',
+                  ERRCODE = '0A000';
+    END IF;
+    v_dst_reg := to_regclass(destination);
+    IF v_dst_reg IS NOT NULL THEN
+        SELECT format('%I.%I', n.nspname, c.relname) INTO v_dst
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = v_dst_reg;
+        IF v_dst_reg = v_src THEN
+            RAISE EXCEPTION 'create_pipeline: destination % is the source table', v_dst USING ERRCODE = '22023';
+        END IF;
+        SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+        INTO v_shape FROM pg_attribute a WHERE a.attrelid = v_dst_reg AND a.attnum > 0 AND NOT a.attisdropped;
+        IF v_shape IS DISTINCT FROM 'key text, embedding real[], source_hash text, model text, '
+                                    'created_at timestamp with time zone, updated_at timestamp with time zone' THEN
+            RAISE EXCEPTION 'create_pipeline: destination % exists with another shape (%)', v_dst, v_shape
+                USING HINT = 'drop it, or name a new destination table (it is created for you)', ERRCODE = '42P07';
+        END IF;
+    ELSE
+        IF destination !~ '^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$' THEN
+            RAISE EXCEPTION 'create_pipeline: invalid destination table name %', quote_nullable(destination)
+                USING HINT = 'use [schema.]table with letters, digits and underscores', ERRCODE = '22023';
+        END IF;
+        IF position('.' IN destination) > 0 THEN
+            v_dst := format('%I.%I', split_part(destination, '.', 1), split_part(destination, '.', 2));
+        ELSE
+            v_dst := format('%I.%I', current_schema(), destination);
+        END IF;
+        EXECUTE format('CREATE TABLE %s (key text PRIMARY KEY, embedding real[] NOT NULL, '
+                       'source_hash text NOT NULL, model text, '
+                       'created_at timestamptz NOT NULL DEFAULT now(), '
+                       'updated_at timestamptz NOT NULL DEFAULT now())', v_dst);
+    END IF;
+    IF EXISTS (SELECT 1 FROM neuron_tasks.pipelines p WHERE p.destination = v_dst) THEN
+        RAISE EXCEPTION 'create_pipeline: destination % belongs to another pipeline', v_dst USING ERRCODE = '42710';
+    END IF;
+
+    INSERT INTO neuron_tasks.pipelines (name, source_table, key_column, key_type, data_column, steps,
+        destination, auto_processing, background_sync_interval, batch_size)
+    VALUES (name, v_src_name, key_column, v_key_type, data_column, steps, v_dst, auto_processing,
+        background_sync_interval, batch_size);
+
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION neuron_tasks.pipeline_capture_v1(%L, %L)',
+                   'neuron_tasks_pl_' || name || '_ins', v_src_name, name, key_column);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION neuron_tasks.pipeline_capture_v1(%L, %L)',
+                   'neuron_tasks_pl_' || name || '_upd', v_src_name, name, key_column);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION neuron_tasks.pipeline_capture_v1(%L, %L)',
+                   'neuron_tasks_pl_' || name || '_del', v_src_name, name, key_column);
+
+    -- Initial backfill: every existing row (and every destination row, so stale ones go).
+    EXECUTE format('INSERT INTO neuron_tasks.pipeline_backlog (pipeline, key) '
+                   'SELECT $1, (%I)::text FROM %s UNION SELECT $1, key FROM %s ON CONFLICT DO NOTHING',
+                   key_column, v_src_name, v_dst) USING name;
+    IF auto_processing = 'live' THEN
+        PERFORM neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', jsonb_build_array(name));
+    END IF;
+    RETURN name;
+END;
+$$;
+
+COMMENT ON FUNCTION neuron_tasks.create_pipeline(text, text, text, text, text, jsonb, text, interval, integer) IS
+    'Create a pipeline that keeps embeddings of source.data_column in a destination table; all or nothing.';
+
+-- Drop a pipeline: its triggers, backlog and errors; the destination table only when asked.
+CREATE FUNCTION neuron_tasks.drop_pipeline(name text, drop_destination boolean DEFAULT false) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    p neuron_tasks.pipelines;
+    t text;
+BEGIN
+    SELECT * INTO p FROM neuron_tasks.pipelines WHERE pipelines.name = drop_pipeline.name;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF to_regclass(p.source_table) IS NOT NULL THEN
+        FOREACH t IN ARRAY ARRAY['_ins', '_upd', '_del'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'neuron_tasks_pl_' || p.name || t, p.source_table);
+        END LOOP;
+    END IF;
+    DELETE FROM neuron_tasks.pipelines WHERE pipelines.name = p.name;
+    IF drop_destination THEN
+        EXECUTE format('DROP TABLE IF EXISTS %s', p.destination);
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- AIDB's pipeline_metrics: Processing while a sync holds the pipeline's advisory lock.
+CREATE VIEW neuron_tasks.pipeline_metrics AS
+SELECT p.name AS pipeline,
+       p.auto_processing,
+       b.unprocessed AS table_unprocessed_rows,
+       NULL::bigint AS volume_scans_completed,
+       neuron_tasks.pipeline_count_v1(p.source_table) AS count_source_records,
+       neuron_tasks.pipeline_count_v1(p.destination) AS count_destination_records,
+       e.errors AS count_errors,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
+                          AND l.objid = hashtext(p.name)::oid) THEN 'Processing'
+           WHEN p.status = 'failed' THEN 'Failed'
+           WHEN e.errors > 0 THEN 'PartialErrors'
+           WHEN b.unprocessed > 0 OR p.status = 'new' THEN 'Stale'
+           WHEN neuron_tasks.pipeline_count_v1(p.destination) = 0 THEN 'NoResults'
+           ELSE 'UpToDate'
+       END AS status,
+       p.last_sync_at,
+       p.last_error
+FROM neuron_tasks.pipelines p
+CROSS JOIN LATERAL (SELECT count(*) AS unprocessed FROM neuron_tasks.pipeline_backlog x
+                    WHERE x.pipeline = p.name) b
+CROSS JOIN LATERAL (SELECT count(*) AS errors FROM neuron_tasks.pipeline_errors x
+                    WHERE x.pipeline = p.name) e;
