@@ -41,6 +41,7 @@ class PgMessageProxy(MessageProxy):
         self._consumer: PgConsumer | None = consumer
         self._retry: tuple[bytes, int] | None = None
         self._defer: tuple[int, str] | None = None
+        self.has_slot = False  # holds a topic concurrency slot (taken with the claim)
 
     def is_in_flight(self) -> bool:
         return self._consumer is not None
@@ -76,7 +77,7 @@ class PgConsumer(Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.timeout_s = timeout_ms / 1000.0
-        self.cache: deque[tuple[int, int, bytes, int]] = deque()
+        self.cache: deque[tuple[int, int, bytes, int, bool]] = deque()
         self.event = broker.event(queue_name)
         self._held = 0
         self._held_lock = threading.Lock()
@@ -184,11 +185,20 @@ class PgConsumer(Consumer):
         if claimer is None:
             return
         proxy._consumer = None
+        if proxy.has_slot:
+            # Its actor is done: free the topic slot now (async commit) so that the next message of
+            # the topic can be claimed without waiting for this result to be written.
+            proxy.has_slot = False
+            try:
+                with self.broker.soft_pool.connection() as conn:
+                    conn.execute(q("free_slot"), {"id": proxy.row_id})
+            except psycopg.Error as exc:
+                log.warning("could not free a topic slot now (%s); the completer frees it", exc)
         with claimer._held_lock:
             claimer._held -= 1
         claimer.event.set()
 
-    def _claim(self, room: int) -> list[tuple[int, int, bytes, int]]:
+    def _claim(self, room: int) -> list[tuple[int, int, bytes, int, bool]]:
         params = {
             "queue_name": self.queue_name,
             "owner": self.broker.owner,
@@ -204,11 +214,11 @@ class PgConsumer(Consumer):
             # Dramatiq's ConsumerThread restarts the consumer after a connection error.
             raise ConnectionClosed(exc) from None
         rows.sort(key=lambda r: (r[1], r[2], r[0]))
-        if rows and rows[0][6]:
+        if any(r[6] for r in rows):
             self.broker.completer.took_slots = True
         with self._held_lock:
             self._held += len(rows)
-        return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5])) for r in rows]
+        return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5]), bool(r[6])) for r in rows]
 
     def _next_due(self) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting."""
@@ -227,7 +237,9 @@ class PgConsumer(Consumer):
         retry = self.broker.settings.topic_retry_ms / 1000.0
         return max(min(blocked, retry) if blocked is not None else retry, 0.002)
 
-    def _decode(self, row_id: int, attempt: int, payload: bytes, deaths: int) -> PgMessageProxy | None:
+    def _decode(
+        self, row_id: int, attempt: int, payload: bytes, deaths: int, has_slot: bool
+    ) -> PgMessageProxy | None:
         try:
             message = Message.decode(payload)
             options = message.options
@@ -238,7 +250,9 @@ class PgConsumer(Consumer):
         except Exception as exc:
             self._dead_letter_undecodable(row_id, exc)
             return None
-        return PgMessageProxy(message, row_id, attempt, self, deaths)
+        proxy = PgMessageProxy(message, row_id, attempt, self, deaths)
+        proxy.has_slot = has_slot
+        return proxy
 
     def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
