@@ -1,0 +1,159 @@
+"""`neuron-tasks pipeline`: keep embeddings of a Postgres table in sync (create, list, status,
+run, update, drop)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+
+from ..cli_support import JsonOpt, console, database_url, emit, fail, jsonable
+
+NAME = "pipeline"
+app = typer.Typer(help="Pipelines (after EDB AIDB): triggers record changes of a source table in a backlog; "
+                  "sync jobs embed them in batches into a destination table (key, embedding, source_hash, "
+                  "timestamps). Modes: live (a job per committing transaction), background (a sync every "
+                  "interval), disabled (changes kept for later).", no_args_is_help=True)
+
+METRIC_COLUMNS = ["pipeline", "auto_processing", "table_unprocessed_rows", "count_source_records",
+                  "count_destination_records", "count_errors", "status", "last_sync_at"]
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, timedelta) else v) for k, v in row.items()}
+
+
+def _print(row: dict[str, Any], as_json: bool) -> None:
+    row = _plain(row)
+    if as_json:
+        print(json.dumps(jsonable(row)))
+    else:
+        console.print(f"pipeline {row['name']}: {row['source_table']}.{row['data_column']} "
+                      f"(key {row['key_column']}) -> {row['destination']}; mode {row['auto_processing']}, "
+                      f"every {row['background_sync_interval']}, batch {row['batch_size']}, "
+                      f"step {json.dumps(row['steps'][0])}")
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Pipeline name (lower-case letters, digits, _).")],
+    source: Annotated[str, typer.Option(help="Source table ([schema.]table).")],
+    key: Annotated[str, typer.Option(help="Key column of the source (unique).")],
+    data: Annotated[str, typer.Option(help="Text column to embed.")],
+    step: Annotated[str, typer.Option(help="embed, embed:MODEL or embed:PROVIDER:MODEL.")] = "embed",
+    destination: Annotated[str | None, typer.Option(
+        help="Destination table (created if missing; default NAME_embeddings).")] = None,
+    mode: Annotated[str, typer.Option(help="live, background or disabled.")] = "background",
+    sync_interval: Annotated[str, typer.Option(help="Background sync interval (Postgres interval, "
+                                                    "1 second to 2 days).")] = "30 seconds",
+    batch_size: Annotated[int, typer.Option(help="Records per model call.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a pipeline; existing rows wait in the backlog (`pipeline run NAME` does the backfill)."""
+    from ..pipelines import PipelineError, create_pipeline
+
+    try:
+        row = create_pipeline(database_url(), name, source=source, key=key, data=data, destination=destination,
+                              step=step, mode=mode, sync_interval=sync_interval, batch_size=batch_size)
+    except PipelineError as exc:
+        fail(str(exc))
+    _print(row, as_json)
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """Every pipeline with AIDB's metrics (unprocessed rows, source/destination counts, status)."""
+    from ..pipelines import list_pipelines
+
+    emit([_plain(r) for r in list_pipelines(database_url())], METRIC_COLUMNS, as_json=as_json, title="pipelines")
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    errors: Annotated[int, typer.Option(help="How many per-record errors to show.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """One pipeline's definition, metrics and latest per-record errors."""
+    from ..pipelines import PipelineError, get_pipeline, list_pipelines, pipeline_errors
+
+    url = database_url()
+    try:
+        p = get_pipeline(url, name)
+    except PipelineError as exc:
+        fail(str(exc))
+    metrics = list_pipelines(url, name)[0]
+    errs = pipeline_errors(url, name, errors)
+    if as_json:
+        print(json.dumps(jsonable({"pipeline": _plain(p), "metrics": metrics, "errors": errs})))
+        return
+    _print(p, False)
+    emit([{"metric": k, "value": metrics[k]} for k in [*METRIC_COLUMNS[1:], "last_error"]], ["metric", "value"],
+         as_json=False, title=f"pipeline {name}")
+    if errs:
+        emit(errs, ["key", "error", "attempts", "failed_at"], as_json=False, title="per-record errors")
+
+
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Process the backlog now, in this process (the initial backfill too), with a progress bar."""
+    from rich.progress import Progress
+
+    from ..db import make_pool
+    from ..pipelines import PipelineError, sync
+
+    pool = make_pool(database_url(), max_size=2, name="neuron_tasks.pipeline_run")
+    try:
+        with Progress(console=console, disable=as_json) as progress:
+            task = progress.add_task(f"syncing {name}", total=None)
+
+            def tick(done: int, left: int) -> None:
+                progress.update(task, completed=done, total=done + left)
+
+            res = sync(pool, name, wait=True, progress=tick)
+    except PipelineError as exc:
+        fail(str(exc))
+    finally:
+        pool.close()
+    out = res.as_dict()
+    if as_json:
+        print(json.dumps(out))
+    else:
+        console.print(f"{name}: {out['embedded']} embedded, {out['deleted']} deleted, {out['unchanged']} unchanged, "
+                      f"{out['failed']} failed in {out['batches']} batches ({out['seconds']:.1f}s)")
+
+
+@app.command()
+def update(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    mode: Annotated[str | None, typer.Option(help="live, background or disabled.")] = None,
+    sync_interval: Annotated[str | None, typer.Option(help="Background sync interval.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Records per model call.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change mode, interval or batch size (back from disabled, the kept backlog catches up)."""
+    from ..pipelines import PipelineError, update_pipeline
+
+    try:
+        row = update_pipeline(database_url(), name, mode=mode, sync_interval=sync_interval, batch_size=batch_size)
+    except PipelineError as exc:
+        fail(str(exc))
+    _print(row, as_json)
+
+
+@app.command()
+def drop(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    drop_destination: Annotated[bool, typer.Option(help="Also drop the destination table.")] = False,
+) -> None:
+    """Remove a pipeline's triggers, backlog and errors (the destination table stays unless asked)."""
+    from ..pipelines import drop_pipeline
+
+    if not drop_pipeline(database_url(), name, drop_destination=drop_destination):
+        fail(f"no pipeline named {name!r}")
+    console.print(f"dropped pipeline {name}")
