@@ -196,6 +196,18 @@ def drop(name: Annotated[str, typer.Argument(help="Index name.")]) -> None:
     console.print(f"dropped index {name}")
 
 
+@app.command()
+def defrag(
+    name: Annotated[str, typer.Argument(help="Index name.")],
+    now: Annotated[bool, typer.Option("--now", help="Rebuild even outside the maintenance window.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index maintenance now: prune tombstones, or rebuild when fragmented (see `neuron-tasks defrag`)."""
+    from .defrag import run_defrag
+
+    run_defrag(name, now, as_json)
+
+
 def demo_phase(url: str, settings: Any, console: Any) -> bool:
     from ..vectors.demo import run_demo
 

@@ -1,0 +1,30 @@
+"""The defrag actor (the seed's neurandefrag): one maintenance pass over every index (or one).
+
+The scheduler enqueues `neuron_tasks.defrag_indexes` every `defrag_naptime_s` (300 s) on the
+`maintenance` queue once schema/007_defrag.sql is applied; run workers with
+`neuron-tasks worker neuron_tasks.actors.defrag`. The work is neuron_tasks.vectors.defrag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+
+QUEUE = "maintenance"
+
+
+def run(index: str | None = None, force: bool = False) -> dict[str, Any]:
+    from .. import vectors
+    from ..vectors.defrag import defrag_all, defrag_index
+    from ..vectors.defrag_settings import DefragSettings
+
+    client, settings = vectors.client(), DefragSettings()
+    if index is None:
+        return defrag_all(client, settings, force=force)
+    return {"indexes": [defrag_index(client, index, settings, force=force)], "vacuumed": []}
+
+
+@dramatiq.actor(actor_name="neuron_tasks.defrag_indexes", queue_name=QUEUE, max_retries=0, time_limit=3_600_000)
+def defrag_indexes(index: str | None = None, force: bool = False) -> dict[str, Any]:
+    return run(index, force)
