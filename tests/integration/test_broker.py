@@ -364,3 +364,22 @@ def test_close_gives_back_held_messages(settings: Settings) -> None:
     first.close()  # gives back what it held
     states = rows(settings.database_url or "", "SELECT state, count(*) FROM neuron_tasks.messages GROUP BY 1")
     assert states == [("pending", 40)]
+
+
+def test_a_result_that_cannot_be_written_does_not_block_the_others(broker: PostgresBroker) -> None:
+    @dramatiq.actor
+    def job(i: int) -> None: ...
+
+    broker.enqueue_many([job.message(i) for i in range(2)])
+    consumer = broker.consume("default")
+    first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None
+    completer = broker.completer
+    completer.ack(first.row_id)
+    completer.nack({"id": second.row_id, "error": "x", "entry": object()})  # cannot be encoded as JSON
+    deadline = time.monotonic() + 10
+    while completer.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages_history") == [(1,)]
+    # The other one keeps its lease and runs again once it expires (at-least-once, never lost).
+    assert rows(broker.url, "SELECT state FROM neuron_tasks.messages") == [("running",)]
