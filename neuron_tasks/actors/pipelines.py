@@ -1,6 +1,9 @@
 """Pipeline jobs (queue "pipelines"): `pipeline_sync(name)`, a thin shell over
 neuron_tasks.pipelines.sync. Live-mode triggers enqueue it from SQL in the writer's transaction;
-run with `neuron-tasks worker neuron_tasks.actors.pipelines`.
+`pipeline_tick()` enqueues the background pipelines that are due: fire it from the scheduler
+every second or so (jobs.toml: `[[jobs]] actor = "neuron_tasks.pipeline_tick"`, `every = 1`,
+`queue = "pipelines"`, `catch_up = false`). Run with
+`neuron-tasks worker neuron_tasks.actors.pipelines`.
 """
 
 from __future__ import annotations
@@ -44,3 +47,20 @@ def run_pipeline_sync(name: str, pool: ConnectionPool | None = None,
 @dramatiq.actor(actor_name="neuron_tasks.pipeline_sync", queue_name=QUEUE)
 def pipeline_sync(name: str) -> dict[str, Any]:
     return run_pipeline_sync(name)
+
+
+def run_pipeline_tick(url: str | None = None) -> list[str]:
+    """Enqueue a sync of each due background pipeline; returns their names."""
+    from ..pipelines import enqueue_due
+
+    if url is None:
+        from ..config import Settings
+        from ..db import resolve_url
+
+        url = resolve_url(Settings())
+    return enqueue_due(url)
+
+
+@dramatiq.actor(actor_name="neuron_tasks.pipeline_tick", queue_name=QUEUE)
+def pipeline_tick() -> list[str]:
+    return run_pipeline_tick()

@@ -14,6 +14,7 @@ from .manage import (
     PipelineError,
     create_pipeline,
     drop_pipeline,
+    enqueue_due,
     get_pipeline,
     list_pipelines,
     parse_step,
@@ -23,5 +24,5 @@ from .manage import (
 from .settings import PipelineSettings
 
 __all__ = ["MODES", "Embedder", "PipelineError", "PipelineSettings", "SyncResult", "create_pipeline",
-           "drop_pipeline", "get_pipeline", "list_pipelines", "parse_step", "pipeline_errors",
+           "drop_pipeline", "enqueue_due", "get_pipeline", "list_pipelines", "parse_step", "pipeline_errors",
            "service_embedder", "sync", "update_pipeline"]

@@ -110,3 +110,9 @@ def list_pipelines(url: str, name: str | None = None) -> list[dict[str, Any]]:
 def pipeline_errors(url: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
     with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(q("pipeline_errors"), {"name": name, "limit": limit}).fetchall()
+
+
+def enqueue_due(url: str) -> list[str]:
+    """Enqueue a sync for every background pipeline that is due (the scheduler's tick)."""
+    with _conn(url) as conn:
+        return [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]

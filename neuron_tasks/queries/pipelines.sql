@@ -95,3 +95,16 @@ WHERE name = %(name)s
 -- name: pipeline_backlog_size
 -- Entries waiting in a pipeline's backlog.
 SELECT count(*) FROM neuron_tasks.pipeline_backlog WHERE pipeline = %(name)s
+
+-- name: pipeline_enqueue_due
+-- Enqueue a sync of each background pipeline whose interval has passed since its last sync, that
+-- has due backlog entries, and no sync waiting or running already.
+SELECT p.name, neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', jsonb_build_array(p.name))
+FROM neuron_tasks.pipelines p
+WHERE p.auto_processing = 'background'
+  AND (p.last_sync_at IS NULL OR p.last_sync_at + p.background_sync_interval <= now())
+  AND EXISTS (SELECT 1 FROM neuron_tasks.pipeline_backlog b WHERE b.pipeline = p.name AND b.not_before <= now())
+  AND NOT EXISTS (SELECT 1 FROM neuron_tasks.messages m
+                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync'
+                    AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = p.name)
+ORDER BY p.name

@@ -228,3 +228,24 @@ def test_sql_api_and_drop(pl_db: str) -> None:
         conn.execute("INSERT INTO pl_docs VALUES (2, 'b')")  # no trigger left behind
         assert conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_backlog").fetchone()[0] == 0
         assert conn.execute("SELECT to_regclass('pl_docs_embeddings')").fetchone()[0] is None
+
+
+def test_tick_enqueues_due_background_pipelines_once(pl_db: str, pool: ConnectionPool, broker: object) -> None:
+    from neuron_tasks.actors.pipelines import run_pipeline_tick
+
+    with psycopg.connect(pl_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO pl_docs VALUES (1, 'a')")
+        pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body",
+                                  sync_interval="1 hour")
+        assert run_pipeline_tick(pl_db) == ["pl_docs"]
+        assert run_pipeline_tick(pl_db) == []  # one is already waiting
+        conn.execute("DELETE FROM neuron_tasks.messages")
+        pipelines.sync(pool, "pl_docs", embedder=embedder)
+        conn.execute("INSERT INTO pl_docs VALUES (2, 'b')")
+        assert run_pipeline_tick(pl_db) == []  # synced less than an hour ago
+        pipelines.update_pipeline(pl_db, "pl_docs", sync_interval="1 second")
+        conn.execute("UPDATE neuron_tasks.pipelines SET last_sync_at = now() - interval '2 seconds'")
+        assert run_pipeline_tick(pl_db) == ["pl_docs"]
+        pipelines.update_pipeline(pl_db, "pl_docs", mode="disabled")
+        conn.execute("DELETE FROM neuron_tasks.messages")
+        assert run_pipeline_tick(pl_db) == []
