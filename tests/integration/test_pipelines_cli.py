@@ -57,3 +57,41 @@ def test_pipeline_commands(cli_db: str) -> None:
     assert code == 0
     code, out = invoke("drop", "pl_cli")
     assert code == 1
+
+
+def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: object,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live mode end to end: a committed write enqueues the sync; a worker runs it through the LLM
+    service against the fake OpenAI-compatible provider (neuron_tasks.llm.fake)."""
+    import importlib
+    import sys
+    import time
+
+    import dramatiq
+
+    from neuron_tasks import pipelines
+    from neuron_tasks.llm.fake import FakeProvider
+
+    name = "neuron_tasks.actors.pipelines"
+    importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+    with FakeProvider() as fake, psycopg.connect(cli_db, autocommit=True) as conn:
+        monkeypatch.setenv("NEURON_TASKS_LLM_HTTP_BASE_URL", fake.base_url)
+        pipelines.create_pipeline(cli_db, "pl_cli", source="pl_cli", key="id", data="body", mode="live",
+                                  step="embed:http:fake-embed")
+        broker.emit_after("process_boot")  # type: ignore[attr-defined]
+        w = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)  # type: ignore[arg-type]
+        w.start()
+        try:
+            broker.join("pipelines", timeout=20_000)  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            with conn.transaction():
+                conn.execute("INSERT INTO pl_cli VALUES (4, 'a new row')")
+                conn.execute("DELETE FROM pl_cli WHERE id = 1")
+            broker.join("pipelines", timeout=20_000)  # type: ignore[attr-defined]
+            assert time.monotonic() - t0 < 20
+        finally:
+            w.stop(timeout=5000)
+        got = dict(conn.execute("SELECT key, source_hash FROM pl_cli_embeddings").fetchall())
+        want = dict(conn.execute("SELECT id::text, md5(body) FROM pl_cli").fetchall())
+        assert got == want and sorted(got) == ["2", "3", "4"]
+        assert fake.count("/embeddings") >= 2
