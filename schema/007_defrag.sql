@@ -11,9 +11,9 @@ CREATE TABLE neuron_tasks.index_maintenance (
     index_name        text PRIMARY KEY REFERENCES neuron_tasks.vector_indexes (name) ON DELETE CASCADE,
     measured_at       timestamptz      NOT NULL DEFAULT now(),
     live_count        bigint           NOT NULL DEFAULT 0,
-    deleted_count     bigint           NOT NULL DEFAULT 0,   -- tombstones in the graph (slots held by deletes)
+    deleted_count     bigint           NOT NULL DEFAULT 0,   -- tombstones: deletes not reused or rebuilt away
     tombstone_rows    bigint           NOT NULL DEFAULT 0,   -- deleted rows still in vector_items
-    tombstone_ratio   double precision NOT NULL DEFAULT 0,   -- tombstones / elements in the graph
+    tombstone_ratio   double precision NOT NULL DEFAULT 0,   -- deleted / (live + deleted)
     memory_ratio      double precision,                      -- graph slots vs a fresh build's
     ef                integer,
     recall            double precision,                      -- recall@k at the current ef on the probe set

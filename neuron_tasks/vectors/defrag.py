@@ -1,9 +1,10 @@
 """Index maintenance (the seed's neurandefrag): measure fragmentation, do cheap upkeep below the
 threshold, rebuild above it (inside the maintenance window, or when forced), VACUUM (ANALYZE).
 
-Fragmentation of an index = the share of its graph's elements that are tombstones (hnswlib
-`mark_deleted` slots), plus the recall drift on a fixed probe set at the published ef (exact
-neighbours by numpy) since the last rebuild.
+Fragmentation of an index = its tombstone ratio, deleted / (live + deleted) from the counters every
+writer keeps (hnswlib `mark_deleted` slots not yet reused by an insert or rebuilt away; or this
+process's graph's share if higher), plus the recall drift on a fixed probe set at the published
+ef (exact neighbours by numpy) since the last rebuild. `--now` (force) rebuilds whatever they say.
 
 A rebuild builds a fresh hnswlib graph beside the one serving searches, from one consistent
 snapshot of the live rows, replays the writes that arrived meanwhile, then in ONE transaction
@@ -76,7 +77,8 @@ def next_window(now: datetime, window: str, tz: str) -> datetime:
 class Measurement:
     index: str
     live: int
-    deleted: int              # tombstones in the graph
+    deleted: int              # tombstones of the index (deletes not yet reused or rebuilt away)
+    graph_tombstones: int     # tombstones in this process's graph
     elements: int
     tombstone_rows: int       # deleted rows in vector_items
     tombstone_ratio: float
@@ -129,22 +131,28 @@ def measure(vectors: Vectors, name: str, settings: DefragSettings, *, now: datet
     st = vectors.state(name)
     with st.lock:
         g = st.graph
-        live, dead, elements = len(g.live), len(g.tombstones), g.elements
+        live, graph_dead, elements = len(g.live), len(g.tombstones), g.elements
         recall = None
         if live:
             recall = graph_recall(g, probe_queries(name, g, settings.defrag_probe_queries), settings.defrag_probe_k,
                                   st.ef)
         memory_ratio = g.capacity / max(live + MIN_CAPACITY, MIN_CAPACITY)
         ef = st.ef
+    # The index's counters, kept by every writer: a process that loaded without a snapshot holds
+    # a fresh graph, but the snapshot and the other searchers' graphs carry the tombstones.
+    info = vectors.info(name)
+    dead = int(info["deleted_count"])
+    ratio = dead / (int(info["live_count"]) + dead) if dead else 0.0
     rows = vectors._rows("dfg_tombstone_rows", {"name": name})
     params = {"name": name, "live": live, "deleted": dead, "tombstone_rows": int(rows[0]["n"]),
-              "tombstone_ratio": dead / elements if elements else 0.0, "memory_ratio": memory_ratio, "ef": ef,
+              "tombstone_ratio": max(ratio, graph_dead / elements if elements else 0.0),
+              "memory_ratio": memory_ratio, "ef": ef,
               "recall": recall, "baseline_recall": recall if baseline else None, "recall_drift": None,
               "next_window": next_window(now, settings.defrag_maintenance_window, settings.defrag_timezone)}
     vectors._rows("dfg_save_measure", params)
     stored = vectors._rows("dfg_maintenance", {"name": name})[0]
-    return Measurement(name, live, dead, elements, params["tombstone_rows"], params["tombstone_ratio"], memory_ratio,
-                       ef, recall, stored["baseline_recall"], stored["recall_drift"],
+    return Measurement(name, live, dead, graph_dead, elements, params["tombstone_rows"], params["tombstone_ratio"],
+                       memory_ratio, ef, recall, stored["baseline_recall"], stored["recall_drift"],
                        in_window(now, settings.defrag_maintenance_window, settings.defrag_timezone),
                        params["next_window"])
 
@@ -264,9 +272,9 @@ def defrag_index(vectors: Vectors, name: str, settings: DefragSettings | None = 
             progress("measure", 0, 0)
             before = measure(vectors, name, settings, now=now)
             report["before"] = _jsonable(asdict(before))
-            action = "cheap"
-            if fragmented(before, settings):
-                action = "rebuild" if force or before.in_window else "refused"
+            action = "rebuild" if force else "cheap"
+            if not force and fragmented(before, settings):
+                action = "rebuild" if before.in_window else "refused"
             report["action"] = action
             if action == "refused":
                 report["reason"] = (f"fragmented (tombstone ratio {before.tombstone_ratio:.2f}) but outside the "

@@ -21,7 +21,7 @@ class DefragSettings(NeuronSettings):
         description="seed compact_threshold: tombstone rows in PostgreSQL above which the cheap pass prunes them")
     defrag_fragmentation_threshold: float = Field(
         default=0.30, gt=0, le=1,
-        description="seed fragmentation_threshold: tombstone ratio (tombstones / graph elements) above which "
+        description="seed fragmentation_threshold: tombstone ratio (deleted / (live + deleted)) above which "
         "the index is rebuilt (inside the maintenance window, or when forced)")
     defrag_recall_drift_threshold: float = Field(
         default=0.02, gt=0, le=1,

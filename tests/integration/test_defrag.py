@@ -241,3 +241,29 @@ def test_cli_index_defrag_now_and_status(vec: Vectors, ddb: str) -> None:
     status = json.loads(out.stdout)
     assert [r["action"] for r in status["runs"]] == ["rebuild", "refused"]
     assert status["indexes"][0]["deleted_count"] == 0
+
+
+@pytest.fixture
+def defrag_actors(broker: object, ddb: str) -> Iterator[object]:
+    """neuron_tasks.actors.defrag declared on this test's broker, its client on the test database."""
+    import importlib
+
+    from neuron_tasks import vectors
+
+    name = "neuron_tasks.actors.defrag"
+    module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+    vectors.set_client(make(ddb))
+    yield module
+    vectors.client().close()
+    vectors.set_client(None)
+
+
+def test_defrag_actor_runs_on_a_worker(vec: Vectors, defrag_actors: object, worker: object, broker: object,
+                                       ddb: str) -> None:
+    churned(vec, n=1500)
+    msg = defrag_actors.defrag_indexes.send(force=True)  # type: ignore[attr-defined]
+    broker.join(msg.queue_name, timeout=60_000)  # type: ignore[attr-defined]
+    with psycopg.connect(ddb) as conn:
+        runs = conn.execute("SELECT action, phase FROM neuron_tasks.defrag_runs").fetchall()
+    assert runs == [("rebuild", "done")]
+    assert graph_version(ddb, "docs") == 2
