@@ -306,3 +306,77 @@ CROSS JOIN LATERAL (SELECT count(*) AS unprocessed FROM neuron_tasks.pipeline_ba
                     WHERE x.pipeline = p.name) b
 CROSS JOIN LATERAL (SELECT count(*) AS errors FROM neuron_tasks.pipeline_errors x
                     WHERE x.pipeline = p.name) e;
+
+-- Folder (volume) sources: text files compared by mtime and sha256 against a state table,
+-- chunked (size, overlap) and embedded into a destination of the same shape (key = path#chunk).
+CREATE TABLE neuron_tasks.pipeline_volumes (
+    name                     text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    folder                   text NOT NULL,
+    pattern                  text NOT NULL DEFAULT '**/*.txt',
+    chunk_size               integer NOT NULL DEFAULT 1000 CHECK (chunk_size BETWEEN 20 AND 100000),
+    chunk_overlap            integer NOT NULL DEFAULT 100 CHECK (chunk_overlap >= 0),
+    steps                    jsonb NOT NULL DEFAULT '[{"op": "embed"}]',
+    destination              text NOT NULL UNIQUE,
+    background_sync_interval interval NOT NULL DEFAULT '5 minutes'
+                             CHECK (background_sync_interval BETWEEN '1 second' AND '2 days'),
+    batch_size               integer NOT NULL DEFAULT 100 CHECK (batch_size BETWEEN 1 AND 10000),
+    scans_completed          bigint NOT NULL DEFAULT 0,
+    status                   text NOT NULL DEFAULT 'new' CHECK (status IN ('new', 'ok', 'failed')),
+    last_error               text,
+    last_sync_at             timestamptz,
+    created_at               timestamptz NOT NULL DEFAULT now(),
+    CHECK (chunk_overlap < chunk_size)
+);
+
+CREATE TABLE neuron_tasks.pipeline_volume_files (
+    volume text NOT NULL REFERENCES neuron_tasks.pipeline_volumes (name) ON DELETE CASCADE,
+    path   text NOT NULL,               -- relative to the folder
+    mtime  double precision NOT NULL,
+    sha256 text NOT NULL,
+    chunks integer NOT NULL,
+    PRIMARY KEY (volume, path)
+);
+
+CREATE OR REPLACE VIEW neuron_tasks.pipeline_metrics AS
+SELECT p.name AS pipeline,
+       p.auto_processing,
+       b.unprocessed AS table_unprocessed_rows,
+       NULL::bigint AS volume_scans_completed,
+       neuron_tasks.pipeline_count_v1(p.source_table) AS count_source_records,
+       neuron_tasks.pipeline_count_v1(p.destination) AS count_destination_records,
+       e.errors AS count_errors,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
+                          AND l.objid = hashtext(p.name)::oid) THEN 'Processing'
+           WHEN p.status = 'failed' THEN 'Failed'
+           WHEN e.errors > 0 THEN 'PartialErrors'
+           WHEN b.unprocessed > 0 OR p.status = 'new' THEN 'Stale'
+           WHEN neuron_tasks.pipeline_count_v1(p.destination) = 0 THEN 'NoResults'
+           ELSE 'UpToDate'
+       END AS status,
+       p.last_sync_at,
+       p.last_error
+FROM neuron_tasks.pipelines p
+CROSS JOIN LATERAL (SELECT count(*) AS unprocessed FROM neuron_tasks.pipeline_backlog x
+                    WHERE x.pipeline = p.name) b
+CROSS JOIN LATERAL (SELECT count(*) AS errors FROM neuron_tasks.pipeline_errors x
+                    WHERE x.pipeline = p.name) e
+UNION ALL
+SELECT v.name, 'background', NULL::bigint, v.scans_completed,
+       f.files, neuron_tasks.pipeline_count_v1(v.destination), 0::bigint,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
+                          AND l.objid = hashtext(v.name)::oid) THEN 'Processing'
+           WHEN v.status = 'failed' THEN 'Failed'
+           WHEN v.status = 'new' THEN 'Stale'
+           WHEN neuron_tasks.pipeline_count_v1(v.destination) = 0 THEN 'NoResults'
+           ELSE 'UpToDate'
+       END,
+       v.last_sync_at, v.last_error
+FROM neuron_tasks.pipeline_volumes v
+CROSS JOIN LATERAL (SELECT count(*) AS files FROM neuron_tasks.pipeline_volume_files x
+                    WHERE x.volume = v.name) f;

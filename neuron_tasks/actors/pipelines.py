@@ -38,10 +38,16 @@ def _broker_pool() -> ConnectionPool:
 
 def run_pipeline_sync(name: str, pool: ConnectionPool | None = None,
                       embedder: Embedder | None = None) -> dict[str, Any]:
-    """Sync `name`, waiting for a sync of it already running (so no change is left behind)."""
-    from ..pipelines import sync
+    """Sync `name` (a table pipeline, or a scan of a folder pipeline), waiting for a sync of it
+    already running (so no change is left behind)."""
+    from ..pipelines import scan_volume, sync
 
-    return sync(pool or _broker_pool(), name, wait=True, embedder=embedder).as_dict()
+    pool = pool or _broker_pool()
+    with pool.connection() as conn:
+        is_volume = conn.execute("SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %s", [name]).fetchone()
+    if is_volume:
+        return scan_volume(pool, name, wait=True, embedder=embedder)
+    return sync(pool, name, wait=True, embedder=embedder).as_dict()
 
 
 @dramatiq.actor(actor_name="neuron_tasks.pipeline_sync", queue_name=QUEUE)

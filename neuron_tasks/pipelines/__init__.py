@@ -22,7 +22,27 @@ from .manage import (
     update_pipeline,
 )
 from .settings import PipelineSettings
+from .volume import chunk_text, create_volume_pipeline, drop_volume_pipeline, get_volume, scan_volume
 
-__all__ = ["MODES", "Embedder", "PipelineError", "PipelineSettings", "SyncResult", "create_pipeline",
-           "drop_pipeline", "enqueue_due", "get_pipeline", "list_pipelines", "parse_step", "pipeline_errors",
-           "service_embedder", "sync", "update_pipeline"]
+__all__ = [
+    "MODES",
+    "Embedder",
+    "PipelineError",
+    "PipelineSettings",
+    "SyncResult",
+    "chunk_text",
+    "create_pipeline",
+    "create_volume_pipeline",
+    "drop_pipeline",
+    "drop_volume_pipeline",
+    "enqueue_due",
+    "get_pipeline",
+    "get_volume",
+    "list_pipelines",
+    "parse_step",
+    "pipeline_errors",
+    "scan_volume",
+    "service_embedder",
+    "sync",
+    "update_pipeline",
+]

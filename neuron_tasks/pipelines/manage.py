@@ -113,6 +113,7 @@ def pipeline_errors(url: str, name: str, limit: int = 20) -> list[dict[str, Any]
 
 
 def enqueue_due(url: str) -> list[str]:
-    """Enqueue a sync for every background pipeline that is due (the scheduler's tick)."""
+    """Enqueue a sync for every background pipeline and folder scan that is due (the scheduler's tick)."""
     with _conn(url) as conn:
-        return [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]
+        due = [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]
+        return due + [name for name, _ in conn.execute(q("volume_enqueue_due")).fetchall()]

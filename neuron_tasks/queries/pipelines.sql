@@ -108,3 +108,55 @@ WHERE p.auto_processing = 'background'
                   WHERE m.actor_name = 'neuron_tasks.pipeline_sync'
                     AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = p.name)
 ORDER BY p.name
+
+-- name: volume_create
+-- Register a folder source (the destination table is created by the caller in the same transaction).
+INSERT INTO neuron_tasks.pipeline_volumes (name, folder, pattern, chunk_size, chunk_overlap, steps, destination,
+    background_sync_interval, batch_size)
+VALUES (%(name)s, %(folder)s, %(pattern)s, %(chunk_size)s, %(chunk_overlap)s, %(steps)s, %(destination)s,
+    %(interval)s::interval, %(batch_size)s)
+
+-- name: volume_get
+-- One folder source's definition.
+SELECT name, folder, pattern, chunk_size, chunk_overlap, steps, destination, background_sync_interval, batch_size,
+       scans_completed, status, last_error, last_sync_at
+FROM neuron_tasks.pipeline_volumes WHERE name = %(name)s
+
+-- name: volume_files
+-- The state of a folder source's files (path -> mtime, sha256, chunks).
+SELECT path, mtime, sha256, chunks FROM neuron_tasks.pipeline_volume_files WHERE volume = %(name)s
+
+-- name: volume_file_put
+-- Record a file's state after its chunks were written.
+INSERT INTO neuron_tasks.pipeline_volume_files (volume, path, mtime, sha256, chunks)
+VALUES (%(name)s, %(path)s, %(mtime)s, %(sha256)s, %(chunks)s)
+ON CONFLICT (volume, path) DO UPDATE SET mtime = excluded.mtime, sha256 = excluded.sha256, chunks = excluded.chunks
+
+-- name: volume_file_forget
+-- Forget a removed file.
+DELETE FROM neuron_tasks.pipeline_volume_files WHERE volume = %(name)s AND path = %(path)s
+
+-- name: volume_scan_ok
+-- Count a completed scan.
+UPDATE neuron_tasks.pipeline_volumes
+SET scans_completed = scans_completed + 1, status = 'ok', last_error = NULL, last_sync_at = now()
+WHERE name = %(name)s
+
+-- name: volume_scan_failed
+-- Mark a folder scan as failed.
+UPDATE neuron_tasks.pipeline_volumes SET status = 'failed', last_error = %(error)s, last_sync_at = now()
+WHERE name = %(name)s
+
+-- name: volume_drop
+-- Forget a folder source (its files' state goes with it).
+DELETE FROM neuron_tasks.pipeline_volumes WHERE name = %(name)s RETURNING destination
+
+-- name: volume_enqueue_due
+-- Enqueue a scan of each folder source whose interval has passed and that has no scan waiting.
+SELECT v.name, neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', jsonb_build_array(v.name))
+FROM neuron_tasks.pipeline_volumes v
+WHERE (v.last_sync_at IS NULL OR v.last_sync_at + v.background_sync_interval <= now())
+  AND NOT EXISTS (SELECT 1 FROM neuron_tasks.messages m
+                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync'
+                    AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = v.name)
+ORDER BY v.name
