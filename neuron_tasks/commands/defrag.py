@@ -11,6 +11,7 @@ import typer
 from ..cli_support import JsonOpt, console, database_url, emit, fail, jsonable
 
 NAME = "defrag"
+DEMO_ORDER = 65
 app = typer.Typer(help="Index maintenance: measure fragmentation (tombstones, recall drift), prune tombstones, "
                   "rebuild inside the maintenance window (or --now) without stopping search, VACUUM (ANALYZE).",
                   no_args_is_help=True)
@@ -105,3 +106,75 @@ def vacuum_cmd(as_json: JsonOpt = False) -> None:
     emit(done, ["table", "dead_tuples", "dead_ratio", "seconds"], as_json=False, title="Vacuumed")
     if not done:
         console.print("no table past the dead-tuple threshold")
+
+
+def demo_phase(url: str, settings: Any, console: Any) -> bool:
+    """Churn an index (delete 60%, insert 20% new), measure, refuse outside the window, rebuild
+    with --now while another client keeps searching, measure again."""
+    import threading
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from ..vectors import Vectors, VectorSettings
+    from ..vectors.defrag import adopt, defrag_index, measure
+    from ..vectors.defrag_settings import DefragSettings
+    from ..vectors.demo import clustered
+
+    name, n, dim = "demo_defrag", 20_000, 32
+    vs = VectorSettings(database_url=url, vectors_sample_rate=0.0, vectors_sync_s=0.2)
+    v, searcher = Vectors(url, settings=vs), Vectors(url, settings=vs)
+    ds = DefragSettings(database_url=url, defrag_tombstone_grace_s=0, defrag_probe_queries=200)
+    noon = datetime.now(UTC).replace(hour=12)  # outside the 02:00-04:00 window
+    try:
+        if any(i["name"] == name for i in v.indexes()):
+            v.drop_index(name)
+        x = clustered(n + n // 5, dim, seed=3)
+        v.create_index(name, dim=dim, space="l2", m=8, ef_construction=64, ef_search=12)
+        for s in range(0, n, 5000):
+            v.add(name, range(s, s + 5000), x[s:s + 5000])
+        v.save(name)
+        rows = [("built", measure(v, name, ds, now=noon))]
+        v.delete(name, [i for i in range(n) if i % 5 < 3])
+        v.add(name, range(n, n + n // 5), x[n:])
+        rows.append(("after churn (60% deleted, 20% new)", measure(v, name, ds, now=noon)))
+        refused = defrag_index(v, name, ds, now=noon)
+        console.print(f"scheduled pass at 12:00: {refused['action']} ({refused.get('reason', '')})")
+        adopt(searcher, name)
+        searcher.state(name)
+        failed, short, count, stop = [0], [0], [0], threading.Event()
+
+        def search() -> None:
+            q = clustered(200, dim, seed=4)
+            while not stop.is_set():
+                try:
+                    short[0] += len(searcher.search(name, q[count[0] % 200], k=10, record=False).ids) < 10
+                except Exception:
+                    failed[0] += 1
+                count[0] += 1
+
+        t = threading.Thread(target=search, daemon=True)
+        t.start()
+        report = defrag_index(v, name, ds, force=True, now=noon)
+        stop.set()
+        t.join()
+        swapped = adopt(searcher, name)
+        rows.append(("after `index defrag --now`", measure(v, name, ds, now=noon)))
+        table = Table(title=f"{name}: {n} x {dim}, M=8, ef=12")
+        for col in ("state", "live", "tombstones", "ratio", "memory vs fresh", "recall@10"):
+            table.add_column(col)
+        for label, m in rows:
+            table.add_row(label, str(m.live), str(m.deleted), f"{m.tombstone_ratio:.2f}", f"{m.memory_ratio:.2f}",
+                          f"{m.recall:.3f}" if m.recall is not None else "-")
+        console.print(table)
+        r = report["rebuild"]
+        console.print(f"rebuild: {r['rows']} rows in {r['build_s']}s, {r['replayed']} writes replayed; another "
+                      f"client searched {count[0]} times meanwhile: {failed[0]} failed, {short[0]} short; "
+                      f"it swapped to graph version {r['graph_version']}: {swapped}")
+        after, churn = rows[2][1], rows[1][1]
+        return (report["action"] == "rebuild" and failed[0] == 0 and short[0] == 0 and after.deleted == 0
+                and (after.recall or 0) >= (churn.recall or 0) - 0.005)
+    finally:
+        v.drop_index(name)
+        v.close()
+        searcher.close()

@@ -267,3 +267,14 @@ def test_defrag_actor_runs_on_a_worker(vec: Vectors, defrag_actors: object, work
         runs = conn.execute("SELECT action, phase FROM neuron_tasks.defrag_runs").fetchall()
     assert runs == [("rebuild", "done")]
     assert graph_version(ddb, "docs") == 2
+
+
+def test_demo_phase_churns_and_repairs(ddb: str) -> None:
+    from rich.console import Console
+
+    from neuron_tasks.commands.defrag import demo_phase
+
+    console = Console(record=True, width=160)
+    assert demo_phase(ddb, None, console)
+    text = console.export_text()
+    assert "refused" in text and "after churn" in text and "0 failed, 0 short" in text
