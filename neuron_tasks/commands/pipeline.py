@@ -39,9 +39,10 @@ def _print(row: dict[str, Any], as_json: bool) -> None:
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Pipeline name (lower-case letters, digits, _).")],
-    source: Annotated[str, typer.Option(help="Source table ([schema.]table).")],
-    key: Annotated[str, typer.Option(help="Key column of the source (unique).")],
-    data: Annotated[str, typer.Option(help="Text column to embed.")],
+    source: Annotated[str, typer.Option(help="Source table ([schema.]table), or folder:PATH for a folder of "
+                                             "text files.")],
+    key: Annotated[str | None, typer.Option(help="Key column of the source table (unique).")] = None,
+    data: Annotated[str | None, typer.Option(help="Text column to embed.")] = None,
     step: Annotated[str, typer.Option(help="embed, embed:MODEL or embed:PROVIDER:MODEL.")] = "embed",
     destination: Annotated[str | None, typer.Option(
         help="Destination table (created if missing; default NAME_embeddings).")] = None,
@@ -49,14 +50,33 @@ def create(
     sync_interval: Annotated[str, typer.Option(help="Background sync interval (Postgres interval, "
                                                     "1 second to 2 days).")] = "30 seconds",
     batch_size: Annotated[int, typer.Option(help="Records per model call.")] = 100,
+    pattern: Annotated[str, typer.Option(help="Folder sources: glob of the files to embed.")] = "**/*.txt",
+    chunk_size: Annotated[int, typer.Option(help="Folder sources: chunk size in characters.")] = 1000,
+    overlap: Annotated[int, typer.Option(help="Folder sources: characters shared by consecutive chunks.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a pipeline; existing rows wait in the backlog (`pipeline run NAME` does the backfill)."""
-    from ..pipelines import PipelineError, create_pipeline
+    """Create a pipeline; existing rows wait in the backlog (`pipeline run NAME` does the backfill).
+    Folder sources (--source folder:PATH) are scanned every --sync-interval."""
+    from ..pipelines import PipelineError, create_pipeline, create_volume_pipeline
 
     try:
-        row = create_pipeline(database_url(), name, source=source, key=key, data=data, destination=destination,
-                              step=step, mode=mode, sync_interval=sync_interval, batch_size=batch_size)
+        if source.startswith("folder:"):
+            row = create_volume_pipeline(database_url(), name, folder=source.removeprefix("folder:"), pattern=pattern,
+                                         chunk_size=chunk_size, chunk_overlap=overlap, step=step,
+                                         destination=destination, sync_interval=sync_interval,
+                                         batch_size=batch_size)
+            if as_json:
+                print(json.dumps(jsonable(_plain(row))))
+            else:
+                console.print(f"folder pipeline {name}: {row['folder']}/{row['pattern']} -> {row['destination']} "
+                              f"(chunks of {chunk_size}, overlap {overlap}), scanned every "
+                              f"{row['background_sync_interval']}")
+            return
+        if key is None or data is None:
+            fail("a table source needs --key and --data")
+        row = create_pipeline(database_url(), name, source=source, key=str(key), data=str(data),
+                              destination=destination, step=step, mode=mode, sync_interval=sync_interval,
+                              batch_size=batch_size)
     except PipelineError as exc:
         fail(str(exc))
     _print(row, as_json)
@@ -77,19 +97,25 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """One pipeline's definition, metrics and latest per-record errors."""
-    from ..pipelines import PipelineError, get_pipeline, list_pipelines, pipeline_errors
+    from ..pipelines import PipelineError, get_pipeline, get_volume, list_pipelines, pipeline_errors
 
     url = database_url()
     try:
         p = get_pipeline(url, name)
-    except PipelineError as exc:
-        fail(str(exc))
+    except PipelineError:
+        try:
+            p = get_volume(url, name)
+        except PipelineError:
+            fail(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
     metrics = list_pipelines(url, name)[0]
     errs = pipeline_errors(url, name, errors)
     if as_json:
         print(json.dumps(jsonable({"pipeline": _plain(p), "metrics": metrics, "errors": errs})))
         return
-    _print(p, False)
+    if "folder" in p:
+        console.print(f"folder pipeline {name}: {p['folder']}/{p['pattern']} -> {p['destination']}")
+    else:
+        _print(p, False)
     emit([{"metric": k, "value": metrics[k]} for k in [*METRIC_COLUMNS[1:], "last_error"]], ["metric", "value"],
          as_json=False, title=f"pipeline {name}")
     if errs:
@@ -105,10 +131,22 @@ def run(
     from rich.progress import Progress
 
     from ..db import make_pool
-    from ..pipelines import PipelineError, sync
+    from ..pipelines import PipelineError, scan_volume, sync
 
-    pool = make_pool(database_url(), max_size=2, name="neuron_tasks.pipeline_run")
+    pool = make_pool(database_url(), max_size=4, name="neuron_tasks.pipeline_run")
     try:
+        with pool.connection() as conn:
+            is_volume = conn.execute("SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %s",
+                                     [name]).fetchone()
+        if is_volume:
+            scan = scan_volume(pool, name, wait=True)
+            if as_json:
+                print(json.dumps(scan))
+            else:
+                console.print(f"{name}: {scan['new']} new, {scan['changed']} changed, {scan['removed']} removed, "
+                              f"{scan['unchanged']} unchanged files; {scan['chunks']} chunks embedded "
+                              f"({scan['seconds']:.1f}s)")
+            return
         with Progress(console=console, disable=as_json) as progress:
             task = progress.add_task(f"syncing {name}", total=None)
 
@@ -152,8 +190,10 @@ def drop(
     drop_destination: Annotated[bool, typer.Option(help="Also drop the destination table.")] = False,
 ) -> None:
     """Remove a pipeline's triggers, backlog and errors (the destination table stays unless asked)."""
-    from ..pipelines import drop_pipeline
+    from ..pipelines import drop_pipeline, drop_volume_pipeline
 
-    if not drop_pipeline(database_url(), name, drop_destination=drop_destination):
+    url = database_url()
+    if not (drop_pipeline(url, name, drop_destination=drop_destination)
+            or drop_volume_pipeline(url, name, drop_destination=drop_destination)):
         fail(f"no pipeline named {name!r}")
     console.print(f"dropped pipeline {name}")

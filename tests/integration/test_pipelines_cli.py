@@ -95,3 +95,30 @@ def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: obj
         want = dict(conn.execute("SELECT id::text, md5(body) FROM pl_cli").fetchall())
         assert got == want and sorted(got) == ["2", "3", "4"]
         assert fake.count("/embeddings") >= 2
+
+
+def test_folder_pipeline_commands(cli_db: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from neuron_tasks.llm.fake import FakeProvider
+
+    folder = Path(str(tmp_path))
+    (folder / "a.txt").write_text("some words " * 30)
+    with psycopg.connect(cli_db, autocommit=True) as conn:
+        conn.execute("SELECT neuron_tasks.drop_pipeline('pl_cli', true)")
+        conn.execute("DELETE FROM neuron_tasks.pipeline_volumes")
+        conn.execute("DROP TABLE IF EXISTS pl_fold_embeddings")
+    with FakeProvider() as fake:
+        monkeypatch.setenv("NEURON_TASKS_LLM_HTTP_BASE_URL", fake.base_url)
+        code, out = invoke("create", "pl_fold", "--source", f"folder:{folder}", "--chunk-size", "100",
+                           "--overlap", "10", "--step", "embed:http:fake-embed")
+        assert code == 0, out
+        code, out = invoke("run", "pl_fold", "--json")
+        assert code == 0, out
+        assert json.loads(out)["chunks"] == 4 and json.loads(out)["new"] == 1
+    code, out = invoke("list", "--json")
+    assert [r["volume_scans_completed"] for r in json.loads(out)] == [1]
+    code, out = invoke("status", "pl_fold")
+    assert code == 0 and "UpToDate" in out
+    code, out = invoke("drop", "pl_fold", "--drop-destination")
+    assert code == 0
