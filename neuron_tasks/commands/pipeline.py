@@ -197,3 +197,59 @@ def drop(
             or drop_volume_pipeline(url, name, drop_destination=drop_destination)):
         fail(f"no pipeline named {name!r}")
     console.print(f"dropped pipeline {name}")
+
+
+DEMO_ORDER = 70
+DEMO_CORPUS = [
+    "Refunds are issued within 14 days of a returned order.",
+    "Our warehouse ships orders Monday to Friday.",
+    "Reset your password from the account settings page.",
+    "Two-factor authentication protects your account.",
+    "Invoices can be downloaded as PDF from the billing page.",
+    "The cat slept on the warm windowsill all afternoon.",
+    "Tomatoes grow best with plenty of sun and water.",
+    "A sourdough starter needs flour, water and patience.",
+    "The train to the airport leaves every fifteen minutes.",
+    "Annual plans are billed once a year at a discount.",
+]
+
+
+def demo_phase(url: str, settings: Any, console: Any) -> bool:
+    """Ingest a small corpus through a pipeline (local model), change it, sync, and search it."""
+    import numpy as np
+    import psycopg
+
+    from ..db import make_pool
+    from ..llm.service import LlmService
+    from ..pipelines import create_pipeline, drop_pipeline, list_pipelines, sync
+
+    drop_pipeline(url, "demo_docs", drop_destination=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS public.demo_pipeline_docs")
+        conn.execute("CREATE TABLE public.demo_pipeline_docs (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO demo_pipeline_docs SELECT i, t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i)",
+                     [DEMO_CORPUS])
+        create_pipeline(url, "demo_docs", source="demo_pipeline_docs", key="id", data="body", batch_size=4)
+        pool = make_pool(url, max_size=4, name="neuron_tasks.demo_pipeline")
+        try:
+            first = sync(pool, "demo_docs")
+            console.print(f"backfill: {first.embedded} rows embedded in {first.batches} batches ({first.seconds:.1f}s)")
+            conn.execute("UPDATE demo_pipeline_docs SET body = 'Refunds go back to the original card.' WHERE id = 1")
+            conn.execute("DELETE FROM demo_pipeline_docs WHERE id = 6")
+            again = sync(pool, "demo_docs")
+            console.print(f"catch-up: {again.embedded} embedded, {again.deleted} deleted")
+            query = "how do I get my money back?"
+            qv = np.asarray(LlmService(pool).embed(query)["embeddings"][0], dtype=np.float32)
+            rows = conn.execute("SELECT d.key, d.embedding, s.body FROM demo_docs_embeddings d "
+                                "JOIN demo_pipeline_docs s ON s.id::text = d.key").fetchall()
+        finally:
+            pool.close()
+    mat = np.asarray([r[1] for r in rows], dtype=np.float32)
+    scores = mat @ qv / (np.linalg.norm(mat, axis=1) * np.linalg.norm(qv) + 1e-9)
+    best = [rows[i] for i in np.argsort(-scores)[:3]]
+    console.print(f"search {query!r}:")
+    for key, _, body in best:
+        console.print(f"  {key}: {body}")
+    status = list_pipelines(url, "demo_docs")[0]["status"]
+    console.print(f"pipeline_metrics status: {status}")
+    return status == "UpToDate" and len(rows) == len(DEMO_CORPUS) - 1 and "Refunds" in best[0][2]

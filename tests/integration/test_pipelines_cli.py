@@ -122,3 +122,15 @@ def test_folder_pipeline_commands(cli_db: str, tmp_path: object, monkeypatch: py
     assert code == 0 and "UpToDate" in out
     code, out = invoke("drop", "pl_fold", "--drop-destination")
     assert code == 0
+
+
+def test_demo_phase(cli_db: str) -> None:
+    import io
+
+    from rich.console import Console
+
+    from neuron_tasks.commands.pipeline import demo_phase
+
+    out = io.StringIO()
+    assert demo_phase(cli_db, None, Console(file=out, width=200)), out.getvalue()
+    assert "backfill: 10 rows embedded" in out.getvalue()
