@@ -88,9 +88,9 @@ def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequenc
         if len(vecs) != len(texts):
             raise RuntimeError(f"embedder returned {len(vecs)} vectors for {len(texts)} texts")
         return list(vecs), [""] * len(texts)
-    except Exception:
+    except Exception as exc:
         if len(texts) == 1:
-            raise
+            return [None], [f"{type(exc).__name__}: {exc}"[:500]]
     out: list[Sequence[float] | None] = []
     errs: list[str] = []
     for t in texts:

@@ -149,6 +149,9 @@ def test_failing_record_does_not_block_the_rest(pl_db: str, pool: ConnectionPool
         assert errs[0]["key"] == "3" and "refused" in errs[0]["error"] and errs[0]["attempts"] == 1
         # backoff: not due yet, so a sync now leaves it alone
         assert pipelines.sync(pool, "pl_docs", embedder=picky).failed == 0
+        conn.execute("UPDATE neuron_tasks.pipeline_backlog SET not_before = now()")  # due again, alone in its batch
+        assert pipelines.sync(pool, "pl_docs", embedder=picky).failed == 1
+        assert pipelines.pipeline_errors(pl_db, "pl_docs")[0]["attempts"] == 2
         conn.execute("UPDATE pl_docs SET body = 'fine now' WHERE id = 3")  # a change makes it due again
         assert pipelines.sync(pool, "pl_docs", embedder=picky).embedded == 1
         assert pipelines.pipeline_errors(pl_db, "pl_docs") == []
