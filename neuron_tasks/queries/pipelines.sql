@@ -105,7 +105,7 @@ WHERE p.auto_processing = 'background'
   AND (p.last_sync_at IS NULL OR p.last_sync_at + p.background_sync_interval <= now())
   AND EXISTS (SELECT 1 FROM neuron_tasks.pipeline_backlog b WHERE b.pipeline = p.name AND b.not_before <= now())
   AND NOT EXISTS (SELECT 1 FROM neuron_tasks.messages m
-                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync'
+                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync' AND m.state <> 'failed'
                     AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = p.name)
 ORDER BY p.name
 
@@ -157,6 +157,6 @@ SELECT v.name, neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', j
 FROM neuron_tasks.pipeline_volumes v
 WHERE (v.last_sync_at IS NULL OR v.last_sync_at + v.background_sync_interval <= now())
   AND NOT EXISTS (SELECT 1 FROM neuron_tasks.messages m
-                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync'
+                  WHERE m.actor_name = 'neuron_tasks.pipeline_sync' AND m.state <> 'failed'
                     AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = v.name)
 ORDER BY v.name

@@ -242,6 +242,8 @@ def test_tick_enqueues_due_background_pipelines_once(pl_db: str, pool: Connectio
                                   sync_interval="1 hour")
         assert run_pipeline_tick(pl_db) == ["pl_docs"]
         assert run_pipeline_tick(pl_db) == []  # one is already waiting
+        conn.execute("UPDATE neuron_tasks.messages SET state = 'failed'")
+        assert run_pipeline_tick(pl_db) == ["pl_docs"]  # a dead sync does not block the next
         conn.execute("DELETE FROM neuron_tasks.messages")
         pipelines.sync(pool, "pl_docs", embedder=embedder)
         conn.execute("INSERT INTO pl_docs VALUES (2, 'b')")
