@@ -42,18 +42,20 @@ ORDER BY id DESC LIMIT %(limit)s;
 SELECT count(*) AS n FROM neuron_tasks.vector_items WHERE index_name = %(name)s AND deleted;
 
 -- name: dfg_save_measure
--- Store an index's latest measurements (baseline_recall kept unless given).
+-- Store an index's latest measurements (baseline_recall kept unless given or ef changed since).
 INSERT INTO neuron_tasks.index_maintenance AS m
     (index_name, measured_at, live_count, deleted_count, tombstone_rows, tombstone_ratio, memory_ratio, ef,
      recall, baseline_recall, recall_drift, next_window)
 VALUES (%(name)s, now(), %(live)s, %(deleted)s, %(tombstone_rows)s, %(tombstone_ratio)s, %(memory_ratio)s, %(ef)s,
-        %(recall)s, %(baseline_recall)s, %(recall_drift)s, %(next_window)s)
+        %(recall)s, %(baseline_recall)s, %(baseline_recall)s::float8 - %(recall)s::float8, %(next_window)s)
 ON CONFLICT (index_name) DO UPDATE
 SET measured_at = now(), live_count = excluded.live_count, deleted_count = excluded.deleted_count,
     tombstone_rows = excluded.tombstone_rows, tombstone_ratio = excluded.tombstone_ratio,
     memory_ratio = excluded.memory_ratio, ef = excluded.ef, recall = excluded.recall,
-    baseline_recall = coalesce(excluded.baseline_recall, m.baseline_recall),
-    recall_drift = coalesce(excluded.baseline_recall, m.baseline_recall) - excluded.recall,
+    baseline_recall = CASE WHEN m.ef IS DISTINCT FROM excluded.ef THEN excluded.recall
+                           ELSE coalesce(excluded.baseline_recall, m.baseline_recall) END,
+    recall_drift = CASE WHEN m.ef IS DISTINCT FROM excluded.ef THEN 0
+                        ELSE coalesce(excluded.baseline_recall, m.baseline_recall) - excluded.recall END,
     next_window = excluded.next_window;
 
 -- name: dfg_mark_maintained

@@ -125,7 +125,8 @@ def graph_recall(graph: Graph, queries: np.ndarray, k: int, ef: int) -> float:
 def measure(vectors: Vectors, name: str, settings: DefragSettings, *, now: datetime | None = None,
             baseline: bool = False) -> Measurement:
     """Measure an index in this process's graph and store it in neuron_tasks.index_maintenance
-    (`baseline`: this recall becomes the one drift is measured against)."""
+    (`baseline`, or the index's first measurement: this recall becomes the one drift is measured
+    against)."""
     now = now or datetime.now(UTC)
     adopt(vectors, name)  # another process may have rebuilt the index since we loaded it
     st = vectors.state(name)
@@ -144,6 +145,8 @@ def measure(vectors: Vectors, name: str, settings: DefragSettings, *, now: datet
     dead = int(info["deleted_count"])
     ratio = dead / (int(info["live_count"]) + dead) if dead else 0.0
     rows = vectors._rows("dfg_tombstone_rows", {"name": name})
+    # The first measurement of an index is its baseline until a rebuild sets a new one.
+    baseline = baseline or not vectors._rows("dfg_maintenance", {"name": name})
     params = {"name": name, "live": live, "deleted": dead, "tombstone_rows": int(rows[0]["n"]),
               "tombstone_ratio": max(ratio, graph_dead / elements if elements else 0.0),
               "memory_ratio": memory_ratio, "ef": ef,

@@ -16,7 +16,16 @@ import psycopg
 import pytest
 
 from neuron_tasks.vectors import Vectors, VectorSettings
-from neuron_tasks.vectors.defrag import adopt, defrag_index, graph_recall, in_window, measure, next_window, vacuum
+from neuron_tasks.vectors.defrag import (
+    adopt,
+    defrag_index,
+    fragmented,
+    graph_recall,
+    in_window,
+    measure,
+    next_window,
+    vacuum,
+)
 from neuron_tasks.vectors.defrag_settings import DefragSettings
 from neuron_tasks.vectors.graph import Graph
 
@@ -278,3 +287,19 @@ def test_demo_phase_churns_and_repairs(ddb: str) -> None:
     assert demo_phase(ddb, None, console)
     text = console.export_text()
     assert "refused" in text and "after churn" in text and "0 failed, 0 short" in text
+
+
+def test_recall_drift_is_measured_against_a_baseline_at_the_same_ef(vec: Vectors, ddb: str) -> None:
+    s = dsettings(ddb)
+    vec.create_index("docs", dim=16, space="l2", ef_search=40)
+    vec.add("docs", range(2000), clustered(2000, 16))
+    m0 = measure(vec, "docs", s, now=NOON)
+    assert m0.baseline_recall == m0.recall and m0.recall_drift == 0
+    with psycopg.connect(ddb) as conn:  # a recall 0.05 better once, at this ef
+        conn.execute("UPDATE neuron_tasks.index_maintenance SET baseline_recall = recall + 0.05")
+    m1 = measure(vec, "docs", s, now=NOON)
+    assert m1.recall_drift == pytest.approx(0.05) and fragmented(m1, s)
+    with psycopg.connect(ddb) as conn:  # the tuner publishes another ef: a new baseline, no drift
+        conn.execute("UPDATE neuron_tasks.vector_indexes SET ef_search = 20 WHERE name = 'docs'")
+    m2 = measure(vec, "docs", s, now=NOON)
+    assert m2.ef == 20 and m2.recall_drift == 0 and m2.baseline_recall == m2.recall and not fragmented(m2, s)
