@@ -15,7 +15,8 @@ class DefragSettings(NeuronSettings):
     database_url: str | None = Field(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
     defrag_naptime_s: float = Field(
         default=300.0, gt=0,
-        description="seed naptime: how often maintenance runs (the scheduler's defrag job fires this often)")
+        description="seed naptime, for reference only: the scheduler fires the defrag job every "
+        "NEURON_TASKS_SCHEDULER_DEFRAG_EVERY_S (same default); this value is not read by it")
     defrag_compact_threshold: int = Field(
         default=10_000, ge=0,
         description="seed compact_threshold: tombstone rows in PostgreSQL above which the cheap pass prunes them")
