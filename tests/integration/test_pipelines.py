@@ -83,6 +83,24 @@ def test_backfill_then_changes_match_source(pl_db: str, pool: ConnectionPool) ->
         assert dest_state(conn) == source_state(conn)
         assert pipelines.list_pipelines(pl_db, "pl_docs")[0]["status"] == "UpToDate"
 
+        # writes committed by another session while the backfill of a third pipeline-sized batch runs
+        conn.execute("UPDATE pl_docs SET body = body || ' again' WHERE id <= 300")
+        calls = 0
+
+        def writer_midway(texts: list[str]) -> list[list[float]]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                with psycopg.connect(pl_db, autocommit=True) as other, other.transaction():
+                    other.execute("UPDATE pl_docs SET body = 'during ' || id WHERE id BETWEEN 1 AND 40")
+                    other.execute("DELETE FROM pl_docs WHERE id BETWEEN 41 AND 60")
+                    other.execute("INSERT INTO pl_docs SELECT g, 'late ' || g FROM generate_series(3001, 3030) g")
+            return embedder(texts)
+
+        during = pipelines.sync(pool, "pl_docs", embedder=writer_midway)
+        assert during.batches >= 2 and calls >= 2
+        assert dest_state(conn) == source_state(conn)
+
         # a retry of a finished sync is a no-op
         again = pipelines.sync(pool, "pl_docs", embedder=embedder)
         assert (again.embedded, again.batches) == (0, 0)
