@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from neuron_tasks.config import Settings
 from neuron_tasks.sql import q, queries
 
-from .jobs import TUNER_ACTOR, ScheduledJob, due_times
+from .jobs import PIPELINE_TICK_ACTOR, TUNER_ACTOR, ScheduledJob, due_times
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,9 @@ class SchedulerNode:
             note = f"skipped: {job.requires} does not exist (feature not installed)"
         elif job.target == TUNER_ACTOR and not conn.execute(q("sched_any_tuned_index"), {}).fetchone()[0]:
             note = "skipped: no vector index to tune"
+        elif job.target == PIPELINE_TICK_ACTOR and not conn.execute(q("sched_any_background_pipeline"),
+                                                                     {}).fetchone()[0]:
+            note = "skipped: no background pipeline"
         else:
             message_id = conn.execute(q("sched_enqueue"), {
                 "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),
