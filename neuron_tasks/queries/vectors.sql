@@ -24,8 +24,10 @@ SELECT * FROM neuron_tasks.vector_indexes WHERE name = %(name)s;
 SELECT * FROM neuron_tasks.vector_indexes ORDER BY name;
 
 -- name: vec_params
--- What a searcher polls: the published ef/alpha (params_version) and the data sequence.
-SELECT ef_search, alpha, params_version, data_seq FROM neuron_tasks.vector_indexes WHERE name = %(name)s;
+-- What a searcher polls: the published ef/alpha (params_version), the data sequence, and the
+-- graph version (bumped when defrag publishes a rebuilt graph).
+SELECT ef_search, alpha, params_version, data_seq, graph_version
+FROM neuron_tasks.vector_indexes WHERE name = %(name)s;
 
 -- name: vec_begin_write
 -- Serialise writers of one index (row lock until commit) and take the next data sequence.

@@ -83,6 +83,7 @@ class IndexState:
     params_version: int
     loaded_from: str
     checked_at: float = 0.0
+    graph_version: int | None = None  # None: not known (a graph being built beside the served one)
     changed_since_snapshot: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -218,6 +219,7 @@ class Vectors:
                         seq=seq, ef=info["ef_search"], alpha=info["alpha"], params_version=info["params_version"],
                         loaded_from=source)
         replayed = self.refresh(st)
+        st.graph_version = int(info.get("graph_version") or 0)
         log.info("index %s: %s at seq %d in %.2fs, replayed %d changes", name, source, seq,
                  time.perf_counter() - started, replayed)
         if source == "rebuild" and graph.live:
@@ -248,6 +250,14 @@ class Vectors:
             self.forget(st.name)
             raise UnknownIndex(st.name)
         p = row[0]
+        published = int(p.get("graph_version") or 0)
+        if st.graph_version is not None and published != st.graph_version:
+            # Defrag published a rebuilt graph: load it (snapshot + replay) beside the one serving
+            # searches, then swap; searches already running finish on the old graph.
+            fresh = self._load(st.name)
+            with self._lock:
+                self._states[st.name] = fresh
+            return 0
         replayed = 0
         with st.lock:
             st.ef, st.alpha, st.params_version = int(p["ef_search"]), float(p["alpha"]), int(p["params_version"])

@@ -9,9 +9,10 @@ ef (exact neighbours by numpy) since the last rebuild. `--now` (force) rebuilds 
 A rebuild builds a fresh hnswlib graph beside the one serving searches, from one consistent
 snapshot of the live rows, replays the writes that arrived meanwhile, then in ONE transaction
 that holds the index row lock (writers wait): replays the last writes, replaces the snapshot and
-bumps `graph_version`. This process swaps its in-memory graph; other searching processes swap
-when they call `adopt()` (which loads the new snapshot beside the old graph, then swaps one
-reference). Until that transaction commits nothing is changed, so a rebuild killed midway leaves
+bumps `graph_version`. This process swaps its in-memory graph; other searching processes see the
+new graph_version on their next refresh (every `vectors_sync_s`), load the new snapshot beside
+the old graph and swap one reference (`adopt()` does the same on demand). Until that transaction
+commits nothing is changed, so a rebuild killed midway leaves
 the old graph and snapshot serving; the next run marks the dead run abandoned and starts over.
 """
 
@@ -229,6 +230,7 @@ def _versions(vectors: Vectors) -> dict[str, int]:
 
 def swap(vectors: Vectors, name: str, new: IndexState, version: int) -> None:
     """Make `new` this process's graph of `name` (searches already running finish on the old one)."""
+    new.graph_version = version
     with vectors._lock:
         vectors._states[name] = new
         _versions(vectors)[name] = version
