@@ -144,15 +144,25 @@ def stats(
     client = _client()
     rows = client.stats(name, parse_duration(window) or 600)
     hist = client._rows("vec_decisions", {"name": name, "limit": decisions})
+    # Defrag runs, with the progress of one in flight (rows done / total, phase); none before issue 7's table.
+    runs = client._rows("dfg_runs", {"name": name, "limit": 3}) if _has_defrag(client) else []
     client.close()
     if as_json:
-        print(json.dumps(jsonable({"indexes": rows, "decisions": hist}), indent=2))
+        print(json.dumps(jsonable({"indexes": rows, "decisions": hist, "defrag_runs": runs}), indent=2))
         return
     emit(rows, ["name", "dim", "space", "live_count", "deleted_count", "ef_search", "alpha", "queries", "p50_ms",
                 "p95_ms", "p99_ms", "recall_at_10", "recall_at_100", "alert"], as_json=False,
          title=f"Vector indexes (last {window})")
     emit(hist, ["at", "index_name", "parameter", "strategy", "old_value", "new_value", "recall", "p95_ms",
                 "evaluations", "alert", "reason"], as_json=False, title="Tuner decisions")
+    if runs:
+        emit(runs, ["index_name", "phase", "rows_done", "rows_total", "action", "forced", "started_at",
+                    "finished_at"], as_json=False, title="Defrag runs (progress)")
+
+
+def _has_defrag(client: Any) -> bool:
+    with client.pool.connection() as conn:
+        return bool(conn.execute("SELECT to_regclass('neuron_tasks.defrag_runs') IS NOT NULL").fetchone()[0])
 
 
 @app.command()

@@ -26,9 +26,10 @@ UPDATE neuron_tasks.defrag_runs SET phase = %(phase)s, rows_done = %(rows_done)s
 WHERE id = %(id)s;
 
 -- name: dfg_finish_run
--- Close a run with its action and report.
+-- Close a run with its action and report (a finished run shows all its rows done).
 UPDATE neuron_tasks.defrag_runs
-SET phase = %(phase)s, action = %(action)s, report = %(report)s, finished_at = now()
+SET phase = %(phase)s, action = %(action)s, report = %(report)s, finished_at = now(),
+    rows_done = CASE WHEN %(phase)s = 'done' THEN rows_total ELSE rows_done END
 WHERE id = %(id)s;
 
 -- name: dfg_runs

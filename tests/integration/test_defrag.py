@@ -255,6 +255,10 @@ def test_cli_index_defrag_now_and_status(vec: Vectors, ddb: str) -> None:
     status = json.loads(out.stdout)
     assert [r["action"] for r in status["runs"]] == ["rebuild", "refused"]
     assert status["indexes"][0]["deleted_count"] == 0
+    out = subprocess.run([*run, "index", "stats", "docs", "--json"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    runs = json.loads(out.stdout)["defrag_runs"]  # `index stats` shows the runs' phase and progress too
+    assert runs[0]["phase"] == "done" and runs[0]["rows_done"] == runs[0]["rows_total"] > 0
 
 
 @pytest.fixture
