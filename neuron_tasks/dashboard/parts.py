@@ -34,7 +34,8 @@ PARTS: dict[str, Part] = {p.slug: p for p in (
     Part("llm-cache", "LLM cache", ("neuron_tasks.llm_cache", "neuron_tasks.llm_usage",
                                     "neuron_tasks.llm_provider_state"),
          "issue 5", "cached LLM results (operation, model, input) with hit counts and TTL"),
-    Part("pipelines", "Pipelines", ("neuron_tasks.pipelines", "neuron_tasks.pipeline_runs"),
+    Part("pipelines", "Pipelines", ("neuron_tasks.pipelines", "neuron_tasks.pipeline_errors",
+                                    "neuron_tasks.pipeline_backlog"),
          "issue 8", "AIDB-style pipelines: backlog, source and destination counts, status, errors"),
 )}
 
