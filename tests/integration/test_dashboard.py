@@ -185,14 +185,23 @@ def test_workers_page_and_worker_status(clean_db: str) -> None:
     assert ("worker_status()</code>" in html) == has_fn
 
 
-def test_parts_not_installed_say_so_and_installed_tables_page_by_key(clean_db: str) -> None:
+def test_parts_not_installed_say_so_and_installed_tables_page_by_key(
+    clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neuron_tasks.dashboard import parts as parts_module
+
+    # Every part has landed by now; a part whose table does not exist yet must say so plainly.
+    monkeypatch.setitem(parts_module.PARTS, "future", parts_module.Part(
+        "future", "Future", ("neuron_tasks.pipelines", "neuron_tasks.not_landed_yet"), "issue 99", "not landed"))
     with client(clean_db) as c:
         for slug in ("tenants", "topics", "schedules", "indexes", "llm-cache", "pipelines"):
             r = c.get(f"/parts/{slug}")
             assert r.status_code == 200, slug
-        pipelines = c.get("/parts/pipelines").text
+            assert "Not installed yet" not in r.text, slug
+        future = c.get("/parts/future").text
         assert c.get("/parts/nope").status_code == 404
-    assert "Not installed yet" in pipelines and "neuron_tasks.pipelines" in pipelines
+    assert "Not installed yet" in future and "neuron_tasks.not_landed_yet" in future
+    assert "neuron_tasks.pipelines" in future
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS public.dash_keyed, public.dash_heap")
         conn.execute("CREATE TABLE public.dash_keyed (id int PRIMARY KEY, note text)")
