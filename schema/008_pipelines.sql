@@ -279,34 +279,6 @@ BEGIN
 END;
 $$;
 
--- AIDB's pipeline_metrics: Processing while a sync holds the pipeline's advisory lock.
-CREATE VIEW neuron_tasks.pipeline_metrics AS
-SELECT p.name AS pipeline,
-       p.auto_processing,
-       b.unprocessed AS table_unprocessed_rows,
-       NULL::bigint AS volume_scans_completed,
-       neuron_tasks.pipeline_count_v1(p.source_table) AS count_source_records,
-       neuron_tasks.pipeline_count_v1(p.destination) AS count_destination_records,
-       e.errors AS count_errors,
-       CASE
-           WHEN EXISTS (SELECT 1 FROM pg_locks l
-                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
-                          AND l.objid = hashtext(p.name)::oid) THEN 'Processing'
-           WHEN p.status = 'failed' THEN 'Failed'
-           WHEN e.errors > 0 THEN 'PartialErrors'
-           WHEN b.unprocessed > 0 OR p.status = 'new' THEN 'Stale'
-           WHEN neuron_tasks.pipeline_count_v1(p.destination) = 0 THEN 'NoResults'
-           ELSE 'UpToDate'
-       END AS status,
-       p.last_sync_at,
-       p.last_error
-FROM neuron_tasks.pipelines p
-CROSS JOIN LATERAL (SELECT count(*) AS unprocessed FROM neuron_tasks.pipeline_backlog x
-                    WHERE x.pipeline = p.name) b
-CROSS JOIN LATERAL (SELECT count(*) AS errors FROM neuron_tasks.pipeline_errors x
-                    WHERE x.pipeline = p.name) e;
-
 -- Folder (volume) sources: text files compared by mtime and sha256 against a state table,
 -- chunked (size, overlap) and embedded into a destination of the same shape (key = path#chunk).
 CREATE TABLE neuron_tasks.pipeline_volumes (
@@ -337,7 +309,9 @@ CREATE TABLE neuron_tasks.pipeline_volume_files (
     PRIMARY KEY (volume, path)
 );
 
-CREATE OR REPLACE VIEW neuron_tasks.pipeline_metrics AS
+-- AIDB's pipeline_metrics (tables and folders): Processing while a sync holds the pipeline's
+-- advisory lock.
+CREATE VIEW neuron_tasks.pipeline_metrics AS
 SELECT p.name AS pipeline,
        p.auto_processing,
        b.unprocessed AS table_unprocessed_rows,
