@@ -14,8 +14,9 @@ from ..cli_support import JsonOpt, console, database_url, emit, fail, jsonable
 NAME = "pipeline"
 app = typer.Typer(help="Pipelines (after EDB AIDB): triggers record changes of a source table in a backlog; "
                   "sync jobs embed them in batches into a destination table (key, embedding, source_hash, "
-                  "timestamps). Modes: live (a job per committing transaction), background (a sync every "
-                  "interval), disabled (changes kept for later).", no_args_is_help=True)
+                  "timestamps) or a vector index (--destination index:NAME). Modes: live (a job per committing "
+                  "transaction), background (a sync every interval), disabled (changes kept for later).",
+                  no_args_is_help=True)
 
 METRIC_COLUMNS = ["pipeline", "auto_processing", "table_unprocessed_rows", "count_source_records",
                   "count_destination_records", "count_errors", "status", "last_sync_at"]
@@ -45,7 +46,9 @@ def create(
     data: Annotated[str | None, typer.Option(help="Text column to embed.")] = None,
     step: Annotated[str, typer.Option(help="embed, embed:MODEL or embed:PROVIDER:MODEL.")] = "embed",
     destination: Annotated[str | None, typer.Option(
-        help="Destination table (created if missing; default NAME_embeddings).")] = None,
+        help="Destination table (created if missing; default NAME_embeddings), or index:NAME for a vector "
+             "index (created by the first sync with the model's dimension; searchable with `index search` "
+             "and `pipeline search`).")] = None,
     mode: Annotated[str, typer.Option(help="live, background or disabled.")] = "background",
     sync_interval: Annotated[str, typer.Option(help="Background sync interval (Postgres interval, "
                                                     "1 second to 2 days).")] = "30 seconds",
@@ -53,6 +56,10 @@ def create(
     pattern: Annotated[str, typer.Option(help="Folder sources: glob of the files to embed.")] = "**/*.txt",
     chunk_size: Annotated[int, typer.Option(help="Folder sources: chunk size in characters.")] = 1000,
     overlap: Annotated[int, typer.Option(help="Folder sources: characters shared by consecutive chunks.")] = 100,
+    check_model: Annotated[bool | None, typer.Option(
+        "--check-model/--no-check-model",
+        help="Embed one test text first so an unknown model or a wrong index dimension is refused before "
+             "anything is created (default: for HTTP models and existing index destinations).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a pipeline; existing rows wait in the backlog (`pipeline run NAME` does the backfill).
@@ -76,7 +83,7 @@ def create(
             fail("a table source needs --key and --data")
         row = create_pipeline(database_url(), name, source=source, key=str(key), data=str(data),
                               destination=destination, step=step, mode=mode, sync_interval=sync_interval,
-                              batch_size=batch_size)
+                              batch_size=batch_size, check_model=check_model)
     except PipelineError as exc:
         fail(str(exc))
     _print(row, as_json)
@@ -164,6 +171,30 @@ def run(
     else:
         console.print(f"{name}: {out['embedded']} embedded, {out['deleted']} deleted, {out['unchanged']} unchanged, "
                       f"{out['failed']} failed in {out['batches']} batches ({out['seconds']:.1f}s)")
+
+
+@app.command()
+def search(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    query: Annotated[str, typer.Argument(help="Text to search for (embedded with the pipeline's model).")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many hits.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search a pipeline's embeddings: HNSW for index destinations, an exact scan of a table."""
+    from ..db import make_pool
+    from ..pipelines import PipelineError
+    from ..pipelines import search as run_search
+
+    url = database_url()
+    pool = make_pool(url, max_size=2, name="neuron_tasks.pipeline_search")
+    try:
+        hits = run_search(pool, url, name, query, k)
+    except PipelineError as exc:
+        fail(str(exc))
+    finally:
+        pool.close()
+    emit([{"key": h.key, "score": round(h.score, 4), "text": h.text} for h in hits], ["key", "score", "text"],
+         as_json=as_json, title=f"{name}: {query}")
 
 
 @app.command()

@@ -29,8 +29,12 @@ def fake_vector(text: str, dims: int = 8) -> list[float]:
 
 
 class FakeProvider:
-    def __init__(self, *, limit: int | None = None, window_s: float = 60.0, timeout_sleep_s: float = 5.0) -> None:
+    def __init__(self, *, limit: int | None = None, window_s: float = 60.0, timeout_sleep_s: float = 5.0,
+                 models: set[str] | None = None) -> None:
+        """`models`: the model names it knows (others get OpenAI's 404 "model does not exist");
+        None knows every name."""
         self.limit = limit
+        self.models = models
         self.window_s = window_s
         self.timeout_sleep_s = timeout_sleep_s
         self.lock = threading.Lock()
@@ -149,6 +153,10 @@ class FakeProvider:
 
             def _answer(self, body: dict[str, Any], limits: dict[str, str]) -> None:
                 path = self.path.rstrip("/")
+                if fake.models is not None and body.get("model") not in fake.models:
+                    self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist (fake)",
+                                               "code": "model_not_found"}})
+                    return
                 if path.endswith("/embeddings"):
                     texts = body.get("input")
                     texts = [texts] if isinstance(texts, str) else list(texts or [])

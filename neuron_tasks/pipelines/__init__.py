@@ -4,6 +4,9 @@
     pipelines.create_pipeline(url, "docs", source="docs", key="id", data="body", mode="background")
     pipelines.sync(pool, "docs")          # the backfill, then every later change
     pipelines.list_pipelines(url)         # the pipeline_metrics view
+    pipelines.search(pool, url, "docs", "refund policy", k=5)   # embed the query, search
+
+destination="index:NAME" writes a neuron_tasks.vectors HNSW index instead of a table.
 
 From SQL: `SELECT neuron_tasks.create_pipeline('docs', 'docs', 'id', 'body')`.
 """
@@ -21,6 +24,7 @@ from .manage import (
     pipeline_errors,
     update_pipeline,
 )
+from .search import PipelineHit, search
 from .settings import PipelineSettings
 from .volume import chunk_text, create_volume_pipeline, drop_volume_pipeline, get_volume, scan_volume
 
@@ -28,6 +32,7 @@ __all__ = [
     "MODES",
     "Embedder",
     "PipelineError",
+    "PipelineHit",
     "PipelineSettings",
     "SyncResult",
     "chunk_text",
@@ -42,6 +47,7 @@ __all__ = [
     "parse_step",
     "pipeline_errors",
     "scan_volume",
+    "search",
     "service_embedder",
     "sync",
     "update_pipeline",

@@ -17,11 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..sql import q
+from .destinations import Destination, destination_for
 from .manage import PipelineError
 from .settings import PipelineSettings
 
@@ -58,27 +60,11 @@ def service_embedder(pool: ConnectionPool, step: dict[str, Any]) -> Embedder:
     return embed
 
 
-def _statements(p: dict[str, Any]) -> dict[str, sql.Composable]:
-    src, dst = sql.SQL(p["source_table"]), sql.SQL(p["destination"])
+def _read_statement(p: dict[str, Any]) -> sql.Composable:
     key, data = sql.Identifier(p["key_column"]), sql.Identifier(p["data_column"])
-    return {
-        "read": sql.SQL("SELECT ({key})::text, {data}::text, md5({data}::text) FROM {src} "
-                        "WHERE {key} = ANY(%s::{ktype}[])").format(key=key, data=data, src=src,
-                                                                   ktype=sql.SQL(p["key_type"])),
-        "hashes": sql.SQL("SELECT key, source_hash FROM {dst} WHERE key = ANY(%s)").format(dst=dst),
-        "upsert": sql.SQL("INSERT INTO {dst} AS d (key, embedding, source_hash, model) "
-                          "SELECT u.key, u.embedding::real[], u.source_hash, u.model "
-                          "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-                          "AS u(key, embedding, source_hash, model) "
-                          "ON CONFLICT (key) DO UPDATE SET embedding = excluded.embedding, "
-                          "source_hash = excluded.source_hash, model = excluded.model, updated_at = now()"
-                          ).format(dst=dst),
-        "delete": sql.SQL("DELETE FROM {dst} WHERE key = ANY(%s)").format(dst=dst),
-    }
-
-
-def _vec_literal(v: Sequence[float]) -> str:
-    return "{" + ",".join(repr(float(x)) for x in v) + "}"
+    return sql.SQL("SELECT ({key})::text, {data}::text, md5({data}::text) FROM {src} "
+                   "WHERE {key} = ANY(%s::{ktype}[])").format(key=key, data=data, src=sql.SQL(p["source_table"]),
+                                                              ktype=sql.SQL(p["key_type"]))
 
 
 def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequence[float] | None], list[str]]:
@@ -126,10 +112,11 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
             step = p["steps"][0]
             embed = embedder or service_embedder(pool, step)
             model = step.get("model") or step.get("provider") or "default"
-            st = _statements(p)
+            read = _read_statement(p)
+            dest = destination_for(p)
             done = 0
             while max_batches is None or result.batches < max_batches:
-                n = _one_batch(conn, p, st, embed, model, settings, result)
+                n = _one_batch(conn, p, read, dest, embed, model, settings, result)
                 if n == 0:
                     break
                 result.batches += 1
@@ -147,35 +134,38 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
     return result
 
 
-def _one_batch(conn: psycopg.Connection[Any], p: dict[str, Any], st: dict[str, sql.Composable], embed: Embedder,
-               model: str, settings: PipelineSettings, result: SyncResult) -> int:
+def _one_batch(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Composable, dest: Destination,
+               embed: Embedder, model: str, settings: PipelineSettings, result: SyncResult) -> int:
     name = p["name"]
     with conn.transaction():
         claimed = conn.execute(q("pipeline_claim"), {"name": name, "limit": p["batch_size"]}).fetchall()
     if not claimed:
         return 0
     keys = [k for k, _, _ in claimed]
-    rows = {k: (d, h) for k, d, h in conn.execute(st["read"], [keys]).fetchall() if d is not None}
-    have = dict(conn.execute(st["hashes"], [keys]).fetchall())
-    todo = [k for k in keys if k in rows and have.get(k) != rows[k][1]]
+    rows = {k: (d, h) for k, d, h in conn.execute(read, [keys]).fetchall() if d is not None}
+    have, blocked = dest.current(conn, keys)
+    # A key the destination cannot take fails only if its row exists (nothing to do otherwise).
+    failed = {k: e for k, e in blocked.items() if k in rows}
+    todo = [k for k in keys if k in rows and k not in failed and have.get(k) != rows[k][1]]
     gone = [k for k in keys if k not in rows and k in have]
+    unchanged = len(keys) - len(todo) - len(gone) - len(failed)
     vecs, errs = _embed_isolating(embed, [rows[k][0] for k in todo]) if todo else ([], [])
-    up_keys, up_vecs, up_hash = [], [], []
-    failed: dict[str, str] = {}
+    up_keys: list[str] = []
+    up_vecs: list[Sequence[float]] = []
     for k, v, e in zip(todo, vecs, errs, strict=True):
         if v is None:
             failed[k] = e
         else:
             up_keys.append(k)
-            up_vecs.append(_vec_literal(v))
-            up_hash.append(rows[k][1])
+            up_vecs.append(v)
     seqs = {k: (s, a) for k, s, a in claimed}
     finished = [k for k in keys if k not in failed]
     with conn.transaction():
         if up_keys:
-            conn.execute(st["upsert"], [up_keys, up_vecs, up_hash, [model] * len(up_keys)])
+            dest.write(conn, up_keys, np.asarray(up_vecs, dtype=np.float32), [rows[k][1] for k in up_keys],
+                       [rows[k][0] for k in up_keys], model)
         if gone:
-            conn.execute(st["delete"], [gone])
+            dest.delete(conn, gone)
         conn.execute(q("pipeline_done"), {"name": name, "keys": finished, "seqs": [seqs[k][0] for k in finished]})
         for k, e in failed.items():
             conn.execute(q("pipeline_failed"), {"name": name, "key": k, "seq": seqs[k][0],
@@ -185,7 +175,7 @@ def _one_batch(conn: psycopg.Connection[Any], p: dict[str, Any], st: dict[str, s
                                                       "attempts": seqs[k][1] + 1})
     result.embedded += len(up_keys)
     result.deleted += len(gone)
-    result.unchanged += len(keys) - len(todo) - len(gone)
+    result.unchanged += unchanged
     result.failed += len(failed)
     result.errors.extend(f"{k}: {e}" for k, e in failed.items())
     return len(keys)

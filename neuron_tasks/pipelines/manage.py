@@ -34,7 +34,7 @@ def parse_step(step: str) -> dict[str, Any]:
 
 
 def check_step(step: dict[str, Any]) -> None:
-    """Refuse an unknown provider or local model before anything is created."""
+    """Refuse an unknown provider or local model before anything is created (no model call)."""
     from ..llm.settings import LOCAL_MODEL, LlmSettings
 
     provider = step.get("provider") or LlmSettings().llm_provider
@@ -45,16 +45,61 @@ def check_step(step: dict[str, Any]) -> None:
         raise PipelineError(f"unknown local model {model!r}: use {LOCAL_MODEL} or a sentence-transformers path")
 
 
+def probe_model(url: str, step: dict[str, Any]) -> int:
+    """Embed one short text with the step's provider and model; returns the dimension. An
+    unknown HTTP model (the provider's 4xx), an unreachable provider or a broken local model
+    raises PipelineError with the provider's own message."""
+    from ..db import make_pool
+    from ..llm.service import LlmService
+
+    pool = make_pool(url, max_size=2, name="neuron_tasks.pipeline_check")
+    try:
+        res = LlmService(pool).embed(["neuron_tasks pipeline model check"], model=step.get("model"),
+                                     provider=step.get("provider"), use_cache=False)
+    except Exception as exc:
+        what = step.get("model") or "the default model"
+        raise PipelineError(f"model check failed for {what} (provider {step.get('provider') or 'default'}): "
+                            f"{type(exc).__name__}: {exc}") from None
+    finally:
+        pool.close()
+    return int(res["dims"])
+
+
+def check_index_dim(url: str, destination: str | None, dim: int) -> None:
+    """An existing index destination must have the model's dimension."""
+    if not destination or not destination.startswith("index:"):
+        return
+    with _conn(url) as conn:
+        row = conn.execute(q("pipeline_index_dim"), {"index": destination.removeprefix("index:")}).fetchone()
+    if row is not None and int(row[0]) != dim:
+        raise PipelineError(f"vector index {destination.removeprefix('index:')} has dimension {row[0]} but the "
+                            f"model gives {dim}: use another index, or drop and recreate it")
+
+
 def _conn(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True)
 
 
 def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, destination: str | None = None,
                     step: str | dict[str, Any] = "embed", mode: str = "background",
-                    sync_interval: str = "30 seconds", batch_size: int = 100) -> dict[str, Any]:
-    """Create a pipeline; its existing rows wait in the backlog (run `sync` for the backfill)."""
+                    sync_interval: str = "30 seconds", batch_size: int = 100,
+                    check_model: bool | None = None) -> dict[str, Any]:
+    """Create a pipeline; its existing rows wait in the backlog (run `sync` for the backfill).
+
+    `check_model`: embed one test text first, so an unknown model (or, for an existing index
+    destination, the wrong dimension) is refused before anything is created. Default: for
+    HTTP models, and for an index destination that already exists. (SQL's create_pipeline
+    cannot call a model: there the first sync reports such errors, as the pipeline's status.)
+    """
     st = parse_step(step) if isinstance(step, str) else dict(step)
     check_step(st)
+    if check_model is None:
+        from ..llm.settings import LlmSettings
+
+        http = (st.get("provider") or LlmSettings().llm_provider) == "http"
+        check_model = http or _index_exists(url, destination)
+    if check_model:
+        check_index_dim(url, destination, probe_model(url, st))
     params = {"name": name, "source": source, "key": key, "data": data, "destination": destination,
               "steps": json.dumps([st]), "mode": mode, "interval": sync_interval, "batch_size": batch_size}
     with _conn(url) as conn:
@@ -63,6 +108,14 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
         except psycopg.Error as exc:
             raise PipelineError(_message(exc)) from None
     return get_pipeline(url, name)
+
+
+def _index_exists(url: str, destination: str | None) -> bool:
+    if not destination or not destination.startswith("index:"):
+        return False
+    with _conn(url) as conn:
+        return conn.execute(q("pipeline_index_dim"), {"index": destination.removeprefix("index:")}).fetchone() \
+            is not None
 
 
 def _message(exc: psycopg.Error) -> str:

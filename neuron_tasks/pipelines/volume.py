@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ..sql import q
-from .engine import Embedder, _vec_literal, service_embedder
+from .destinations import vec_literals
+from .engine import Embedder, service_embedder
 from .manage import PipelineError, _conn, _message, check_step, parse_step
 
 _DEST = ("CREATE TABLE {dst} (key text PRIMARY KEY, embedding real[] NOT NULL, source_hash text NOT NULL, "
@@ -56,6 +58,9 @@ def create_volume_pipeline(url: str, name: str, *, folder: str | Path, pattern: 
     st = parse_step(step)
     check_step(st)
     dest = destination or f"{name}_embeddings"
+    if dest.startswith("index:"):
+        raise PipelineError("folder pipelines write a destination table; index:NAME destinations are for "
+                            "table sources (give a table name, or leave --destination out)")
     with _conn(url) as conn:
         try:
             with conn.transaction():
@@ -154,7 +159,8 @@ def _scan(conn: psycopg.Connection[Any], pool: ConnectionPool, v: dict[str, Any]
                 conn.execute(sql.SQL("INSERT INTO {} (key, embedding, source_hash, model) "
                                      "SELECT k, e::real[], h, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
                                      "AS u(k, e, h)").format(dst),
-                             [model, [f"{rel}#{i}" for i in range(len(chunks))], [_vec_literal(x) for x in vecs],
+                             [model, [f"{rel}#{i}" for i in range(len(chunks))],
+                              vec_literals(np.asarray(vecs, dtype=np.float32)),
                               [hashlib.md5(c.encode()).hexdigest() for c in chunks]])
             conn.execute(q("volume_file_put"), {"name": name, "path": rel, "mtime": mtime, "sha256": digest,
                                                 "chunks": len(chunks)})

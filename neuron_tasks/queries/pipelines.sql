@@ -160,3 +160,16 @@ WHERE (v.last_sync_at IS NULL OR v.last_sync_at + v.background_sync_interval <= 
                   WHERE m.actor_name = 'neuron_tasks.pipeline_sync' AND m.state <> 'failed'
                     AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = v.name)
 ORDER BY v.name
+
+-- name: pipeline_index_current
+-- For an index destination: each key's item id, and the key and source hash its live item holds.
+SELECT k.key, neuron_tasks.pipeline_item_id_v1(k.key, %(key_type)s) AS id,
+       v.metadata->>'key' AS owner, v.metadata->>'source_hash' AS source_hash
+FROM unnest(%(keys)s::text[]) AS k(key)
+LEFT JOIN neuron_tasks.vector_items v
+       ON v.index_name = %(index)s AND NOT v.deleted
+      AND v.id = neuron_tasks.pipeline_item_id_v1(k.key, %(key_type)s)
+
+-- name: pipeline_index_dim
+-- The dimension of a pipeline's destination index (no row: not created yet).
+SELECT dim FROM neuron_tasks.vector_indexes WHERE name = %(index)s

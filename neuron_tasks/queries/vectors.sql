@@ -7,13 +7,8 @@ VALUES (%(name)s, %(space)s, %(dim)s, %(m)s, %(ef_construction)s, %(ef_search)s,
 RETURNING *;
 
 -- name: vec_drop_index
--- Drop an index with its items, snapshot, metrics and decisions.
-WITH gone AS (DELETE FROM neuron_tasks.vector_indexes WHERE name = %(name)s RETURNING name),
-     q1 AS (DELETE FROM neuron_tasks.vector_queries WHERE index_name = %(name)s),
-     q2 AS (DELETE FROM neuron_tasks.vector_query_samples WHERE index_name = %(name)s),
-     q3 AS (DELETE FROM neuron_tasks.vector_feedback WHERE index_name = %(name)s),
-     q4 AS (DELETE FROM neuron_tasks.vector_tuner_decisions WHERE index_name = %(name)s)
-SELECT count(*) FROM gone;
+-- Drop an index with its items, snapshot, metrics and decisions (schema 009's function).
+SELECT neuron_tasks.drop_vector_index(%(name)s)::int AS count;
 
 -- name: vec_get_index
 -- One index's definition, published parameters and counters.

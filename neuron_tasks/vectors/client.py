@@ -96,6 +96,38 @@ def decode(data: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").reshape(-1, dim)
 
 
+def write_items(conn: Any, name: str, ids: list[int], mat: np.ndarray,
+                metas: Sequence[dict[str, Any] | None], bodies: Sequence[str | None]) -> int:
+    """Upsert items of index `name` inside the caller's transaction (`conn`): takes the index's
+    row lock and next data sequence, writes the rows, keeps the counters. Returns the sequence.
+    Searching processes replay the write once it commits. `mat` must have the index's dim."""
+    row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
+    if row is None:
+        raise UnknownIndex(name)
+    seq, text_config = int(row[0]), row[1]
+    distinct = sorted(set(ids))
+    live_before = conn.execute(q("vec_count_live"), {"name": name, "ids": distinct}).fetchone()[0]
+    conn.execute(q("vec_upsert_items"), {
+        "name": name, "seq": seq, "text_config": text_config, "ids": ids,
+        "embeddings": [encode(v) for v in mat],
+        "metadata": [Jsonb(m) if m is not None else None for m in metas], "bodies": list(bodies)})
+    new = len(distinct) - int(live_before)
+    conn.execute(q("vec_update_counts"), {"name": name, "live_delta": new, "deleted": 0, "reused": new})
+    return seq
+
+
+def delete_items(conn: Any, name: str, ids: list[int]) -> tuple[int, list[int]]:
+    """Tombstone items of index `name` inside the caller's transaction; returns (sequence, the
+    ids that were live)."""
+    row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
+    if row is None:
+        raise UnknownIndex(name)
+    seq = int(row[0])
+    gone = [int(r[0]) for r in conn.execute(q("vec_delete_items"), {"name": name, "seq": seq, "ids": ids}).fetchall()]
+    conn.execute(q("vec_update_counts"), {"name": name, "live_delta": -len(gone), "deleted": len(gone), "reused": 0})
+    return seq, gone
+
+
 class Vectors:
     """The vector-index API of one process. Thread-safe; share one per process."""
 
@@ -310,19 +342,7 @@ class Vectors:
         if len(metas) != len(ids) or len(bodies) != len(ids):
             raise ValueError("metadata and texts must have one entry per id")
         with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
-            if row is None:
-                raise UnknownIndex(name)
-            seq, text_config = int(row[0]), row[1]
-            distinct = sorted(set(ids))
-            live_before = conn.execute(q("vec_count_live"), {"name": name, "ids": distinct}).fetchone()[0]
-            conn.execute(q("vec_upsert_items"), {
-                "name": name, "seq": seq, "text_config": text_config, "ids": ids,
-                "embeddings": [encode(v) for v in mat],
-                "metadata": [Jsonb(m) if m is not None else None for m in metas], "bodies": bodies})
-            new = len(distinct) - int(live_before)
-            conn.execute(q("vec_update_counts"),
-                         {"name": name, "live_delta": new, "deleted": 0, "reused": new})
+            seq = write_items(conn, name, ids, mat, metas, bodies)
         self._apply_own(st, seq, lambda: st.graph.upsert(ids, mat, num_threads=self.settings.vectors_num_threads),
                         len(ids))
         return seq
@@ -334,14 +354,7 @@ class Vectors:
         st = self.state(name, sync=False)
         ids = [int(i) for i in ids]
         with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
-            if row is None:
-                raise UnknownIndex(name)
-            seq = int(row[0])
-            gone = [int(r[0]) for r in conn.execute(q("vec_delete_items"),
-                                                    {"name": name, "seq": seq, "ids": ids}).fetchall()]
-            conn.execute(q("vec_update_counts"),
-                         {"name": name, "live_delta": -len(gone), "deleted": len(gone), "reused": 0})
+            seq, gone = delete_items(conn, name, ids)
         self._apply_own(st, seq, lambda: st.graph.delete(gone), len(gone))
         return len(gone)
 

@@ -221,7 +221,7 @@ def test_live_job_runs_the_sync(pl_db: str, pool: ConnectionPool, broker: object
     ({"sync_interval": "3 days"}, "between 1 second and 2 days"),
     ({"sync_interval": "0.5 seconds"}, "between 1 second and 2 days"),
     ({"batch_size": 0}, "batch_size must be"),
-    ({"destination": "index:docs"}, "not supported yet"),
+    ({"destination": "index:no such index"}, "invalid vector index name"),
 ])
 def test_bad_input_creates_nothing(pl_db: str, kwargs: dict, message: str) -> None:
     with psycopg.connect(pl_db, autocommit=True) as conn:

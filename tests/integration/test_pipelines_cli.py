@@ -49,6 +49,10 @@ def test_pipeline_commands(cli_db: str) -> None:
     assert dims == [(384,)]
     code, out = invoke("status", "pl_cli")
     assert code == 0 and "UpToDate" in out
+    code, out = invoke("search", "pl_cli", "a kitten resting", "-k", "2", "--json")
+    assert code == 0, out
+    hits = json.loads(out)
+    assert hits[0]["key"] == "1" and hits[0]["text"] == "the cat sat" and len(hits) == 2
     code, out = invoke("update", "pl_cli", "--mode", "disabled", "--json")
     assert code == 0 and json.loads(out)["auto_processing"] == "disabled"
     code, out = invoke("update", "pl_cli", "--sync-interval", "3 days")
@@ -57,6 +61,31 @@ def test_pipeline_commands(cli_db: str) -> None:
     assert code == 0
     code, out = invoke("drop", "pl_cli")
     assert code == 1
+
+
+def test_index_destination_run_and_search(cli_db: str) -> None:
+    """The real local model into a vector index: searchable by meaning right after `run`."""
+    code, out = invoke("create", "pl_ix", "--source", "pl_cli", "--key", "id", "--data", "body",
+                       "--destination", "index:pl_cli_idx", "--json")
+    assert code == 0, out
+    assert json.loads(out)["destination"] == "index:pl_cli_idx"
+    code, out = invoke("search", "pl_ix", "anything")
+    assert code == 0 and "key" in out  # nothing synced yet: an empty table, no error
+    code, out = invoke("run", "pl_ix", "--json")
+    assert code == 0 and json.loads(out)["embedded"] == 3, out
+    code, out = invoke("search", "pl_ix", "puppies barking loudly", "-k", "1", "--json")
+    assert code == 0, out
+    assert json.loads(out) == [{"key": "2", "score": pytest.approx(json.loads(out)[0]["score"]), "text": "dogs bark"}]
+    assert json.loads(out)[0]["score"] > 0.3
+    code, out = invoke("list", "--json")
+    row = next(r for r in json.loads(out) if r["pipeline"] == "pl_ix")
+    assert (row["count_destination_records"], row["status"]) == (3, "UpToDate")
+    code, out = invoke("create", "pl_ix2", "--source", "pl_cli", "--key", "id", "--data", "body",
+                       "--destination", "index:pl_cli_idx")
+    assert code == 1 and "belongs to another pipeline" in out
+    assert invoke("drop", "pl_ix", "--drop-destination")[0] == 0
+    with psycopg.connect(cli_db) as conn:
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes").fetchone()[0] == 0
 
 
 def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: object,

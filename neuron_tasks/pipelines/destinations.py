@@ -1,0 +1,126 @@
+"""Where a pipeline writes: a destination table, or a vector index (`index:NAME`).
+
+Both are written inside the sync's batch transaction, together with the removal of the
+processed backlog entries, so a batch is all or nothing.
+
+* A table: (key, embedding real[], source_hash, model, created_at, updated_at).
+* A vector index of neuron_tasks.vectors: item id = the key for integer keys, else a 63-bit
+  hash of it (SQL `pipeline_item_id_v1`); metadata {"pipeline", "key", "source_hash", "model"};
+  the text is stored as the item's body, so hybrid (vector + full-text) search works on it.
+  The index is created at the first write with the model's dimension (cosine, the vector
+  settings' m / ef); an existing index of another dimension fails the sync with a clear error.
+  Searching processes see the items after their next refresh (`vectors_sync_s`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from ..sql import q
+from .manage import PipelineError
+
+INDEX_PREFIX = "index:"
+
+
+def vec_literals(mat: np.ndarray) -> list[str]:
+    """Postgres array literals of float32 rows (9 significant digits round-trip a float32)."""
+    return ["{" + ",".join(f"{x:.9g}" for x in row.tolist()) + "}" for row in np.asarray(mat, dtype=np.float32)]
+
+
+class Destination(Protocol):
+    def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(source_hash of each key present, error of each key that cannot be written)."""
+
+    def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
+              texts: list[str], model: str) -> None: ...
+
+    def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None: ...
+
+
+def destination_for(p: dict[str, Any]) -> Destination:
+    dest = str(p["destination"])
+    if dest.startswith(INDEX_PREFIX):
+        return IndexDestination(p["name"], dest.removeprefix(INDEX_PREFIX), p["key_type"])
+    return TableDestination(dest)
+
+
+class TableDestination:
+    def __init__(self, table: str) -> None:
+        dst = sql.SQL(table)  # stored quoted by create_pipeline (format('%I.%I'))
+        self._hashes = sql.SQL("SELECT key, source_hash FROM {dst} WHERE key = ANY(%s)").format(dst=dst)
+        self._upsert = sql.SQL(
+            "INSERT INTO {dst} AS d (key, embedding, source_hash, model) "
+            "SELECT u.key, u.embedding::real[], u.source_hash, u.model "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(key, embedding, source_hash, model) "
+            "ON CONFLICT (key) DO UPDATE SET embedding = excluded.embedding, source_hash = excluded.source_hash, "
+            "model = excluded.model, updated_at = now()").format(dst=dst)
+        self._delete = sql.SQL("DELETE FROM {dst} WHERE key = ANY(%s)").format(dst=dst)
+
+    def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        return dict(conn.execute(self._hashes, [keys]).fetchall()), {}
+
+    def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
+              texts: list[str], model: str) -> None:
+        conn.execute(self._upsert, [keys, vec_literals(vectors), hashes, [model] * len(keys)])
+
+    def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
+        conn.execute(self._delete, [keys])
+
+
+class IndexDestination:
+    def __init__(self, pipeline: str, index: str, key_type: str) -> None:
+        self.pipeline, self.index, self.key_type = pipeline, index, key_type
+        self._ids: dict[str, int] = {}
+
+    def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        have: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        rows = conn.execute(q("pipeline_index_current"),
+                            {"index": self.index, "key_type": self.key_type, "keys": keys}).fetchall()
+        for key, item_id, owner, source_hash in rows:
+            self._ids[key] = int(item_id)
+            if item_id < 0:
+                errors[key] = f"key {key} is negative: vector index ids must be >= 0"
+            elif owner is not None and owner != key:
+                errors[key] = (f"item id {item_id} of index {self.index} already holds key {owner!r} "
+                               f"(hash collision or another writer)")
+            elif owner is not None and source_hash is not None:
+                have[key] = source_hash
+        return have, errors
+
+    def _ensure_index(self, conn: psycopg.Connection[Any], dim: int) -> None:
+        row = conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone()
+        if row is None:
+            from ..vectors.settings import VectorSettings
+
+            s = VectorSettings()
+            conn.execute(q("vec_create_index"), {
+                "name": self.index, "space": "cosine", "dim": dim, "m": s.vectors_default_m,
+                "ef_construction": s.vectors_default_ef_construction, "ef_search": s.vectors_default_ef,
+                "text_config": "english"})
+            return
+        if int(row[0]) != dim:
+            raise PipelineError(f"vector index {self.index} has dimension {row[0]} but the pipeline's model "
+                                f"gives {dim}: use another index, or drop and recreate it")
+
+    def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
+              texts: list[str], model: str) -> None:
+        from ..vectors.client import write_items
+
+        mat = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        self._ensure_index(conn, int(mat.shape[1]))
+        metas: Sequence[dict[str, Any]] = [
+            {"pipeline": self.pipeline, "key": k, "source_hash": h, "model": model}
+            for k, h in zip(keys, hashes, strict=True)]
+        write_items(conn, self.index, [self._ids[k] for k in keys], mat, metas, texts)
+
+    def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
+        from ..vectors.client import delete_items
+
+        if conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone() is not None:
+            delete_items(conn, self.index, [self._ids[k] for k in keys])
