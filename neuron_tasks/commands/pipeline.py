@@ -246,21 +246,23 @@ DEMO_CORPUS = [
 
 
 def demo_phase(url: str, settings: Any, console: Any) -> bool:
-    """Ingest a small corpus through a pipeline (local model), change it, sync, and search it."""
-    import numpy as np
+    """Ingest a small corpus through a pipeline (local model) into a vector index, change it,
+    sync, and search it by meaning."""
     import psycopg
 
     from ..db import make_pool
-    from ..llm.service import LlmService
-    from ..pipelines import create_pipeline, drop_pipeline, list_pipelines, sync
+    from ..pipelines import create_pipeline, drop_pipeline, list_pipelines, search, sync
 
     drop_pipeline(url, "demo_docs", drop_destination=True)
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT neuron_tasks.drop_vector_index('demo_docs')")
         conn.execute("DROP TABLE IF EXISTS public.demo_pipeline_docs")
         conn.execute("CREATE TABLE public.demo_pipeline_docs (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO demo_pipeline_docs SELECT i, t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i)",
                      [DEMO_CORPUS])
-        create_pipeline(url, "demo_docs", source="demo_pipeline_docs", key="id", data="body", batch_size=4)
+        create_pipeline(url, "demo_docs", source="demo_pipeline_docs", key="id", data="body", batch_size=4,
+                        destination="index:demo_docs")
+        console.print("pipeline demo_docs: public.demo_pipeline_docs.body -> vector index demo_docs (HNSW)")
         pool = make_pool(url, max_size=4, name="neuron_tasks.demo_pipeline")
         try:
             first = sync(pool, "demo_docs")
@@ -270,17 +272,14 @@ def demo_phase(url: str, settings: Any, console: Any) -> bool:
             again = sync(pool, "demo_docs")
             console.print(f"catch-up: {again.embedded} embedded, {again.deleted} deleted")
             query = "how do I get my money back?"
-            qv = np.asarray(LlmService(pool).embed(query)["embeddings"][0], dtype=np.float32)
-            rows = conn.execute("SELECT d.key, d.embedding, s.body FROM demo_docs_embeddings d "
-                                "JOIN demo_pipeline_docs s ON s.id::text = d.key").fetchall()
+            hits = search(pool, url, "demo_docs", query, k=3)
         finally:
             pool.close()
-    mat = np.asarray([r[1] for r in rows], dtype=np.float32)
-    scores = mat @ qv / (np.linalg.norm(mat, axis=1) * np.linalg.norm(qv) + 1e-9)
-    best = [rows[i] for i in np.argsort(-scores)[:3]]
     console.print(f"search {query!r}:")
-    for key, _, body in best:
-        console.print(f"  {key}: {body}")
-    status = list_pipelines(url, "demo_docs")[0]["status"]
-    console.print(f"pipeline_metrics status: {status}")
-    return status == "UpToDate" and len(rows) == len(DEMO_CORPUS) - 1 and "Refunds" in best[0][2]
+    for h in hits:
+        console.print(f"  {h.key} ({h.score:.2f}): {h.text}")
+    m = list_pipelines(url, "demo_docs")[0]
+    console.print(f"pipeline_metrics: status {m['status']}, {m['count_destination_records']} vectors "
+                  f"for {m['count_source_records']} rows")
+    return (m["status"] == "UpToDate" and m["count_destination_records"] == len(DEMO_CORPUS) - 1
+            and bool(hits) and "Refunds" in (hits[0].text or ""))
