@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import charts
+from . import charts, pipelines
 from .data import STATES, DashboardData, MessageFilter
 from .metrics import registry, render
 from .parts import PARTS, part_page
@@ -193,7 +193,26 @@ class Dashboard:
                               ("p99 ms", [r["p99_ms"] for r in rows], "s-failed")], labels,
                              title=f"{name} latency p95/p99 ms"),
             ]
-        return self.page(request, "part.html", started, p=p, charts=extra)
+        notice = None
+        if part.slug == "pipelines" and request.query_params.get("done") == "sync":
+            notice = (f"Sync of pipeline {text_param(request, 'name') or '?'} queued on queue pipelines"
+                      f" (message {text_param(request, 'message') or '?'}).")
+        return self.page(request, "part.html", started, p=p, charts=extra, notice=notice,
+                         live=part.slug == "pipelines")
+
+    async def pipeline_sync(self, request: Request) -> Response:
+        """"Sync now" of a table pipeline: enqueue neuron_tasks.pipeline_sync(name) on queue pipelines."""
+        form = await request.form()
+        guard: Guard = request.app.state.guard
+        if not guard.csrf_ok(request, str(form.get("csrf", ""))):
+            return PlainTextResponse("CSRF check failed: reload the page and try again.\n", status_code=403)
+        name = clean(str(form.get("name", "")))
+        message_id = await run_in_threadpool(pipelines.sync_now, self.data, name) if name else None
+        if message_id is None:
+            return PlainTextResponse(f"No table pipeline named {name!r}: nothing was enqueued"
+                                     " (see /parts/pipelines).\n", status_code=404)
+        return RedirectResponse("/parts/pipelines?" + urlencode({"done": "sync", "name": name, "message": message_id}),
+                                status_code=303)
 
     # -- machine endpoints -------------------------------------------------------------------------
     async def metrics(self, request: Request) -> Response:
@@ -244,6 +263,7 @@ def create_app(pool: ConnectionPool, settings: DashboardSettings | None = None) 
         Route("/dead-letters/action", dash.dead_letter_action, methods=["POST"]),
         Route("/workers", dash.workers),
         Route("/parts/{slug}", dash.part),
+        Route("/parts/pipelines/sync", dash.pipeline_sync, methods=["POST"]),
         Route("/metrics", dash.metrics),
         Route("/healthz", dash.healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -17,6 +17,7 @@ import psycopg
 from dramatiq.message import Message
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg_pool import ConnectionPool
 
 from ..repo import FAILURE_OPTIONS, Repo
@@ -328,6 +329,8 @@ class DashboardData:
                 t=ident, w=where)
         rows: list[dict[str, Any]] = []
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            for type_name, loader in LENIENT_LOADERS.items():
+                cur.adapters.register_loader(type_name, loader)
             try:
                 cur.execute(stmt, {"after": after, "limit": limit}, prepare=False)
                 rows = cur.fetchall()
@@ -342,6 +345,24 @@ class DashboardData:
             "next_after": rows[-1]["_cursor"] if len(rows) == limit else None,
             "estimate": max(int(estimate["estimate"]), 0) if estimate else 0,
         }
+
+
+def _lenient(base: type[Any]) -> type[Any]:
+    """A date/time loader that returns PostgreSQL's text where Python has no value for it
+    ('-infinity', 'infinity', years outside 1-9999), so a generic table page shows those rows."""
+
+    class Lenient(base):  # type: ignore[misc, valid-type]
+        def load(self, data: Any) -> Any:
+            try:
+                return super().load(data)
+            except psycopg.DataError:
+                return bytes(data).decode("utf-8", "replace")
+
+    return Lenient
+
+
+LENIENT_LOADERS = {"timestamptz": _lenient(TimestamptzLoader), "timestamp": _lenient(TimestampLoader),
+                   "date": _lenient(DateLoader)}
 
 
 def clean_payload(payload: bytes) -> bytes:

@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from . import pipelines
 from .data import DashboardData
 
 
@@ -44,9 +45,11 @@ def part_page(data: DashboardData, part: Part, *, table: str | None, after: str 
               limit: int) -> dict[str, Any]:
     """The installed tables of a part, each as a page of rows (keyset-paged), plus charts data."""
     installed = [t for t in part.tables if data.exists(t)]
+    rich = (part.slug == "pipelines" and table is None
+            and all(t in installed or data.exists(t) for t in pipelines.TABLES))
     sections = []
     for name in installed:
-        if table is not None and name != table:
+        if (table is not None and name != table) or rich:  # the pipelines page links its raw tables
             continue
         page = data.table_page(name, after=after if name == table else None, limit=limit)
         page["table"] = name
@@ -56,6 +59,8 @@ def part_page(data: DashboardData, part: Part, *, table: str | None, after: str 
                            "missing": [t for t in part.tables if t not in installed], "sections": sections}
     if part.slug == "indexes" and "neuron_tasks.vector_tuner_decisions" in installed and table is None:
         out["tuner"] = tuner_history(data)
+    if rich:
+        out["pipelines"] = pipelines.load(data)
     return out
 
 
