@@ -153,15 +153,12 @@ TUNER_ACTOR = "neuron_tasks.tune_vector_indexes"
 MAINTENANCE_QUEUE = "maintenance"
 
 
-PIPELINE_TICK_ACTOR = "neuron_tasks.pipeline_tick"
-
-
 def builtin_jobs(*, sweeper_every_s: float, retention_every_s: float, tuner_every_s: float,
                  cache_rotation_every_s: float = 3600.0, defrag_every_s: float = 300.0,
                  defrag_actor: str = "neuron_tasks.defrag_indexes") -> list[ScheduledJob]:
-    """The lease sweeper and retention (statements the leader runs itself, so they work with no
-    worker alive); the tuner, LLM cache rotation, defrag and the pipelines' tick (actors enqueued
-    for workers; a tick is recorded as skipped while the feature's table does not exist)."""
+    """The lease sweeper, retention and the pipelines' tick (statements the leader runs itself, so
+    they work with no worker alive); the tuner, LLM cache rotation and defrag (actors enqueued for
+    workers; a tick is recorded as skipped while the feature's table does not exist)."""
     return [
         ScheduledJob("neuron_tasks.lease_sweeper", "builtin", "lease_sweeper", every=sweeper_every_s,
                      catch_up=False),
@@ -172,7 +169,7 @@ def builtin_jobs(*, sweeper_every_s: float, retention_every_s: float, tuner_ever
                      queue="llm", catch_up=False, requires="neuron_tasks.llm_cache"),
         ScheduledJob("neuron_tasks.defrag", "actor", defrag_actor, every=defrag_every_s, queue=MAINTENANCE_QUEUE,
                      catch_up=False, requires="neuron_tasks.defrag_runs"),
-        # Background pipelines: the tick enqueues a sync for each pipeline whose interval is due.
-        ScheduledJob("neuron_tasks.pipelines", "actor", PIPELINE_TICK_ACTOR, every=1.0, queue="pipelines",
-                     catch_up=False, requires="neuron_tasks.pipelines"),
+        # Background pipelines and folder sources: every second the leader enqueues a sync of each
+        # one whose interval has passed (one SQL statement; no message when nothing is due).
+        ScheduledJob("neuron_tasks.pipelines", "builtin", "pipeline_tick", every=1.0, catch_up=False),
     ]

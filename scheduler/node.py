@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from neuron_tasks.config import Settings
 from neuron_tasks.sql import q, queries
 
-from .jobs import PIPELINE_TICK_ACTOR, TUNER_ACTOR, ScheduledJob, due_times
+from .jobs import TUNER_ACTOR, ScheduledJob, due_times
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -217,9 +217,6 @@ class SchedulerNode:
             note = f"skipped: {job.requires} does not exist (feature not installed)"
         elif job.target == TUNER_ACTOR and not conn.execute(q("sched_any_tuned_index"), {}).fetchone()[0]:
             note = "skipped: no vector index to tune"
-        elif job.target == PIPELINE_TICK_ACTOR and not conn.execute(q("sched_any_background_pipeline"),
-                                                                     {}).fetchone()[0]:
-            note = "skipped: no background pipeline"
         else:
             message_id = conn.execute(q("sched_enqueue"), {
                 "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),
@@ -256,4 +253,12 @@ def builtin(conn: psycopg.Connection, name: str, core: Settings) -> str:
         ):
             done.append(f"{query}={conn.execute(q(query), params).rowcount}")
         return " ".join(done)
+    if name == "pipeline_tick":
+        # What the neuron_tasks.pipeline_tick actor does, run by the leader itself: no message
+        # per tick, and it works before any worker is up (the syncs it enqueues need one).
+        if not conn.execute(q("sched_table_exists"), {"name": "neuron_tasks.pipeline_volumes"}).fetchone()[0]:
+            return "skipped: the pipelines tables do not exist (feature not installed)"
+        due = [r[0] for r in conn.execute(q("pipeline_enqueue_due")).fetchall()]
+        due += [r[0] for r in conn.execute(q("volume_enqueue_due")).fetchall()]
+        return f"enqueued syncs: {', '.join(due)}" if due else "nothing due"
     raise ValueError(f"unknown builtin job {name!r}")

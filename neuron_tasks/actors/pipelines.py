@@ -1,8 +1,8 @@
 """Pipeline jobs (queue "pipelines"): `pipeline_sync(name)`, a thin shell over
 neuron_tasks.pipelines.sync. Live-mode triggers enqueue it from SQL in the writer's transaction;
-`pipeline_tick()` enqueues the background pipelines that are due: fire it from the scheduler
-every second or so (jobs.toml: `[[jobs]] actor = "neuron_tasks.pipeline_tick"`, `every = 1`,
-`queue = "pipelines"`, `catch_up = false`). Run with
+`pipeline_tick()` enqueues the background pipelines and folders that are due (the scheduler's
+leader does this itself every second, as its builtin `pipeline_tick`; the actor is for setups
+without the scheduler process). Run with
 `neuron-tasks worker neuron_tasks.actors.pipelines`.
 """
 

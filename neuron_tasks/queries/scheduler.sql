@@ -73,10 +73,6 @@ SELECT neuron_tasks.enqueue(%(queue)s, %(actor)s, %(args)s, %(kwargs)s, %(option
 UPDATE neuron_tasks.scheduler_fires SET message_id = %(message_id)s, note = %(note)s
 WHERE job = %(job)s AND fire_time = %(fire_time)s;
 
--- name: sched_any_background_pipeline
--- Is there a pipeline in background mode for the tick to look at?
-SELECT EXISTS (SELECT 1 FROM neuron_tasks.pipelines WHERE auto_processing = 'background');
-
 -- name: sched_any_tuned_index
 -- Is there a vector index for the tuner to tune?
 SELECT EXISTS (SELECT 1 FROM neuron_tasks.vector_indexes WHERE tuner_enabled);

@@ -98,3 +98,26 @@ def test_sync_job_and_tick_handle_folders(vol_db: str, pool: ConnectionPool, tmp
     with psycopg.connect(vol_db, autocommit=True) as conn:
         conn.execute("DELETE FROM neuron_tasks.messages")
     assert run_pipeline_tick(vol_db) == []  # scanned less than an hour ago
+
+
+def test_scheduler_tick_enqueues_folder_scans_and_table_syncs(vol_db: str, tmp_path: Path) -> None:
+    """The scheduler leader runs the tick itself (a builtin): a folder-only setup is scanned too."""
+    from neuron_tasks import Settings
+    from scheduler.node import builtin
+
+    (tmp_path / "a.txt").write_text("hello")
+    pipelines.create_volume_pipeline(vol_db, "pl_vol", folder=tmp_path, sync_interval="1 hour")
+    with psycopg.connect(vol_db, autocommit=True) as conn:
+        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "enqueued syncs: pl_vol"
+        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "nothing due"
+        conn.execute("DROP TABLE IF EXISTS public.pl_tick")
+        conn.execute("CREATE TABLE public.pl_tick (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO pl_tick VALUES (1, 'x')")
+        pipelines.create_pipeline(vol_db, "pl_tick", source="pl_tick", key="id", data="body")
+        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "enqueued syncs: pl_tick"
+        args = sorted(r[0] for r in conn.execute(
+            "SELECT convert_from(payload, 'UTF8')::jsonb -> 'args' ->> 0 FROM neuron_tasks.messages "
+            "WHERE actor_name = 'neuron_tasks.pipeline_sync'").fetchall())
+        assert args == ["pl_tick", "pl_vol"]
+        pipelines.drop_pipeline(vol_db, "pl_tick", drop_destination=True)
+        conn.execute("DROP TABLE public.pl_tick")
