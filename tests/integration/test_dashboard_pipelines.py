@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import markupsafe
 import psycopg
@@ -35,6 +36,9 @@ def dpl_db(clean_db: str) -> Iterator[str]:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipelines").fetchall():
             conn.execute("SELECT neuron_tasks.drop_pipeline(%s, true)", [name])
+        for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipeline_volumes").fetchall():
+            pipelines.drop_volume_pipeline(clean_db, name, drop_destination=True)
+        conn.execute("SELECT neuron_tasks.drop_vector_index('dpl_idx')")
         conn.execute("DROP TABLE IF EXISTS public.dpl_a, public.dpl_b, public.dpl_c CASCADE")
         for t in ("dpl_a", "dpl_b", "dpl_c"):
             conn.execute(f"CREATE TABLE public.{t} (id int PRIMARY KEY, body text)")
@@ -98,6 +102,41 @@ def test_page_shows_each_pipeline_with_status_counts_and_share_done(dpl_db: str)
     assert page.count('class="sync-now"') == 3
     assert 'id="raw-tables"' in page and "table=neuron_tasks.pipeline_backlog" in page
     assert "not-installed" not in page
+
+
+def test_a_vector_index_destination_shows_its_live_items(dpl_db: str) -> None:
+    with psycopg.connect(dpl_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO dpl_a SELECT g, 'passage ' || g FROM generate_series(1, 12) g")
+    pipelines.create_pipeline(dpl_db, "dpl_ix", source="dpl_a", key="id", data="body", destination="index:dpl_idx")
+    with client(dpl_db) as c:
+        before = rows_of(c.get("/parts/pipelines").text)["dpl_ix"]
+    sync(dpl_db, "dpl_ix")
+    with client(dpl_db) as c:
+        after = rows_of(c.get("/parts/pipelines").text)["dpl_ix"]
+    assert "public.dpl_a → index:dpl_idx" in after
+    assert status_in(before) == "Stale" and cells(before)[4] == "12"
+    assert cells(after)[3:9] == ["UpToDate", "0", "12", "12", "100%", "0"]
+    assert view(dpl_db)["dpl_ix"]["count_destination_records"] == 12
+
+
+def test_a_folder_pipeline_shows_scans_and_files_without_sync_now(dpl_db: str, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha " * 10)
+    (tmp_path / "b.txt").write_text("beta " * 10)
+    pipelines.create_volume_pipeline(dpl_db, "dpl_folder", folder=tmp_path)
+    with client(dpl_db) as c:
+        assert status_in(rows_of(c.get("/parts/pipelines").text)["dpl_folder"]) == "Stale"
+    pool = make_pool(dpl_db, max_size=2, name="test_dashboard_pipelines")
+    try:
+        pipelines.scan_volume(pool, "dpl_folder", embedder=tiny)
+    finally:
+        pool.close()
+    with client(dpl_db) as c:
+        page = c.get("/parts/pipelines").text
+        token = c.app.state.guard.csrf_token(c.cookies["nt_session"])  # no form on this page to read it from
+        assert c.post("/parts/pipelines/sync", data={"name": "dpl_folder", "csrf": token}).status_code == 404
+    row = rows_of(page)["dpl_folder"]
+    assert cells(row)[1:9] == ["folder", "background", "UpToDate", "1 scans", "2 files", "2", "-", "0"]
+    assert 'class="sync-now"' not in row
 
 
 def test_per_record_errors_and_last_error_are_listed_escaped(dpl_db: str) -> None:
