@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import psycopg
 import pytest
 
-from neuron_tasks import PostgresBroker
+from neuron_tasks import PostgresBroker, pipelines
 from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
@@ -121,3 +122,26 @@ def test_a_filter_narrows_the_list(page: Any, dashboard: str, clean_db: str) -> 
     ids = [int(rows.nth(i).get_attribute("data-id") or 0) for i in range(4)]
     assert ids == sorted(ids, reverse=True)
     shot(page, "filter")
+
+
+def test_pipelines_page_shows_badges_and_sync_now_enqueues(page: Any, dashboard: str, clean_db: str) -> None:
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipelines").fetchall():
+            conn.execute("SELECT neuron_tasks.drop_pipeline(%s, true)", [name])
+        conn.execute("DROP TABLE IF EXISTS public.browser_docs CASCADE")
+        conn.execute("CREATE TABLE public.browser_docs (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO public.browser_docs SELECT g, 'doc ' || g FROM generate_series(1, 8) g")
+    pipelines.create_pipeline(clean_db, "browser_docs", source="browser_docs", key="id", data="body")
+    page.goto(dashboard + "/parts/pipelines")
+    badge = page.locator('tr[data-pipeline="browser_docs"] .badge')
+    assert badge.text_content() == "Stale"
+    assert "ps-busy" in (badge.get_attribute("class") or "")
+    # the badge is coloured (amber background), not only labelled
+    assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(254, 243, 199)"
+    shot(page, "pipelines")
+    page.click('tr[data-pipeline="browser_docs"] button.sync-now')
+    page.wait_for_selector("#notice")
+    assert "Sync of pipeline browser_docs queued" in (page.text_content("#notice") or "")
+    with psycopg.connect(clean_db) as conn:
+        jobs = conn.execute("SELECT queue_name, actor_name FROM neuron_tasks.messages").fetchall()
+    assert jobs == [("pipelines", "neuron_tasks.pipeline_sync")]
