@@ -31,6 +31,8 @@ MAX_PIPELINES = 200
 ERRORS_SHOWN = 20
 #: Errors of one pipeline looked through (in key order) for its latest ones.
 ERRORS_SCANNED = 10_000
+#: statement_timeout and lock_timeout, whichever fires first.
+TIMED_OUT = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
 #: Badge colour of each status: green, amber, red, grey.
 BADGE = {"UpToDate": "ps-ok", "Stale": "ps-busy", "Processing": "ps-busy", "Failed": "ps-bad",
          "PartialErrors": "ps-bad", "NoResults": "ps-none"}
@@ -57,7 +59,7 @@ class Shown:
 class PipelinesView:
     rows: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    problem: str | None = None  # why some numbers are bounded or missing, in words
+    problems: list[str] = field(default_factory=list)  # why some numbers are bounded or missing, in words
     cap: int = 0
     exact_bytes: int = EXACT_BYTES
     errors_scanned: int = ERRORS_SCANNED
@@ -115,8 +117,8 @@ def load(data: DashboardData) -> PipelinesView:
     out = PipelinesView(cap=cap)
     try:
         rows = _read(data, "dash_pipelines", {"limit": MAX_PIPELINES, "cap": cap, "exact_bytes": EXACT_BYTES})
-    except psycopg.errors.QueryCanceled as exc:
-        out.problem = f"the pipelines could not be read within {TIMEOUT_MS} ms ({exc.diag.message_primary})"
+    except TIMED_OUT as exc:
+        out.problems.append(f"the pipelines could not be read within {TIMEOUT_MS} ms ({exc.diag.message_primary})")
         return out
     for row in rows:
         row["big"] = max(row["source_bytes"] or 0, row["destination_bytes"] or 0) > EXACT_BYTES
@@ -127,9 +129,9 @@ def load(data: DashboardData) -> PipelinesView:
     if small:
         try:
             metrics = {m["pipeline"]: m for m in _read(data, "dash_pipeline_metrics", {"names": small})}
-        except psycopg.errors.QueryCanceled as exc:
-            out.problem = (f"pipeline_metrics did not answer within {TIMEOUT_MS} ms ({exc.diag.message_primary}); "
-                           "the numbers below are bounded reads")
+        except TIMED_OUT as exc:
+            out.problems.append(f"pipeline_metrics did not answer within {TIMEOUT_MS} ms "
+                                f"({exc.diag.message_primary}); the numbers below are bounded reads")
     for row in rows:
         m = metrics.get(row["name"])
         if m is not None:  # the view's own numbers and status
@@ -150,13 +152,16 @@ def load(data: DashboardData) -> PipelinesView:
         row["done"] = _done_share(row)
         row["badge"] = BADGE.get(row["status"], "ps-none")
     out.rows = rows
+    if len(rows) >= MAX_PIPELINES:
+        out.problems.append(f"only the first {MAX_PIPELINES} pipelines by name are shown")
     with_errors = [r["name"] for r in rows if (r["errors"] or 0) > 0]
     if with_errors:
         try:
             found = _read(data, "dash_pipeline_errors",
                           {"names": with_errors, "limit": ERRORS_SHOWN, "scan": ERRORS_SCANNED})
-        except psycopg.errors.QueryCanceled as exc:
-            out.problem = f"the per-record errors could not be read within {TIMEOUT_MS} ms ({exc.diag.message_primary})"
+        except TIMED_OUT as exc:
+            out.problems.append(f"the per-record errors could not be read within {TIMEOUT_MS} ms "
+                                f"({exc.diag.message_primary})")
             found = []
         for e in found:
             out.errors.setdefault(e["pipeline"], []).append(e)

@@ -199,6 +199,13 @@ def test_sync_now_enqueues_exactly_one_job_and_needs_the_csrf_token(dpl_db: str)
     assert [(q, a, args) for q, a, args, _ in found] == [("pipelines", "neuron_tasks.pipeline_sync", ["dpl_sync"])]
     assert 'id="notice"' in page and "Sync of pipeline dpl_sync queued" in page and found[0][3] in page
 
+    # with an access token: nothing without it, and never through GET
+    with client(dpl_db, dashboard_token="s3cret") as c:
+        assert c.post("/parts/pipelines/sync", data={"name": "dpl_sync", "csrf": token}).status_code == 401
+        c.get("/parts/pipelines?token=s3cret")
+        assert c.get("/parts/pipelines/sync", params={"name": "dpl_sync"}).status_code == 405
+    assert len(jobs()) == 1
+
 
 def test_large_pipelines_are_read_with_estimates_and_bounded_counts(
     dpl_db: str, monkeypatch: pytest.MonkeyPatch
