@@ -1,10 +1,12 @@
 """Idle guard for a shared 2-core machine (as in bench/throughput): wait for idle CPUs before a
-timed phase, and add up the CPU time of foreign processes during it (everything except this
-process and PostgreSQL's processes: the pipeline's SQL runs in PostgreSQL backends)."""
+timed phase, and add up the CPU time of foreign processes during it: everything except this
+process, the PostgreSQL backends of the bench's database and PostgreSQL's background processes
+(other databases' backends, e.g. a test suite's, are foreign)."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -43,7 +45,7 @@ def wait_quiet(max_wait_s: float, threshold: float) -> float | None:
     return busy
 
 
-def _foreign_ticks() -> dict[int, int]:
+def _foreign_ticks(dbname: str) -> dict[int, int]:
     me = os.getpid()
     out: dict[int, int] = {}
     try:
@@ -56,27 +58,34 @@ def _foreign_ticks() -> dict[int, int]:
         try:
             with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
-            with open(f"/proc/{name}/comm") as f:
-                comm = f.read().strip()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if comm.startswith(("postgres", "postmaster")):
-            continue
+        if cmd.startswith("postgres:") and (f" {dbname} " in cmd or not _is_client_backend(cmd)):
+            continue  # our database's backends, and the server's own background processes
         fields = stat.rsplit(")", 1)[1].split()
         out[int(name)] = int(fields[11]) + int(fields[12])  # utime + stime
     return out
 
 
+def _is_client_backend(cmd: str) -> bool:
+    """`postgres: [CLUSTER: ]USER DB HOST(PORT) STATE` or `... [local] ...`, not `postgres: 15/main: walwriter`."""
+    return "[local]" in cmd or re.search(r" \S+\(\d+\) ", cmd) is not None
+
+
 class Foreign:
     """CPUs kept busy by foreign processes between start() and stop() (0.5 = half a core)."""
 
+    dbname = ""  # our database: its backends are ours
+
     def start(self) -> Foreign:
         self.t0 = time.monotonic()
-        self.ticks0 = _foreign_ticks()
+        self.ticks0 = _foreign_ticks(self.dbname)
         return self
 
     def stop(self) -> float:
-        ticks1 = _foreign_ticks()
+        ticks1 = _foreign_ticks(self.dbname)
         secs = max(time.monotonic() - self.t0, 1e-9)
         used = sum(t - self.ticks0.get(pid, 0) for pid, t in ticks1.items())
         return used / TICK / secs

