@@ -192,6 +192,9 @@ class Bench:
                  "verified_rows": checked, **vec}
             if pad:
                 r["padding"] = {"direct": padding(self.model, texts, None), "chunked": padding(self.model, texts, bs)}
+                pd = r["padding"]
+                print(f"  tokens computed per real token (padding): one call {pd['direct']['padded_per_real']:.3f}, "
+                      f"calls of {bs} {pd['chunked']['padded_per_real']:.3f}", flush=True)
             out.append(r)
             print(f"  {label} ({d.kind}): {r['ratio']:.2f}x direct, {r['ratio_vs_chunked']:.2f}x direct in calls "
                   f"of {bs}; verified {checked} rows, {vec}", flush=True)
