@@ -85,7 +85,8 @@ def test_index_destination_run_and_search(cli_db: str) -> None:
     assert code == 1 and "belongs to another pipeline" in out
     assert invoke("drop", "pl_ix", "--drop-destination")[0] == 0
     with psycopg.connect(cli_db) as conn:
-        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes WHERE name = 'pl_cli_idx'"
+                            ).fetchone()[0] == 0
 
 
 def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: object,

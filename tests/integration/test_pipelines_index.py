@@ -17,6 +17,8 @@ from neuron_tasks.db import make_pool
 from neuron_tasks.llm.fake import fake_vector
 from neuron_tasks.vectors import Vectors, VectorSettings
 
+INDEXES = ("ix_docs_idx", "notes", "small", "neg", "keep", "live_idx", "fresh", "f")
+
 
 def embedder(texts: list[str]) -> list[list[float]]:
     return [fake_vector(t) for t in texts]
@@ -27,7 +29,8 @@ def ix_db(clean_db: str) -> Iterator[str]:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipelines").fetchall():
             conn.execute("SELECT neuron_tasks.drop_pipeline(%s, true)", [name])
-        conn.execute("DELETE FROM neuron_tasks.vector_indexes")
+        for index in INDEXES:
+            conn.execute("SELECT neuron_tasks.drop_vector_index(%s)", [index])
         conn.execute("DROP TABLE IF EXISTS public.ix_docs, public.ix_notes CASCADE")
         conn.execute("CREATE TABLE public.ix_docs (id bigint PRIMARY KEY, body text)")
         conn.execute("CREATE TABLE public.ix_notes (slug text PRIMARY KEY, body text)")
@@ -155,8 +158,9 @@ def test_stale_items_of_a_former_pipeline_go_and_drop_removes_the_index(ix_db: s
             pipelines.create_pipeline(ix_db, "ix_docs3", source="ix_docs", key="id", data="body",
                                       destination="index:keep", check_model=False)
         assert pipelines.drop_pipeline(ix_db, "ix_docs2", drop_destination=True)
-        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_items").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes WHERE name = 'keep'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_items WHERE index_name = 'keep'"
+                            ).fetchone()[0] == 0
 
 
 def test_live_mode_into_an_index_rollback_leaves_nothing(ix_db: str, pool: ConnectionPool, broker: object,
