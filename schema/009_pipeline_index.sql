@@ -230,3 +230,68 @@ BEGIN
     RETURN true;
 END;
 $$;
+
+-- Is a destination empty? (NOT EXISTS, not a second count(*), for the metrics view's NoResults.)
+CREATE FUNCTION neuron_tasks.pipeline_empty_v1(tbl text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v boolean;
+BEGIN
+    IF tbl LIKE 'index:%' THEN
+        SELECT live_count = 0 INTO v FROM neuron_tasks.vector_indexes WHERE name = substr(tbl, 7);
+        RETURN coalesce(v, true);
+    END IF;
+    IF to_regclass(tbl) IS NULL THEN
+        RETURN true;
+    END IF;
+    EXECUTE 'SELECT NOT EXISTS (SELECT 1 FROM ' || tbl || ')' INTO v;
+    RETURN v;
+END;
+$$;
+
+-- The latest per-record errors of a pipeline (status command, dashboard).
+CREATE INDEX pipeline_errors_latest ON neuron_tasks.pipeline_errors (pipeline, failed_at DESC);
+
+CREATE OR REPLACE VIEW neuron_tasks.pipeline_metrics AS
+SELECT p.name AS pipeline,
+       p.auto_processing,
+       b.unprocessed AS table_unprocessed_rows,
+       NULL::bigint AS volume_scans_completed,
+       neuron_tasks.pipeline_count_v1(p.source_table) AS count_source_records,
+       neuron_tasks.pipeline_count_v1(p.destination) AS count_destination_records,
+       e.errors AS count_errors,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
+                          AND l.objid = hashtext(p.name)::oid) THEN 'Processing'
+           WHEN p.status = 'failed' THEN 'Failed'
+           WHEN e.errors > 0 THEN 'PartialErrors'
+           WHEN b.unprocessed > 0 OR p.status = 'new' THEN 'Stale'
+           WHEN neuron_tasks.pipeline_empty_v1(p.destination) THEN 'NoResults'
+           ELSE 'UpToDate'
+       END AS status,
+       p.last_sync_at,
+       p.last_error
+FROM neuron_tasks.pipelines p
+CROSS JOIN LATERAL (SELECT count(*) AS unprocessed FROM neuron_tasks.pipeline_backlog x
+                    WHERE x.pipeline = p.name) b
+CROSS JOIN LATERAL (SELECT count(*) AS errors FROM neuron_tasks.pipeline_errors x
+                    WHERE x.pipeline = p.name) e
+UNION ALL
+SELECT v.name, 'background', NULL::bigint, v.scans_completed,
+       f.files, neuron_tasks.pipeline_count_v1(v.destination), 0::bigint,
+       CASE
+           WHEN EXISTS (SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.classid = hashtext('neuron_tasks.pipeline')::oid
+                          AND l.objid = hashtext(v.name)::oid) THEN 'Processing'
+           WHEN v.status = 'failed' THEN 'Failed'
+           WHEN v.status = 'new' THEN 'Stale'
+           WHEN neuron_tasks.pipeline_empty_v1(v.destination) THEN 'NoResults'
+           ELSE 'UpToDate'
+       END,
+       v.last_sync_at, v.last_error
+FROM neuron_tasks.pipeline_volumes v
+CROSS JOIN LATERAL (SELECT count(*) AS files FROM neuron_tasks.pipeline_volume_files x
+                    WHERE x.volume = v.name) f;
