@@ -21,15 +21,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from ..pgarray import Float4Array
 from ..sql import q
 from .manage import PipelineError
 
 INDEX_PREFIX = "index:"
-
-
-def vec_literals(mat: np.ndarray) -> list[str]:
-    """Postgres array literals of float32 rows (9 significant digits round-trip a float32)."""
-    return ["{" + ",".join(f"{x:.9g}" for x in row.tolist()) + "}" for row in np.asarray(mat, dtype=np.float32)]
 
 
 class Destination(Protocol):
@@ -55,8 +51,8 @@ class TableDestination:
         self._hashes = sql.SQL("SELECT key, source_hash FROM {dst} WHERE key = ANY(%s)").format(dst=dst)
         self._upsert = sql.SQL(
             "INSERT INTO {dst} AS d (key, embedding, source_hash, model) "
-            "SELECT u.key, u.embedding::real[], u.source_hash, u.model "
-            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(key, embedding, source_hash, model) "
+            "SELECT u.key, (%(flat)s::real[])[(u.i - 1) * %(dim)s + 1 : u.i * %(dim)s], u.source_hash, %(model)s "
+            "FROM unnest(%(keys)s::text[], %(hashes)s::text[]) WITH ORDINALITY AS u(key, source_hash, i) "
             "ON CONFLICT (key) DO UPDATE SET embedding = excluded.embedding, source_hash = excluded.source_hash, "
             "model = excluded.model, updated_at = now()").format(dst=dst)
         self._delete = sql.SQL("DELETE FROM {dst} WHERE key = ANY(%s)").format(dst=dst)
@@ -66,7 +62,8 @@ class TableDestination:
 
     def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
               texts: list[str], model: str) -> None:
-        conn.execute(self._upsert, [keys, vec_literals(vectors), hashes, [model] * len(keys)])
+        flat = Float4Array(vectors)
+        conn.execute(self._upsert, {"flat": flat, "dim": flat.dim, "model": model, "keys": keys, "hashes": hashes})
 
     def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
         conn.execute(self._delete, [keys])

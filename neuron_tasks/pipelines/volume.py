@@ -21,8 +21,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from ..pgarray import Float4Array
 from ..sql import q
-from .destinations import vec_literals
 from .engine import Embedder, service_embedder
 from .manage import PipelineError, _conn, _message, check_step, parse_step
 
@@ -156,12 +156,14 @@ def _scan(conn: psycopg.Connection[Any], pool: ConnectionPool, v: dict[str, Any]
                 conn.execute(sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(dst),
                              [[f"{rel}#{i}" for i in range(old[2])]])
             if chunks:
+                flat = Float4Array(np.asarray(vecs, dtype=np.float32))
                 conn.execute(sql.SQL("INSERT INTO {} (key, embedding, source_hash, model) "
-                                     "SELECT k, e::real[], h, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
-                                     "AS u(k, e, h)").format(dst),
-                             [model, [f"{rel}#{i}" for i in range(len(chunks))],
-                              vec_literals(np.asarray(vecs, dtype=np.float32)),
-                              [hashlib.md5(c.encode()).hexdigest() for c in chunks]])
+                                     "SELECT u.k, (%(flat)s::real[])[(u.i - 1) * %(dim)s + 1 : u.i * %(dim)s], "
+                                     "u.h, %(model)s FROM unnest(%(keys)s::text[], %(hashes)s::text[]) "
+                                     "WITH ORDINALITY AS u(k, h, i)").format(dst),
+                             {"flat": flat, "dim": flat.dim, "model": model,
+                              "keys": [f"{rel}#{i}" for i in range(len(chunks))],
+                              "hashes": [hashlib.md5(c.encode()).hexdigest() for c in chunks]})
             conn.execute(q("volume_file_put"), {"name": name, "path": rel, "mtime": mtime, "sha256": digest,
                                                 "chunks": len(chunks)})
         out["changed" if old is not None else "new"] += 1
