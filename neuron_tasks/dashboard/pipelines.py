@@ -29,8 +29,6 @@ EXACT_BYTES = 16 * 1024 * 1024
 TIMEOUT_MS = 1000
 MAX_PIPELINES = 200
 ERRORS_SHOWN = 20
-#: Errors of one pipeline looked through (in key order) for its latest ones.
-ERRORS_SCANNED = 10_000
 #: statement_timeout and lock_timeout, whichever fires first.
 TIMED_OUT = (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)
 #: Badge colour of each status: green, amber, red, grey.
@@ -62,7 +60,6 @@ class PipelinesView:
     problems: list[str] = field(default_factory=list)  # why some numbers are bounded or missing, in words
     cap: int = 0
     exact_bytes: int = EXACT_BYTES
-    errors_scanned: int = ERRORS_SCANNED
 
 
 def status_of(row: dict[str, Any]) -> str:
@@ -158,7 +155,7 @@ def load(data: DashboardData) -> PipelinesView:
     if with_errors:
         try:
             found = _read(data, "dash_pipeline_errors",
-                          {"names": with_errors, "limit": ERRORS_SHOWN, "scan": ERRORS_SCANNED})
+                          {"names": with_errors, "limit": ERRORS_SHOWN})
         except TIMED_OUT as exc:
             out.problems.append(f"the per-record errors could not be read within {TIMEOUT_MS} ms "
                                 f"({exc.diag.message_primary})")

@@ -295,16 +295,15 @@ WHERE pipeline = ANY(%(names)s::text[])
 ORDER BY pipeline;
 
 -- name: dash_pipeline_errors
--- The latest per-record errors of each named pipeline, %(limit)s each, chosen among its first
--- %(scan)s errors in key order (the primary key; pipeline_errors has no index on failed_at).
+-- The latest per-record errors of each named pipeline, %(limit)s each (index
+-- pipeline_errors_latest, schema 009: a short index scan per pipeline).
 SELECT p.name AS pipeline, e.key, left(e.error, 2000) AS error, e.attempts, e.failed_at,
        extract(epoch FROM now() - e.failed_at)::float8 AS age_s
 FROM unnest(%(names)s::text[]) AS p(name)
 CROSS JOIN LATERAL (
-    SELECT y.key, y.error, y.attempts, y.failed_at
-    FROM (SELECT x.key, x.error, x.attempts, x.failed_at FROM neuron_tasks.pipeline_errors x
-          WHERE x.pipeline = p.name ORDER BY x.key LIMIT %(scan)s) y
-    ORDER BY y.failed_at DESC, y.key
+    SELECT x.key, x.error, x.attempts, x.failed_at FROM neuron_tasks.pipeline_errors x
+    WHERE x.pipeline = p.name
+    ORDER BY x.failed_at DESC
     LIMIT %(limit)s
 ) e
 ORDER BY p.name, e.failed_at DESC, e.key;
