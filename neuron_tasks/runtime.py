@@ -29,6 +29,8 @@ CLASSES = (
     ("neuron_tasks.config", "Settings"),
     ("neuron_tasks.llm.settings", "LlmSettings"),
     ("neuron_tasks.vectors.settings", "VectorSettings"),
+    ("neuron_tasks.vectors.defrag_settings", "DefragSettings"),
+    ("neuron_tasks.pipelines.settings", "PipelineSettings"),
     ("scheduler.settings", "SchedulerSettings"),
     ("neuron_tasks.dashboard.settings", "DashboardSettings"),
 )

@@ -16,10 +16,12 @@ QUEUE = "maintenance"
 
 def run(index: str | None = None, force: bool = False) -> dict[str, Any]:
     from .. import vectors
+    from ..runtime import overlay
     from ..vectors.defrag import defrag_all, defrag_index
     from ..vectors.defrag_settings import DefragSettings
 
-    client, settings = vectors.client(), DefragSettings()
+    client = vectors.client()
+    settings = overlay(DefragSettings(), client.url)  # with `neuron-tasks config set` values
     if index is None:
         return defrag_all(client, settings, force=force)
     return {"indexes": [defrag_index(client, index, settings, force=force)], "vacuumed": []}

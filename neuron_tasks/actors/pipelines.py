@@ -40,17 +40,29 @@ def run_pipeline_sync(name: str, pool: ConnectionPool | None = None,
                       embedder: Embedder | None = None) -> dict[str, Any]:
     """Sync `name` (a table pipeline, or a scan of a folder pipeline), waiting for a sync of it
     already running (so no change is left behind)."""
-    from ..pipelines import scan_volume, sync
+    from ..pipelines import PipelineSettings, scan_volume, sync
+    from ..runtime import overlay
+    from ..sql import q
 
     pool = pool or _broker_pool()
     with pool.connection() as conn:
         is_volume = conn.execute("SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %s", [name]).fetchone()
     if is_volume:
         return scan_volume(pool, name, wait=True, embedder=embedder)
-    return sync(pool, name, wait=True, embedder=embedder).as_dict()
+    settings = overlay(PipelineSettings(), pool.conninfo)  # with `neuron-tasks config set` values
+    res = sync(pool, name, wait=True, embedder=embedder, settings=settings,
+               max_seconds=settings.pipelines_sync_slice_s)
+    if res.more:
+        # The rest in a new job: a long backfill never meets the time limit, and the syncs of
+        # other pipelines (and other queues' jobs) get their turn in between.
+        with pool.connection() as conn:
+            conn.execute(q("pipeline_continue"), {"name": name})
+    return res.as_dict()
 
 
-@dramatiq.actor(actor_name="neuron_tasks.pipeline_sync", queue_name=QUEUE)
+# Table syncs stop after pipelines_sync_slice_s and continue in a new job; the hour is for folder
+# scans, which embed a file's chunks in one go.
+@dramatiq.actor(actor_name="neuron_tasks.pipeline_sync", queue_name=QUEUE, time_limit=3_600_000)
 def pipeline_sync(name: str) -> dict[str, Any]:
     return run_pipeline_sync(name)
 

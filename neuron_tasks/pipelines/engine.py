@@ -41,6 +41,7 @@ class SyncResult:
     deleted: int = 0
     failed: int = 0
     seconds: float = 0.0
+    more: bool = False  # stopped at max_seconds with backlog left
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,8 +92,9 @@ def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequenc
 
 def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, wait: bool = False,
          settings: PipelineSettings | None = None, max_batches: int | None = None,
-         progress: Callable[[int, int], None] | None = None) -> SyncResult:
-    """Process `name`'s backlog until no due entry is left (or `max_batches`).
+         max_seconds: float | None = None, progress: Callable[[int, int], None] | None = None) -> SyncResult:
+    """Process `name`'s backlog until no due entry is left (or `max_batches`, or the first batch
+    that ends after `max_seconds`: then `more` is set).
 
     `wait`: wait for a running sync of the same pipeline instead of returning skipped.
     `progress(done, remaining)` is called after each batch.
@@ -124,6 +126,9 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
                 if progress is not None:
                     left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
                     progress(done, int(left[0]) if left else 0)
+                if max_seconds is not None and time.monotonic() - start >= max_seconds:
+                    result.more = True
+                    break
             conn.execute(q("pipeline_sync_ok"), {"name": name})
         except Exception as exc:
             conn.execute(q("pipeline_sync_failed"), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..config import NeuronSettings
 
 
-class PipelineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEURON_TASKS_", extra="ignore")
+class PipelineSettings(NeuronSettings):
+    """Defaults < config file < NEURON_TASKS_PIPELINES_* < `neuron-tasks config set` (live)."""
 
     pipelines_retry_backoff_s: float = Field(
         default=5.0, gt=0, description="first delay before a failed record is tried again (doubles each time)"
@@ -17,4 +18,9 @@ class PipelineSettings(BaseSettings):
     )
     pipelines_default_batch_size: int = Field(
         default=100, ge=1, le=10000, description="batch_size of a pipeline created without one"
+    )
+    pipelines_sync_slice_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="a sync job stops after the batch that passes this many seconds and enqueues its own "
+                    "continuation (long backfills never meet the job time limit; other pipelines interleave)",
     )

@@ -173,3 +173,7 @@ LEFT JOIN neuron_tasks.vector_items v
 -- name: pipeline_index_dim
 -- The dimension of a pipeline's destination index (no row: not created yet).
 SELECT dim FROM neuron_tasks.vector_indexes WHERE name = %(index)s
+
+-- name: pipeline_continue
+-- A sync job that stopped at its time slice hands the rest of the backlog to a new job.
+SELECT neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', jsonb_build_array(%(name)s::text))

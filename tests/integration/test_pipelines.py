@@ -272,3 +272,23 @@ def test_tick_enqueues_due_background_pipelines_once(pl_db: str, pool: Connectio
         pipelines.update_pipeline(pl_db, "pl_docs", mode="disabled")
         conn.execute("DELETE FROM neuron_tasks.messages")
         assert run_pipeline_tick(pl_db) == []
+
+
+def test_a_long_sync_job_continues_in_new_jobs(pl_db: str, pool: ConnectionPool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync job stops after its time slice and enqueues its continuation (never the time limit)."""
+    from neuron_tasks.actors.pipelines import run_pipeline_sync
+
+    monkeypatch.setenv("NEURON_TASKS_PIPELINES_SYNC_SLICE_S", "0.001")
+    jobs = "SELECT count(*) FROM neuron_tasks.messages WHERE actor_name = 'neuron_tasks.pipeline_sync'"
+    with psycopg.connect(pl_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO pl_docs SELECT g, 'document number ' || g, g FROM generate_series(1, 500) g")
+        pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body", batch_size=100)
+        runs, out = 1, run_pipeline_sync("pl_docs", pool, embedder)
+        while out["more"]:
+            assert out["batches"] == 1 and conn.execute(jobs).fetchone()[0] == 1
+            conn.execute("DELETE FROM neuron_tasks.messages")  # what a worker does with the continuation
+            runs, out = runs + 1, run_pipeline_sync("pl_docs", pool, embedder)
+        assert runs in (5, 6)  # 5 full batches, and maybe one that finds the backlog empty
+        assert conn.execute(jobs).fetchone()[0] == 0
+        assert dest_state(conn) == source_state(conn)

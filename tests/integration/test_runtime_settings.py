@@ -163,3 +163,23 @@ def test_scheduler_and_tuner_pick_up_runtime_settings(runtime_db: str) -> None:
     runtime._cache.clear()
     node._refresh_settings()
     assert node.settings.scheduler_max_catchup == SchedulerSettings().scheduler_max_catchup
+
+
+def test_every_part_publishes_its_settings_and_reads_runtime_values(runtime_db: str) -> None:
+    """Pipelines, defrag and LLM settings are in setting_defs like the core's, and their jobs read
+    `config set` values through runtime.overlay."""
+    from neuron_tasks.pipelines import PipelineSettings
+    from neuron_tasks.vectors.defrag_settings import DefragSettings
+
+    with psycopg.connect(runtime_db, autocommit=True) as conn:
+        keys = {k for (k,) in conn.execute("SELECT key FROM neuron_tasks.setting_defs").fetchall()}
+        assert {"pipelines_sync_slice_s", "pipelines_retry_backoff_s", "defrag_probe_k", "llm_batch_size"} <= keys
+        with pytest.raises(psycopg.Error, match="must be > 0"):
+            conn.execute("SELECT neuron_tasks.set_setting('pipelines_sync_slice_s', '0')")
+        with pytest.raises(psycopg.Error, match="must be >= 1"):
+            conn.execute("SELECT neuron_tasks.set_setting('defrag_probe_k', '0')")
+        runtime.set_value(conn, "pipelines_sync_slice_s", "5")
+        runtime.set_value(conn, "defrag_probe_k", "7")
+    runtime.values_for(runtime_db, max_age_s=0)  # overlay re-reads at most every 2 s: read now
+    assert runtime.overlay(PipelineSettings(), runtime_db).pipelines_sync_slice_s == 5.0
+    assert runtime.overlay(DefragSettings(), runtime_db).defrag_probe_k == 7
