@@ -52,7 +52,9 @@ def create(
     mode: Annotated[str, typer.Option(help="live, background or disabled.")] = "background",
     sync_interval: Annotated[str, typer.Option(help="Background sync interval (Postgres interval, "
                                                     "1 second to 2 days).")] = "30 seconds",
-    batch_size: Annotated[int, typer.Option(help="Records per model call.")] = 100,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Records per model call and per transaction (default: pipelines_default_batch_size, 100). "
+             "Bigger batches embed faster (the model sorts a call's texts by length, so less padding).")] = None,
     pattern: Annotated[str, typer.Option(help="Folder sources: glob of the files to embed.")] = "**/*.txt",
     chunk_size: Annotated[int, typer.Option(help="Folder sources: chunk size in characters.")] = 1000,
     overlap: Annotated[int, typer.Option(help="Folder sources: characters shared by consecutive chunks.")] = 100,

@@ -82,7 +82,7 @@ def _conn(url: str) -> psycopg.Connection[Any]:
 
 def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, destination: str | None = None,
                     step: str | dict[str, Any] = "embed", mode: str = "background",
-                    sync_interval: str = "30 seconds", batch_size: int = 100,
+                    sync_interval: str = "30 seconds", batch_size: int | None = None,
                     check_model: bool | None = None) -> dict[str, Any]:
     """Create a pipeline; its existing rows wait in the backlog (run `sync` for the backfill).
 
@@ -93,6 +93,7 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
     """
     st = parse_step(step) if isinstance(step, str) else dict(step)
     check_step(st)
+    batch_size = batch_size if batch_size is not None else default_batch_size(url)
     if check_model is None:
         from ..llm.settings import LlmSettings
 
@@ -108,6 +109,14 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
         except psycopg.Error as exc:
             raise PipelineError(_message(exc)) from None
     return get_pipeline(url, name)
+
+
+def default_batch_size(url: str) -> int:
+    """`pipelines_default_batch_size` (config file, environment or `config set` in this database)."""
+    from ..runtime import overlay
+    from .settings import PipelineSettings
+
+    return overlay(PipelineSettings(), url).pipelines_default_batch_size
 
 
 def _index_exists(url: str, destination: str | None) -> bool:

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 from ..pgarray import Float4Array
 from ..sql import q
 from .engine import Embedder, service_embedder
-from .manage import PipelineError, _conn, _message, check_step, parse_step
+from .manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
 
 _DEST = ("CREATE TABLE {dst} (key text PRIMARY KEY, embedding real[] NOT NULL, source_hash text NOT NULL, "
          "model text, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())")
@@ -48,7 +48,7 @@ def chunk_text(text: str, size: int, overlap: int) -> list[str]:
 def create_volume_pipeline(url: str, name: str, *, folder: str | Path, pattern: str = "**/*.txt",
                            chunk_size: int = 1000, chunk_overlap: int = 100, step: str = "embed",
                            destination: str | None = None, sync_interval: str = "5 minutes",
-                           batch_size: int = 100) -> dict[str, Any]:
+                           batch_size: int | None = None) -> dict[str, Any]:
     """Register a folder of text files; the destination table is created (all or nothing)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -57,6 +57,7 @@ def create_volume_pipeline(url: str, name: str, *, folder: str | Path, pattern: 
         raise PipelineError(f"chunk overlap must be >= 0 and below the chunk size ({chunk_overlap} vs {chunk_size})")
     st = parse_step(step)
     check_step(st)
+    batch_size = batch_size if batch_size is not None else default_batch_size(url)
     dest = destination or f"{name}_embeddings"
     if dest.startswith("index:"):
         raise PipelineError("folder pipelines write a destination table; index:NAME destinations are for "

@@ -292,3 +292,10 @@ def test_a_long_sync_job_continues_in_new_jobs(pl_db: str, pool: ConnectionPool,
         assert runs in (5, 6)  # 5 full batches, and maybe one that finds the backlog empty
         assert conn.execute(jobs).fetchone()[0] == 0
         assert dest_state(conn) == source_state(conn)
+
+
+def test_default_batch_size_comes_from_the_settings(pl_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURON_TASKS_PIPELINES_DEFAULT_BATCH_SIZE", "250")
+    assert pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body")["batch_size"] == 250
+    assert pipelines.create_pipeline(pl_db, "pl_docs2", source="pl_docs", key="id", data="body",
+                                     destination="pl_docs2_e", batch_size=7)["batch_size"] == 7
