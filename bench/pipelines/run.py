@@ -435,8 +435,8 @@ def main() -> int:
     ap.add_argument("--index-sync-s", type=float, default=0.0,
                     help="vectors_sync_s of the live phase's index searcher (default setting: 0.5 s)")
     ap.add_argument("--worker-threads", type=int, default=2)
-    ap.add_argument("--job-time-limit-ms", type=int, default=3_600_000,
-                    help="the broker's timeout_ms (default setting 30,000: too short for a long backfill job)")
+    ap.add_argument("--job-time-limit-ms", type=int, default=0,
+                    help="the broker's timeout_ms (0: the setting's value)")
     ap.add_argument("--profile", type=int, default=0, help="rows for a cProfile'd in-process sync (0: skip)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds any one wait may take")
     ap.add_argument("--quiet-wait", type=float, default=60.0, help="wait up to this for idle CPUs before a phase")
@@ -464,10 +464,10 @@ def main() -> int:
     print(f"{args.rows} texts, {min(words)}-{max(words)} words (mean {statistics.mean(words):.1f}); model "
           f"{llm.llm_local_model} on {llm.llm_local_device}, torch threads {torch.get_num_threads()}", flush=True)
     encode(model, texts[:256])  # warm-up
-    # pipeline_sync has no time_limit of its own: the broker's timeout_ms (default 30 s) would kill
-    # a backfill that takes longer (then retry it 3 times and dead-letter it).
-    settings = Settings(database_url=url, timeout_ms=args.job_time_limit_ms)
-    out["job_time_limit_ms"] = args.job_time_limit_ms
+    # The product's job settings unless --job-time-limit-ms (pipeline_sync has its own time limit
+    # and slices a long sync into jobs of pipelines_sync_slice_s).
+    settings = Settings(database_url=url, **({"timeout_ms": args.job_time_limit_ms} if args.job_time_limit_ms else {}))
+    out["job_time_limit_ms"] = settings.timeout_ms
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
     name = "neuron_tasks.actors.pipelines"
