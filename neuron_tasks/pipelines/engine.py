@@ -1,13 +1,17 @@
 """The sync of one pipeline: take the backlog in batches, embed, write the destination.
 
-One sync per pipeline at a time (a session advisory lock). Each batch: claim due backlog
-entries (FOR UPDATE SKIP LOCKED, so entries a writer is changing are left for later), read the
-current source rows, embed the texts whose md5 differs from the destination's (one model call
-per batch), then in one transaction upsert/delete destination rows and remove the backlog
-entries whose seq did not move: a row changed during its own processing stays and is processed
-again. Re-running after a crash redoes at most one batch (upserts are idempotent). A batch
-whose model call fails is embedded record by record, so one bad record does not block the rest;
-failed records get an error row and are retried with exponential backoff.
+One sync per pipeline at a time (a session advisory lock). It works window by window: claim up
+to max(batch_size, pipelines_sort_window) due backlog entries (FOR UPDATE SKIP LOCKED, so
+entries a writer is changing are left for later), read the current source rows, settle at once
+the keys that need no model (deleted rows, unchanged text), then embed the changed texts
+sorted by length, batch_size per model call: a model pads each call's texts to the longest,
+so calls of similar lengths waste far less work (1.44 -> about 1.15 tokens computed per real
+token on 6-60 word texts in calls of 100). Each batch is one transaction: upsert the
+destination rows and remove the backlog entries whose seq did not move, so a row changed during
+its own processing stays and is processed again. Re-running after a crash redoes at most one
+batch (upserts are idempotent). A batch whose model call fails is embedded record by record, so
+one bad record does not block the rest; failed records get an error row and are retried with
+exponential backoff.
 """
 
 from __future__ import annotations
@@ -93,8 +97,8 @@ def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequenc
 def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, wait: bool = False,
          settings: PipelineSettings | None = None, max_batches: int | None = None,
          max_seconds: float | None = None, progress: Callable[[int, int], None] | None = None) -> SyncResult:
-    """Process `name`'s backlog until no due entry is left (or `max_batches`, or the first batch
-    that ends after `max_seconds`: then `more` is set).
+    """Process `name`'s backlog until no due entry is left (or `max_batches` model calls, or the
+    first batch that ends after `max_seconds`: then `more` is set).
 
     `wait`: wait for a running sync of the same pipeline instead of returning skipped.
     `progress(done, remaining)` is called after each batch.
@@ -117,18 +121,24 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
             read = _read_statement(p)
             dest = destination_for(p)
             done = 0
-            while max_batches is None or result.batches < max_batches:
-                n = _one_batch(conn, p, read, dest, embed, model, settings, result)
-                if n == 0:
+            size = int(p["batch_size"])
+            window = max(size, settings.pipelines_sort_window)
+            while not result.more:
+                w = _claim_window(conn, p, read, dest, window)
+                if w is None:
                     break
-                result.batches += 1
-                done += n
-                if progress is not None:
-                    left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
-                    progress(done, int(left[0]) if left else 0)
-                if max_seconds is not None and time.monotonic() - start >= max_seconds:
-                    result.more = True
-                    break
+                done += _settle(conn, p, dest, w, settings, result)
+                for keys in [w.todo[i:i + size] for i in range(0, len(w.todo), size)] or [[]]:
+                    if keys:
+                        done += _embed_batch(conn, p, dest, embed, model, w, keys, settings, result)
+                        result.batches += 1
+                    if progress is not None:
+                        left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
+                        progress(done, int(left[0]) if left else 0)
+                    if ((max_batches is not None and result.batches >= max_batches)
+                            or (max_seconds is not None and time.monotonic() - start >= max_seconds)):
+                        result.more = True  # the rest of the window stays in the backlog
+                        break
             conn.execute(q("pipeline_sync_ok"), {"name": name})
         except Exception as exc:
             conn.execute(q("pipeline_sync_failed"), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})
@@ -139,48 +149,81 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
     return result
 
 
-def _one_batch(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Composable, dest: Destination,
-               embed: Embedder, model: str, settings: PipelineSettings, result: SyncResult) -> int:
-    name = p["name"]
+@dataclass
+class _Window:
+    """Claimed backlog entries and what each needs."""
+
+    seqs: dict[str, tuple[int, int]]  # key -> (seq, attempts)
+    rows: dict[str, tuple[str, str]]  # key -> (text, md5) of the rows that exist
+    todo: list[str]  # to embed, shortest text first
+    gone: list[str]  # deleted from the source: delete from the destination
+    unchanged: list[str]  # the destination already holds this text's embedding
+    blocked: dict[str, str]  # the destination cannot take the key (error)
+
+
+def _claim_window(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Composable, dest: Destination,
+                  limit: int) -> _Window | None:
     with conn.transaction():
-        claimed = conn.execute(q("pipeline_claim"), {"name": name, "limit": p["batch_size"]}).fetchall()
+        claimed = conn.execute(q("pipeline_claim"), {"name": p["name"], "limit": limit}).fetchall()
     if not claimed:
-        return 0
+        return None
     keys = [k for k, _, _ in claimed]
     rows = {k: (d, h) for k, d, h in conn.execute(read, [keys]).fetchall() if d is not None}
     have, blocked = dest.current(conn, keys)
     # A key the destination cannot take fails only if its row exists (nothing to do otherwise).
-    failed = {k: e for k, e in blocked.items() if k in rows}
-    todo = [k for k in keys if k in rows and k not in failed and have.get(k) != rows[k][1]]
+    blocked = {k: e for k, e in blocked.items() if k in rows}
+    todo = [k for k in keys if k in rows and k not in blocked and have.get(k) != rows[k][1]]
+    todo.sort(key=lambda k: len(rows[k][0]))
     gone = [k for k in keys if k not in rows and k in have]
-    unchanged = len(keys) - len(todo) - len(gone) - len(failed)
-    vecs, errs = _embed_isolating(embed, [rows[k][0] for k in todo]) if todo else ([], [])
-    up_keys: list[str] = []
-    up_vecs: list[Sequence[float]] = []
-    for k, v, e in zip(todo, vecs, errs, strict=True):
-        if v is None:
-            failed[k] = e
-        else:
-            up_keys.append(k)
-            up_vecs.append(v)
-    seqs = {k: (s, a) for k, s, a in claimed}
-    finished = [k for k in keys if k not in failed]
+    busy = {*todo, *gone, *blocked}
+    unchanged = [k for k in keys if k not in busy]  # same text, or a row that came and went
+    return _Window({k: (s, a) for k, s, a in claimed}, rows, todo, gone, unchanged, blocked)
+
+
+def _settle(conn: psycopg.Connection[Any], p: dict[str, Any], dest: Destination, w: _Window,
+            settings: PipelineSettings, result: SyncResult) -> int:
+    """The window's keys that need no model: deletes, unchanged texts, keys the destination refuses."""
+    done = w.gone + w.unchanged
+    if not done and not w.blocked:
+        return 0
     with conn.transaction():
-        if up_keys:
-            dest.write(conn, up_keys, np.asarray(up_vecs, dtype=np.float32), [rows[k][1] for k in up_keys],
-                       [rows[k][0] for k in up_keys], model)
-        if gone:
-            dest.delete(conn, gone)
-        conn.execute(q("pipeline_done"), {"name": name, "keys": finished, "seqs": [seqs[k][0] for k in finished]})
-        for k, e in failed.items():
-            conn.execute(q("pipeline_failed"), {"name": name, "key": k, "seq": seqs[k][0],
-                                                "backoff_s": settings.pipelines_retry_backoff_s,
-                                                "backoff_max_s": settings.pipelines_retry_backoff_max_s})
-            conn.execute(q("pipeline_error_record"), {"name": name, "key": k, "error": e,
-                                                      "attempts": seqs[k][1] + 1})
-    result.embedded += len(up_keys)
-    result.deleted += len(gone)
-    result.unchanged += unchanged
+        if w.gone:
+            dest.delete(conn, w.gone)
+        _finish(conn, p["name"], w, done, w.blocked, settings)
+    result.deleted += len(w.gone)
+    result.unchanged += len(w.unchanged)
+    _count_failed(result, w.blocked)
+    return len(done) + len(w.blocked)
+
+
+def _embed_batch(conn: psycopg.Connection[Any], p: dict[str, Any], dest: Destination, embed: Embedder,
+                 model: str, w: _Window, keys: list[str], settings: PipelineSettings, result: SyncResult) -> int:
+    """One model call (record by record if it fails) and one transaction."""
+    vecs, errs = _embed_isolating(embed, [w.rows[k][0] for k in keys])
+    ok = [k for k, v in zip(keys, vecs, strict=True) if v is not None]
+    failed = {k: e for k, v, e in zip(keys, vecs, errs, strict=True) if v is None}
+    with conn.transaction():
+        if ok:
+            dest.write(conn, ok, np.asarray([v for v in vecs if v is not None], dtype=np.float32),
+                       [w.rows[k][1] for k in ok], [w.rows[k][0] for k in ok], model)
+        _finish(conn, p["name"], w, ok, failed, settings)
+    result.embedded += len(ok)
+    _count_failed(result, failed)
+    return len(keys)
+
+
+def _finish(conn: psycopg.Connection[Any], name: str, w: _Window, done: list[str], failed: dict[str, str],
+            settings: PipelineSettings) -> None:
+    """Remove the done entries whose seq did not move; push failed ones back with backoff."""
+    conn.execute(q("pipeline_done"), {"name": name, "keys": done, "seqs": [w.seqs[k][0] for k in done]})
+    for k, e in failed.items():
+        conn.execute(q("pipeline_failed"), {"name": name, "key": k, "seq": w.seqs[k][0],
+                                            "backoff_s": settings.pipelines_retry_backoff_s,
+                                            "backoff_max_s": settings.pipelines_retry_backoff_max_s})
+        conn.execute(q("pipeline_error_record"), {"name": name, "key": k, "error": e,
+                                                  "attempts": w.seqs[k][1] + 1})
+
+
+def _count_failed(result: SyncResult, failed: dict[str, str]) -> None:
     result.failed += len(failed)
     result.errors.extend(f"{k}: {e}" for k, e in failed.items())
-    return len(keys)

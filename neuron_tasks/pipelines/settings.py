@@ -24,3 +24,8 @@ class PipelineSettings(NeuronSettings):
         description="a sync job stops after the batch that passes this many seconds and enqueues its own "
                     "continuation (long backfills never meet the job time limit; other pipelines interleave)",
     )
+    pipelines_sort_window: int = Field(
+        default=1000, ge=1, le=100000,
+        description="a sync reads up to this many due rows (at least batch_size) at a time and embeds their "
+                    "changed texts sorted by length, batch_size per model call: less padding, same batches",
+    )

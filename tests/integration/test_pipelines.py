@@ -8,6 +8,7 @@ the pipeline machinery, not a model.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -299,3 +300,22 @@ def test_default_batch_size_comes_from_the_settings(pl_db: str, monkeypatch: pyt
     assert pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body")["batch_size"] == 250
     assert pipelines.create_pipeline(pl_db, "pl_docs2", source="pl_docs", key="id", data="body",
                                      destination="pl_docs2_e", batch_size=7)["batch_size"] == 7
+
+
+def test_changed_texts_are_embedded_sorted_by_length(pl_db: str, pool: ConnectionPool) -> None:
+    """Each model call gets texts of similar length (less padding); batches keep batch_size."""
+    calls: list[list[str]] = []
+
+    def recording(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return embedder(texts)
+
+    with psycopg.connect(pl_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO pl_docs SELECT g, repeat('word ', (g * 37) % 50 + 1), g "
+                     "FROM generate_series(1, 300) g")
+        pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body", batch_size=40)
+        res = pipelines.sync(pool, "pl_docs", embedder=recording)
+        assert res.embedded == 300 and [len(c) for c in calls] == [40] * 7 + [20]
+        for before, after in itertools.pairwise(calls):
+            assert max(map(len, before)) <= min(map(len, after))
+        assert dest_state(conn) == source_state(conn)
