@@ -295,3 +295,59 @@ SELECT v.name, 'background', NULL::bigint, v.scans_completed,
 FROM neuron_tasks.pipeline_volumes v
 CROSS JOIN LATERAL (SELECT count(*) AS files FROM neuron_tasks.pipeline_volume_files x
                     WHERE x.volume = v.name) f;
+
+-- Change a pipeline from SQL (NULL keeps a value). Switching to live mode with changes waiting
+-- (kept while disabled) enqueues a sync at once, as background mode's next tick would.
+CREATE FUNCTION neuron_tasks.update_pipeline(
+    name                     text,
+    auto_processing          text DEFAULT NULL,
+    background_sync_interval interval DEFAULT NULL,
+    batch_size               integer DEFAULT NULL
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_mode text;
+BEGIN
+    IF auto_processing IS NOT NULL AND auto_processing NOT IN ('live', 'background', 'disabled') THEN
+        RAISE EXCEPTION 'update_pipeline: auto_processing must be live, background or disabled, got %',
+            auto_processing USING ERRCODE = '22023';
+    END IF;
+    IF background_sync_interval IS NOT NULL
+       AND background_sync_interval NOT BETWEEN interval '1 second' AND interval '2 days' THEN
+        RAISE EXCEPTION 'update_pipeline: background_sync_interval must be between 1 second and 2 days, got %',
+            background_sync_interval USING ERRCODE = '22023';
+    END IF;
+    IF batch_size IS NOT NULL AND batch_size NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'update_pipeline: batch_size must be between 1 and 10000, got %', batch_size
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE neuron_tasks.pipelines p
+    SET auto_processing = coalesce(update_pipeline.auto_processing, p.auto_processing),
+        background_sync_interval = coalesce(update_pipeline.background_sync_interval, p.background_sync_interval),
+        batch_size = coalesce(update_pipeline.batch_size, p.batch_size),
+        updated_at = now()
+    WHERE p.name = update_pipeline.name
+    RETURNING p.auto_processing INTO v_mode;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF update_pipeline.auto_processing = 'live'
+       AND EXISTS (SELECT 1 FROM neuron_tasks.pipeline_backlog b WHERE b.pipeline = update_pipeline.name) THEN
+        PERFORM neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync',
+                                     jsonb_build_array(update_pipeline.name));
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- Enqueue a sync of a pipeline (table or folder) now; returns the message id.
+CREATE FUNCTION neuron_tasks.run_pipeline(name text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM neuron_tasks.pipelines p WHERE p.name = run_pipeline.name)
+       AND NOT EXISTS (SELECT 1 FROM neuron_tasks.pipeline_volumes v WHERE v.name = run_pipeline.name) THEN
+        RAISE EXCEPTION 'run_pipeline: no pipeline named %', quote_nullable(name) USING ERRCODE = '42704';
+    END IF;
+    RETURN neuron_tasks.enqueue('pipelines', 'neuron_tasks.pipeline_sync', jsonb_build_array(name));
+END;
+$$;

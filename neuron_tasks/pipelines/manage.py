@@ -143,7 +143,8 @@ def get_pipeline(url: str, name: str) -> dict[str, Any]:
 
 def update_pipeline(url: str, name: str, *, mode: str | None = None, sync_interval: str | None = None,
                     batch_size: int | None = None) -> dict[str, Any]:
-    """Change mode, interval or batch size. Switching back from disabled catches up on the backlog."""
+    """Change mode, interval or batch size (SQL: neuron_tasks.update_pipeline). Switching back from
+    disabled catches up on the kept backlog: at once for live, at the next tick for background."""
     if mode is not None and mode not in MODES:
         raise PipelineError(f"mode must be live, background or disabled, got {mode!r}")
     with _conn(url) as conn:
@@ -152,7 +153,7 @@ def update_pipeline(url: str, name: str, *, mode: str | None = None, sync_interv
                                                        "batch_size": batch_size}).fetchone()
         except psycopg.Error as exc:
             raise PipelineError(f"cannot update pipeline {name}: {_message(exc)}") from None
-    if row is None:
+    if not (row and row[0]):
         raise PipelineError(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
     return get_pipeline(url, name)
 

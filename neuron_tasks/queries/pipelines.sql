@@ -17,14 +17,9 @@ SELECT name, source_table, key_column, key_type, data_column, steps, destination
 FROM neuron_tasks.pipelines WHERE name = %(name)s
 
 -- name: pipeline_update
--- Change a pipeline's mode, interval or batch size (NULL keeps the current value).
-UPDATE neuron_tasks.pipelines
-SET auto_processing = coalesce(%(mode)s, auto_processing),
-    background_sync_interval = coalesce(%(interval)s::interval, background_sync_interval),
-    batch_size = coalesce(%(batch_size)s, batch_size),
-    updated_at = now()
-WHERE name = %(name)s
-RETURNING name
+-- Change a pipeline's mode, interval or batch size (NULL keeps the current value); false when
+-- there is no such pipeline. Switching to live with changes waiting enqueues a sync.
+SELECT neuron_tasks.update_pipeline(%(name)s, %(mode)s, %(interval)s::interval, %(batch_size)s)
 
 -- name: pipeline_metrics
 -- AIDB-style metrics of every pipeline (or one).

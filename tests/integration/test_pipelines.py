@@ -185,15 +185,16 @@ def test_disabled_keeps_backlog_and_live_enqueues_in_the_writers_transaction(pl_
         assert conn.execute(jobs).fetchone()[0] == 0
         assert pipelines.list_pipelines(pl_db, "pl_docs")[0]["table_unprocessed_rows"] == 2
         pipelines.update_pipeline(pl_db, "pl_docs", mode="live")
+        assert conn.execute(jobs).fetchone()[0] == 1  # the kept backlog is caught up at once
         with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
             conn.execute("INSERT INTO pl_docs VALUES (3, 'c')")
             conn.execute("DO $$ BEGIN RAISE EXCEPTION 'roll back'; END $$")
-        assert conn.execute(jobs).fetchone()[0] == 0
+        assert conn.execute(jobs).fetchone()[0] == 1
         assert pipelines.list_pipelines(pl_db, "pl_docs")[0]["table_unprocessed_rows"] == 2
         with conn.transaction():  # two statements, one job
             conn.execute("INSERT INTO pl_docs VALUES (3, 'c')")
             conn.execute("UPDATE pl_docs SET body = 'bb' WHERE id = 2")
-        assert conn.execute(jobs).fetchone()[0] == 1
+        assert conn.execute(jobs).fetchone()[0] == 2
         queue = conn.execute("SELECT queue_name FROM neuron_tasks.messages").fetchone()[0]
         assert queue == "pipelines"
 
@@ -245,6 +246,18 @@ def test_sql_api_and_drop(pl_db: str) -> None:
         p = pipelines.get_pipeline(pl_db, "pl_docs")
         assert (p["destination"], p["auto_processing"], str(p["background_sync_interval"])) == (
             "public.pl_docs_embeddings", "background", "0:05:00")
+        # update and run from SQL too
+        assert conn.execute("SELECT neuron_tasks.update_pipeline('pl_docs', batch_size => 9)").fetchone()[0]
+        assert not conn.execute("SELECT neuron_tasks.update_pipeline('nope', 'live')").fetchone()[0]
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="auto_processing must be"):
+            conn.execute("SELECT neuron_tasks.update_pipeline('pl_docs', 'sometimes')")
+        assert pipelines.get_pipeline(pl_db, "pl_docs")["batch_size"] == 9
+        message_id = conn.execute("SELECT neuron_tasks.run_pipeline('pl_docs')").fetchone()[0]
+        payload = conn.execute("SELECT convert_from(payload, 'UTF8')::jsonb FROM neuron_tasks.messages "
+                               "WHERE message_id = %s", [message_id]).fetchone()[0]
+        assert (payload["actor_name"], payload["args"]) == ("neuron_tasks.pipeline_sync", ["pl_docs"])
+        with pytest.raises(psycopg.errors.UndefinedObject, match="no pipeline named 'nope'"):
+            conn.execute("SELECT neuron_tasks.run_pipeline('nope')")
         assert pipelines.drop_pipeline(pl_db, "pl_docs", drop_destination=True)
         assert not pipelines.drop_pipeline(pl_db, "pl_docs")
         conn.execute("INSERT INTO pl_docs VALUES (2, 'b')")  # no trigger left behind
