@@ -82,6 +82,8 @@ class PgConsumer(Consumer):
         self._held = 0
         self._held_lock = threading.Lock()
         self._next_poll = 0.0
+        self._to_free: list[int] = []  # topic slots of finished messages, freed in one statement
+        self._free_lock = threading.Lock()
         self.closed = False
 
     @property
@@ -97,6 +99,8 @@ class PgConsumer(Consumer):
         next delayed message is due, and otherwise every `naptime_ms` (the polling fallback).
         """
         while True:
+            if self._to_free:
+                self._free_slots()
             if self.cache:
                 proxy = self._decode(*self.cache.popleft())
                 if proxy is None:
@@ -163,8 +167,10 @@ class PgConsumer(Consumer):
         ids.extend(entry[0] for entry in self.cache)
         self.cache.clear()
         self.broker.release(ids)
+        self._free_slots()
 
     def close(self) -> None:
+        self._free_slots()
         if self.cache:
             ids = [entry[0] for entry in self.cache]
             self.cache.clear()
@@ -186,17 +192,27 @@ class PgConsumer(Consumer):
             return
         proxy._consumer = None
         if proxy.has_slot:
-            # Its actor is done: free the topic slot now (async commit) so that the next message of
-            # the topic can be claimed without waiting for this result to be written.
+            # Its actor is done: its topic slot is freed before this consumer claims again, with
+            # the slots of the other messages finished meanwhile in one statement, without
+            # waiting for the results to be written (worker threads ack; the consumer thread,
+            # woken below, frees and claims).
             proxy.has_slot = False
-            try:
-                with self.broker.soft_pool.connection() as conn:
-                    conn.execute(q("free_slot"), {"id": proxy.row_id})
-            except psycopg.Error as exc:
-                log.warning("could not free a topic slot now (%s); the completer frees it", exc)
+            with self._free_lock:
+                self._to_free.append(proxy.row_id)
         with claimer._held_lock:
             claimer._held -= 1
         claimer.event.set()
+
+    def _free_slots(self) -> None:
+        with self._free_lock:
+            ids, self._to_free = self._to_free, []
+        if not ids:
+            return
+        try:
+            with self.broker.soft_pool.connection() as conn:
+                conn.execute(q("free_slots"), {"ids": ids})
+        except psycopg.Error as exc:
+            log.warning("could not free %d topic slots now (%s); the completer frees them", len(ids), exc)
 
     def _claim(self, room: int) -> list[tuple[int, int, bytes, int, bool]]:
         params = {

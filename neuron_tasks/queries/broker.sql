@@ -117,10 +117,6 @@ WHERE m.id = picked.id
 RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths,
           m.id IN (SELECT holder FROM grab) AS has_slot;
 
--- name: free_slot
--- A message's actor finished: its topic slot is free at once (the result is written later).
-UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL WHERE holder = %(id)s;
-
 -- name: next_eta
 -- Seconds until the next message of a queue is due (NULL when none waits), and until the first
 -- rate-limited tenant may run again (a due message may be waiting for that).
