@@ -77,6 +77,7 @@ class IndexDestination:
     def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         have: dict[str, str] = {}
         errors: dict[str, str] = {}
+        self._ids = {}  # the ids of this window's keys (write and delete come after, same window)
         rows = conn.execute(q("pipeline_index_current"),
                             {"index": self.index, "key_type": self.key_type, "keys": keys}).fetchall()
         for key, item_id, owner, source_hash in rows:
