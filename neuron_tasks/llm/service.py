@@ -28,7 +28,8 @@ class EmbedRequest:
     provider: str | None = None
     tenant: str | None = None
     message_id: str | None = None
-    use_cache: bool = True
+    use_cache: bool = True  # read the cache (False: compute every text again)
+    store: bool = True  # write what was computed to the cache
 
 
 def _vector_json(vectors: Any) -> list[list[float]]:
@@ -111,11 +112,14 @@ class LlmService:
                 computed_usage = result.usage
                 arr = np.asarray(result.vectors, dtype=np.float32)
                 entries = []
+                storing = {t for i in idxs if requests[i].store for t in norm[i]}
                 for t, v in zip(misses, arr, strict=True):
                     vectors[t] = v
                     cached_texts.discard(t)
-                    entries.append(Entry(keys[t], "embed", label, {"text": t}, v.tobytes()))
-                self.cache.put_many(entries)
+                    if t in storing:
+                        entries.append(Entry(keys[t], "embed", label, {"text": t}, v.tobytes()))
+                if entries:
+                    self.cache.put_many(entries)
             miss_chars = sum(len(t) for t in misses) or 1
             for i in idxs:
                 r = requests[i]

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from ..runtime import overlay
 from ..sql import q
 from .destinations import Destination, destination_for
 from .manage import PipelineError
@@ -52,14 +53,17 @@ class SyncResult:
         return {k: v for k, v in self.__dict__.items() if k != "errors"} | {"errors": self.errors[:5]}
 
 
-def service_embedder(pool: ConnectionPool, step: dict[str, Any]) -> Embedder:
-    """The default embedder: the LLM service (cache, usage, pacing) with the step's provider/model."""
+def service_embedder(pool: ConnectionPool, step: dict[str, Any], *, cache: bool = True) -> Embedder:
+    """The default embedder: the LLM service (usage, pacing, rate limits) with the step's
+    provider/model. `cache`: read and write the LLM cache (syncs leave it off by default:
+    `pipelines_llm_cache`)."""
     from ..llm.service import EmbedRequest, LlmService
 
     service = LlmService(pool)
 
     def embed(texts: list[str]) -> list[list[float]]:
-        res = service.embed_many([EmbedRequest(texts, step.get("model"), step.get("provider"))])[0]
+        res = service.embed_many([EmbedRequest(texts, step.get("model"), step.get("provider"),
+                                               use_cache=cache, store=cache)])[0]
         return res["embeddings"]  # type: ignore[no-any-return]
 
     return embed
@@ -103,7 +107,7 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
     `wait`: wait for a running sync of the same pipeline instead of returning skipped.
     `progress(done, remaining)` is called after each batch.
     """
-    settings = settings or PipelineSettings()
+    settings = settings or overlay(PipelineSettings(), pool.conninfo)
     result = SyncResult(name)
     start = time.monotonic()
     with pool.connection() as conn:
@@ -116,7 +120,7 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
             if p is None:
                 raise PipelineError(f"no pipeline named {name!r}")
             step = p["steps"][0]
-            embed = embedder or service_embedder(pool, step)
+            embed = embedder or service_embedder(pool, step, cache=settings.pipelines_llm_cache)
             model = step.get("model") or step.get("provider") or "default"
             read = _read_statement(p)
             dest = destination_for(p)

@@ -50,12 +50,12 @@ def probe_model(url: str, step: dict[str, Any]) -> int:
     unknown HTTP model (the provider's 4xx), an unreachable provider or a broken local model
     raises PipelineError with the provider's own message."""
     from ..db import make_pool
-    from ..llm.service import LlmService
+    from ..llm.service import EmbedRequest, LlmService
 
     pool = make_pool(url, max_size=2, name="neuron_tasks.pipeline_check")
     try:
-        res = LlmService(pool).embed(["neuron_tasks pipeline model check"], model=step.get("model"),
-                                     provider=step.get("provider"), use_cache=False)
+        res = LlmService(pool).embed_many([EmbedRequest(["neuron_tasks pipeline model check"], step.get("model"),
+                                                         step.get("provider"), use_cache=False, store=False)])[0]
     except Exception as exc:
         what = step.get("model") or "the default model"
         raise PipelineError(f"model check failed for {what} (provider {step.get('provider') or 'default'}): "

@@ -29,3 +29,8 @@ class PipelineSettings(NeuronSettings):
         description="a sync reads up to this many due rows (at least batch_size) at a time and embeds their "
                     "changed texts sorted by length, batch_size per model call: less padding, same batches",
     )
+    pipelines_llm_cache: bool = Field(
+        default=False,
+        description="syncs read and write the LLM cache; off by default: the destination's source_hash already "
+                    "skips unchanged texts, and a large backfill would evict every other job's cache entries",
+    )

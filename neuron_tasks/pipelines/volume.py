@@ -22,9 +22,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ..pgarray import Float4Array
+from ..runtime import overlay
 from ..sql import q
 from .engine import Embedder, service_embedder
 from .manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
+from .settings import PipelineSettings
 
 _DEST = ("CREATE TABLE {dst} (key text PRIMARY KEY, embedding real[] NOT NULL, source_hash text NOT NULL, "
          "model text, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())")
@@ -115,7 +117,8 @@ def scan_volume(pool: ConnectionPool, name: str, *, embedder: Embedder | None = 
             v = conn.cursor(row_factory=dict_row).execute(q("volume_get"), {"name": name}).fetchone()
             if v is None:
                 raise PipelineError(f"no folder pipeline named {name!r}")
-            _scan(conn, pool, v, embedder or service_embedder(pool, v["steps"][0]), out)
+            cache = overlay(PipelineSettings(), pool.conninfo).pipelines_llm_cache
+            _scan(conn, pool, v, embedder or service_embedder(pool, v["steps"][0], cache=cache), out)
             conn.execute(q("volume_scan_ok"), {"name": name})
         except Exception as exc:
             conn.execute(q("volume_scan_failed"), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})

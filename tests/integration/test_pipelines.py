@@ -332,3 +332,25 @@ def test_changed_texts_are_embedded_sorted_by_length(pl_db: str, pool: Connectio
         for before, after in itertools.pairwise(calls):
             assert max(map(len, before)) <= min(map(len, after))
         assert dest_state(conn) == source_state(conn)
+
+
+def test_syncs_leave_the_llm_cache_alone_unless_asked(pl_db: str, pool: ConnectionPool,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default embedder (LLM service, here against the fake OpenAI-compatible server) does
+    not fill the LLM cache with a backfill's vectors unless pipelines_llm_cache is on."""
+    from neuron_tasks.llm.fake import FakeProvider
+
+    cached = "SELECT count(*) FROM neuron_tasks.llm_cache"
+    with FakeProvider() as fake, psycopg.connect(pl_db, autocommit=True) as conn:
+        monkeypatch.setenv("NEURON_TASKS_LLM_HTTP_BASE_URL", fake.base_url)
+        conn.execute("TRUNCATE neuron_tasks.llm_cache")
+        conn.execute("INSERT INTO pl_docs SELECT g, 'document number ' || g, g FROM generate_series(1, 30) g")
+        pipelines.create_pipeline(pl_db, "pl_docs", source="pl_docs", key="id", data="body",
+                                  step="embed:http:fake-embed")
+        assert pipelines.sync(pool, "pl_docs").embedded == 30
+        assert conn.execute(cached).fetchone()[0] == 0
+        assert dest_state(conn) == source_state(conn)
+        monkeypatch.setenv("NEURON_TASKS_PIPELINES_LLM_CACHE", "true")
+        conn.execute("UPDATE pl_docs SET body = body || ' v2' WHERE id <= 10")
+        assert pipelines.sync(pool, "pl_docs").embedded == 10
+        assert conn.execute(cached).fetchone()[0] == 10
