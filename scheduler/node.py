@@ -258,7 +258,8 @@ def builtin(conn: psycopg.Connection, name: str, core: Settings) -> str:
         # per tick, and it works before any worker is up (the syncs it enqueues need one).
         if not conn.execute(q("sched_table_exists"), {"name": "neuron_tasks.pipeline_volumes"}).fetchone()[0]:
             return "skipped: the pipelines tables do not exist (feature not installed)"
-        due = [r[0] for r in conn.execute(q("pipeline_enqueue_due")).fetchall()]
-        due += [r[0] for r in conn.execute(q("volume_enqueue_due")).fetchall()]
+        from neuron_tasks.pipelines.manage import enqueue_due_on
+
+        due = enqueue_due_on(conn)
         return f"enqueued syncs: {', '.join(due)}" if due else "nothing due"
     raise ValueError(f"unknown builtin job {name!r}")

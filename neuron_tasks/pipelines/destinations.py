@@ -73,6 +73,7 @@ class IndexDestination:
     def __init__(self, pipeline: str, index: str, key_type: str) -> None:
         self.pipeline, self.index, self.key_type = pipeline, index, key_type
         self._ids: dict[str, int] = {}
+        self._dim: int | None = None  # checked (or created) once per sync
 
     def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         have: dict[str, str] = {}
@@ -92,6 +93,8 @@ class IndexDestination:
         return have, errors
 
     def _ensure_index(self, conn: psycopg.Connection[Any], dim: int) -> None:
+        if self._dim == dim:
+            return
         row = conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone()
         if row is None:
             from ..vectors.settings import VectorSettings
@@ -101,10 +104,10 @@ class IndexDestination:
                 "name": self.index, "space": "cosine", "dim": dim, "m": s.vectors_default_m,
                 "ef_construction": s.vectors_default_ef_construction, "ef_search": s.vectors_default_ef,
                 "text_config": "english"})
-            return
-        if int(row[0]) != dim:
+        elif int(row[0]) != dim:
             raise PipelineError(f"vector index {self.index} has dimension {row[0]} but the pipeline's model "
                                 f"gives {dim}: use another index, or drop and recreate it")
+        self._dim = dim
 
     def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
               texts: list[str], model: str) -> None:
@@ -120,5 +123,5 @@ class IndexDestination:
     def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
         from ..vectors.client import delete_items
 
-        if conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone() is not None:
-            delete_items(conn, self.index, [self._ids[k] for k in keys])
+        # Only keys found live in the index (by current()) are deleted, so the index exists.
+        delete_items(conn, self.index, [self._ids[k] for k in keys])

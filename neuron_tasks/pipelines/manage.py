@@ -65,15 +65,13 @@ def probe_model(url: str, step: dict[str, Any]) -> int:
     return int(res["dims"])
 
 
-def check_index_dim(url: str, destination: str | None, dim: int) -> None:
-    """An existing index destination must have the model's dimension."""
+def _index_dim(url: str, destination: str | None) -> int | None:
+    """The dimension of an existing index destination (None: a table, or not created yet)."""
     if not destination or not destination.startswith("index:"):
-        return
+        return None
     with _conn(url) as conn:
         row = conn.execute(q("pipeline_index_dim"), {"index": destination.removeprefix("index:")}).fetchone()
-    if row is not None and int(row[0]) != dim:
-        raise PipelineError(f"vector index {destination.removeprefix('index:')} has dimension {row[0]} but the "
-                            f"model gives {dim}: use another index, or drop and recreate it")
+    return int(row[0]) if row else None
 
 
 def _conn(url: str) -> psycopg.Connection[Any]:
@@ -94,13 +92,16 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
     st = parse_step(step) if isinstance(step, str) else dict(step)
     check_step(st)
     batch_size = batch_size if batch_size is not None else default_batch_size(url)
+    have_dim = _index_dim(url, destination)
     if check_model is None:
         from ..llm.settings import LlmSettings
 
-        http = (st.get("provider") or LlmSettings().llm_provider) == "http"
-        check_model = http or _index_exists(url, destination)
+        check_model = (st.get("provider") or LlmSettings().llm_provider) == "http" or have_dim is not None
     if check_model:
-        check_index_dim(url, destination, probe_model(url, st))
+        dim = probe_model(url, st)
+        if have_dim is not None and have_dim != dim:
+            raise PipelineError(f"vector index {str(destination).removeprefix('index:')} has dimension {have_dim} "
+                                f"but the model gives {dim}: use another index, or drop and recreate it")
     params = {"name": name, "source": source, "key": key, "data": data, "destination": destination,
               "steps": json.dumps([st]), "mode": mode, "interval": sync_interval, "batch_size": batch_size}
     with _conn(url) as conn:
@@ -117,14 +118,6 @@ def default_batch_size(url: str) -> int:
     from .settings import PipelineSettings
 
     return overlay(PipelineSettings(), url).pipelines_default_batch_size
-
-
-def _index_exists(url: str, destination: str | None) -> bool:
-    if not destination or not destination.startswith("index:"):
-        return False
-    with _conn(url) as conn:
-        return conn.execute(q("pipeline_index_dim"), {"index": destination.removeprefix("index:")}).fetchone() \
-            is not None
 
 
 def _message(exc: psycopg.Error) -> str:
@@ -176,7 +169,12 @@ def pipeline_errors(url: str, name: str, limit: int = 20) -> list[dict[str, Any]
 
 
 def enqueue_due(url: str) -> list[str]:
-    """Enqueue a sync for every background pipeline and folder scan that is due (the scheduler's tick)."""
+    """Enqueue a sync for every background pipeline and folder scan that is due (the tick)."""
     with _conn(url) as conn:
-        due = [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]
-        return due + [name for name, _ in conn.execute(q("volume_enqueue_due")).fetchall()]
+        return enqueue_due_on(conn)
+
+
+def enqueue_due_on(conn: psycopg.Connection[Any]) -> list[str]:
+    """The tick on the caller's connection (the scheduler runs it in its fire's transaction)."""
+    due = [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]
+    return due + [name for name, _ in conn.execute(q("volume_enqueue_due")).fetchall()]
