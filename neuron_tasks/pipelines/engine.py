@@ -17,7 +17,8 @@ exponential backoff.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,24 @@ def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequenc
     return out, errs
 
 
+@contextmanager
+def locked(conn: psycopg.Connection[Any], name: str, *, wait: bool, ok: str, failed: str) -> Iterator[bool]:
+    """Hold pipeline `name`'s advisory lock for one sync or scan (False: another holds it and
+    `wait` is off), then record the outcome with the named query `ok`, or `failed` and the error."""
+    got = conn.execute(q("pipeline_lock" if wait else "pipeline_try_lock"), {"name": name}).fetchone()
+    if not wait and not (got and got[0]):
+        yield False
+        return
+    try:
+        yield True
+        conn.execute(q(ok), {"name": name})
+    except Exception as exc:
+        conn.execute(q(failed), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
+    finally:
+        conn.execute(q("pipeline_unlock"), {"name": name})
+
+
 def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, wait: bool = False,
          settings: PipelineSettings | None = None, max_batches: int | None = None,
          max_seconds: float | None = None, progress: Callable[[int, int], None] | None = None) -> SyncResult:
@@ -110,46 +129,39 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
     settings = settings or overlay(PipelineSettings(), pool.conninfo)
     result = SyncResult(name)
     start = time.monotonic()
-    with pool.connection() as conn:
-        got = conn.execute(q("pipeline_lock" if wait else "pipeline_try_lock"), {"name": name}).fetchone()
-        if not wait and not (got and got[0]):
+    with pool.connection() as conn, locked(conn, name, wait=wait, ok="pipeline_sync_ok",
+                                           failed="pipeline_sync_failed") as got:
+        if not got:
             result.skipped = True
             return result
-        try:
-            p = conn.cursor(row_factory=psycopg.rows.dict_row).execute(q("pipeline_get"), {"name": name}).fetchone()
-            if p is None:
-                raise PipelineError(f"no pipeline named {name!r}")
-            step = p["steps"][0]
-            embed = embedder or service_embedder(pool, step, cache=settings.pipelines_llm_cache)
-            model = step.get("model") or step.get("provider") or "default"
-            read = _read_statement(p)
-            dest = destination_for(p)
-            done = 0
-            size = int(p["batch_size"])
-            window = max(size, settings.pipelines_sort_window)
-            while not result.more:
-                w = _claim_window(conn, p, read, dest, window)
-                if w is None:
+        p = conn.cursor(row_factory=psycopg.rows.dict_row).execute(q("pipeline_get"), {"name": name}).fetchone()
+        if p is None:
+            raise PipelineError(f"no pipeline named {name!r}")
+        step = p["steps"][0]
+        embed = embedder or service_embedder(pool, step, cache=settings.pipelines_llm_cache)
+        model = step.get("model") or step.get("provider") or "default"
+        read = _read_statement(p)
+        dest = destination_for(p)
+        done = 0
+        size = int(p["batch_size"])
+        window = max(size, settings.pipelines_sort_window)
+        while not result.more:
+            w = _claim_window(conn, p, read, dest, window)
+            if w is None:
+                break
+            done += _settle(conn, p, dest, w, settings, result)
+            for keys in [w.todo[i:i + size] for i in range(0, len(w.todo), size)] or [[]]:
+                if keys:
+                    done += _embed_batch(conn, p, dest, embed, model, w, keys, settings, result)
+                    result.batches += 1
+                if progress is not None:
+                    left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
+                    progress(done, int(left[0]) if left else 0)
+                if ((max_batches is not None and result.batches >= max_batches)
+                        or (max_seconds is not None and time.monotonic() - start >= max_seconds)):
+                    result.more = True  # the rest of the window stays in the backlog
                     break
-                done += _settle(conn, p, dest, w, settings, result)
-                for keys in [w.todo[i:i + size] for i in range(0, len(w.todo), size)] or [[]]:
-                    if keys:
-                        done += _embed_batch(conn, p, dest, embed, model, w, keys, settings, result)
-                        result.batches += 1
-                    if progress is not None:
-                        left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
-                        progress(done, int(left[0]) if left else 0)
-                    if ((max_batches is not None and result.batches >= max_batches)
-                            or (max_seconds is not None and time.monotonic() - start >= max_seconds)):
-                        result.more = True  # the rest of the window stays in the backlog
-                        break
-            conn.execute(q("pipeline_sync_ok"), {"name": name})
-        except Exception as exc:
-            conn.execute(q("pipeline_sync_failed"), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})
-            raise
-        finally:
-            conn.execute(q("pipeline_unlock"), {"name": name})
-            result.seconds = time.monotonic() - start
+    result.seconds = time.monotonic() - start
     return result
 
 

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 from ..pgarray import Float4Array
 from ..runtime import overlay
 from ..sql import q
-from .engine import Embedder, service_embedder
+from .engine import Embedder, locked, service_embedder
 from .manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
 from .settings import PipelineSettings
 
@@ -108,24 +108,17 @@ def scan_volume(pool: ConnectionPool, name: str, *, embedder: Embedder | None = 
     out = {"pipeline": name, "skipped": False, "new": 0, "changed": 0, "removed": 0, "unchanged": 0,
            "chunks": 0, "seconds": 0.0}
     start = time.monotonic()
-    with pool.connection() as conn:
-        got = conn.execute(q("pipeline_lock" if wait else "pipeline_try_lock"), {"name": name}).fetchone()
-        if not wait and not (got and got[0]):
+    with pool.connection() as conn, locked(conn, name, wait=wait, ok="volume_scan_ok",
+                                           failed="volume_scan_failed") as got:
+        if not got:
             out["skipped"] = True
             return out
-        try:
-            v = conn.cursor(row_factory=dict_row).execute(q("volume_get"), {"name": name}).fetchone()
-            if v is None:
-                raise PipelineError(f"no folder pipeline named {name!r}")
-            cache = overlay(PipelineSettings(), pool.conninfo).pipelines_llm_cache
-            _scan(conn, pool, v, embedder or service_embedder(pool, v["steps"][0], cache=cache), out)
-            conn.execute(q("volume_scan_ok"), {"name": name})
-        except Exception as exc:
-            conn.execute(q("volume_scan_failed"), {"name": name, "error": f"{type(exc).__name__}: {exc}"[:1000]})
-            raise
-        finally:
-            conn.execute(q("pipeline_unlock"), {"name": name})
-            out["seconds"] = time.monotonic() - start
+        v = conn.cursor(row_factory=dict_row).execute(q("volume_get"), {"name": name}).fetchone()
+        if v is None:
+            raise PipelineError(f"no folder pipeline named {name!r}")
+        cache = overlay(PipelineSettings(), pool.conninfo).pipelines_llm_cache
+        _scan(conn, pool, v, embedder or service_embedder(pool, v["steps"][0], cache=cache), out)
+    out["seconds"] = time.monotonic() - start
     return out
 
 
