@@ -1,7 +1,7 @@
-"""For Dramatiq's own CLI: `dramatiq neuron_tasks.boot myapp.actors` runs workers on our broker."""
+"""For Dramatiq's own CLI: `dramatiq neuron_tasks.boot myapp.actors` runs workers on our broker.
 
-from __future__ import annotations
+The same as neuron_tasks.worker.boot, kept at this short path."""
 
-from .broker import set_default_broker
+from neuron_tasks.worker.boot import broker
 
-broker = set_default_broker()
+__all__ = ["broker"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -19,6 +19,14 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "NEURON_TASKS_CONFIG"
+#: The key, in a field's json_schema_extra, that marks a setting read once at start.
+RESTART_REQUIRED = "restart_required"
+
+
+def restart_only(**kwargs: Any) -> Any:
+    """`Field(...)` of a setting read once at start: `config set` refuses it; change it in the
+    environment or the config file and restart."""
+    return Field(json_schema_extra={RESTART_REQUIRED: True}, **kwargs)
 
 
 def config_file() -> Path | None:
@@ -62,10 +70,10 @@ class Settings(NeuronSettings):
     neuranq_timeout -> timeout_ms, neuranq_max_retries -> max_retries.
     """
 
-    database_url: str | None = Field(
+    database_url: str | None = restart_only(
         default=None, description="PostgreSQL URL; unset = start an embedded PostgreSQL"
     )
-    embedded_dir: Path | None = Field(
+    embedded_dir: Path | None = restart_only(
         default=None, description="data folder of the embedded PostgreSQL (default: per-user, under /var/tmp)"
     )
     naptime_ms: int = Field(default=1000, ge=10, le=600_000, description="fallback poll when no NOTIFY arrives")
@@ -80,8 +88,8 @@ class Settings(NeuronSettings):
     max_message_bytes: int = Field(default=1_048_576, ge=256, description="largest encoded message accepted")
     history_retention_s: int = Field(default=7 * 86400, ge=0, description="keep finished-message history this long")
     dead_letter_retention_s: int = Field(default=30 * 86400, ge=0, description="keep dead letters this long")
-    pool_max_size: int = Field(default=16, ge=2, description="connections per process")
-    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time running jobs get to finish")
+    pool_max_size: int = restart_only(default=16, ge=2, description="connections per process")
+    shutdown_timeout_s: float = restart_only(default=30.0, ge=0, description="SIGTERM: time running jobs get to finish")
 
     tenant_policy: Literal["default", "refuse"] = Field(
         default="default",
@@ -93,13 +101,13 @@ class Settings(NeuronSettings):
     default_tenant_tokens_per_day: int | None = Field(default=None, gt=0, description="token budget per day")
     policy_cache_s: float = Field(default=2.0, ge=0, description="how long tenant and topic settings are cached")
     topic_retry_ms: int = Field(default=50, ge=1, description="when a message that could not start is tried again")
-    settings_poll_s: float = Field(
+    settings_poll_s: float = restart_only(
         default=5.0, gt=0, description="workers re-read runtime settings this often (and on NOTIFY)"
     )
-    statement_timeout_ms: int = Field(
+    statement_timeout_ms: int = restart_only(
         default=60_000, ge=0, description="statement_timeout of our connections (0 = none)"
     )
-    idle_in_transaction_timeout_ms: int = Field(
+    idle_in_transaction_timeout_ms: int = restart_only(
         default=60_000, ge=0, description="idle_in_transaction_session_timeout of our connections (0 = none)"
     )
 

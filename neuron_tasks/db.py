@@ -11,9 +11,9 @@ from typing import TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import embedded
-from .config import Settings
-from .errors import DatabaseUnavailable
+from neuron_tasks import embedded
+from neuron_tasks.config import Settings
+from neuron_tasks.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,7 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .errors import DatabaseUnavailable
+from neuron_tasks.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from neuron_tasks import PostgresBroker, Settings, embedded, migrate
+from neuron_tasks import PostgresBroker, Settings, embedded
+from neuron_tasks.core import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import drop_database, fresh_database
 
 from neuron_tasks import PostgresBroker, Settings, embedded
-from neuron_tasks.llm.fake import FakeProvider
+from neuron_tasks.testing.fake_llm import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,12 +47,12 @@ def main() -> int:
         env = {**os.environ, "NEURON_TASKS_DATABASE_URL": url, "NEURON_TASKS_LLM_PROVIDER": "http",
                "NEURON_TASKS_LLM_HTTP_BASE_URL": fake.base_url, "NEURON_TASKS_LLM_PACE_MAX_WAIT_S": "5",
                "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.actors.llm",
+        proc = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.llm.actors",
                                  "-p", str(args.processes), "-t", str(args.threads)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
         broker = PostgresBroker(url, settings=Settings(database_url=url))
         dramatiq.set_broker(broker)
-        actors = importlib.import_module("neuron_tasks.actors.llm")
+        actors = importlib.import_module("neuron_tasks.llm.actors")
         try:
             started = time.monotonic()
             messages = broker.enqueue_many([actors.complete.message(f"call {i}", cache=False)

@@ -30,7 +30,8 @@ import dramatiq
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from neuron_tasks import PostgresBroker, Settings, embedded, migrate
+from neuron_tasks import PostgresBroker, Settings, embedded
+from neuron_tasks.core import migrate
 from neuron_tasks.llm.settings import LlmSettings
 
 WORDS = ("queue", "vector", "postgres", "worker", "batch", "model", "cache", "tenant", "index", "retry",
@@ -128,7 +129,7 @@ def main() -> int:
     settings = Settings(database_url=url)
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
-    name = "neuron_tasks.actors.llm"
+    name = "neuron_tasks.llm.actors"
     actors = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     threads = max([args.threads, *sizes])

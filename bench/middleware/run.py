@@ -26,9 +26,10 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from neuron_tasks import PostgresBroker, Settings, migrate
-from neuron_tasks.tenancy import set_tenant
-from neuron_tasks.topics import set_topic
+from neuron_tasks import PostgresBroker, Settings
+from neuron_tasks.core import migrate
+from neuron_tasks.core.tenancy import set_tenant
+from neuron_tasks.core.topics import set_topic
 
 DB = "bench_middleware"
 

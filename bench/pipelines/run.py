@@ -54,7 +54,8 @@ import dramatiq
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from neuron_tasks import PostgresBroker, Settings, embedded, migrate, pipelines
+from neuron_tasks import PostgresBroker, Settings, embedded, pipelines
+from neuron_tasks.core import migrate
 from neuron_tasks.llm.local import load_model, loaded_models
 from neuron_tasks.llm.settings import LlmSettings
 
@@ -470,7 +471,7 @@ def main() -> int:
     out["job_time_limit_ms"] = settings.timeout_ms
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
-    name = "neuron_tasks.actors.pipelines"
+    name = "neuron_tasks.pipelines.actors"
     actors = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     broker.emit_after("process_boot")
     logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_NoResultsWarning())

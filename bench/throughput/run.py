@@ -355,12 +355,12 @@ def git_revision() -> str:
 
 
 def check_ours(python: str) -> str | None:
-    """None if ``neuron_tasks.broker.PostgresBroker`` imports, else the reason."""
+    """None if ``neuron_tasks.core.broker.PostgresBroker`` imports, else the reason."""
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     try:
         r = subprocess.run(
-            [python, "-c", "from neuron_tasks.broker import PostgresBroker"],
+            [python, "-c", "from neuron_tasks.core.broker import PostgresBroker"],
             capture_output=True,
             text=True,
             env=env,

@@ -1,4 +1,4 @@
-"""Our broker: ``neuron_tasks.broker.PostgresBroker`` (interpreter: the project venv).
+"""Our broker: ``neuron_tasks.core.broker.PostgresBroker`` (interpreter: the project venv).
 
 Schema: ``broker.migrate()`` when the broker has it, else the
 ``neuron-tasks db upgrade`` CLI next to this interpreter
@@ -22,7 +22,7 @@ TABLE = "neuron_tasks.messages"
 
 
 def build_broker(db_url: str, redis_url: str) -> dramatiq.Broker:
-    from neuron_tasks.broker import PostgresBroker
+    from neuron_tasks.core.broker import PostgresBroker
 
     broker: dramatiq.Broker = PostgresBroker(url=db_url)
     return broker

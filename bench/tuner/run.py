@@ -34,7 +34,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from neuron_tasks import embedded, migrate  # noqa: E402
+from neuron_tasks import embedded  # noqa: E402
+from neuron_tasks.core import migrate  # noqa: E402
 from neuron_tasks.vectors import Vectors, VectorSettings  # noqa: E402
 from neuron_tasks.vectors.graph import Graph, exact_knn  # noqa: E402
 from neuron_tasks.vectors.tuner import Workload, measure, tune_index  # noqa: E402

@@ -1,6 +1,3 @@
-"""Actors: thin shells over plain functions that live in the feature packages.
-
-Each module declares its actors on Dramatiq's global broker when imported (set it first,
-e.g. with `neuron_tasks.set_default_broker()`); importing opens no connection. Run them
-with `neuron-tasks worker neuron_tasks.actors.<module>`.
-"""
+"""Moved: each part's actors now live in its own folder (neuron_tasks.llm.actors,
+neuron_tasks.vectors.actors, neuron_tasks.vectors.tuner_actors, neuron_tasks.vectors.defrag_actors,
+neuron_tasks.pipelines.actors). Workers load them by themselves; these paths work for one more release."""

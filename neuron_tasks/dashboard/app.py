@@ -16,20 +16,29 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import charts, pipelines
-from .data import STATES, DashboardData, MessageFilter
-from .metrics import registry, render
-from .parts import PARTS, part_page
-from .render import HERE, templates
-from .security import Guard, GuardMiddleware
-from .settings import DashboardSettings
+from neuron_tasks.core import parts
+from neuron_tasks.dashboard import charts
+from neuron_tasks.dashboard.data import STATES, DashboardData, MessageFilter
+from neuron_tasks.dashboard.metrics import registry, render
+from neuron_tasks.dashboard.parts import TONES, find, part_page
+from neuron_tasks.dashboard.parts import nav as part_nav
+from neuron_tasks.dashboard.render import HERE, templates
+from neuron_tasks.dashboard.security import Guard, GuardMiddleware
+from neuron_tasks.dashboard.settings import DashboardSettings
 
 MAX_PARAM = 200
 NOTICES = {"requeued": "Requeued {n} dead letter(s).", "deleted": "Deleted {n} dead letter(s).",
            "none": "Nothing selected.", "csrf": "The form expired; reload the page and try again.",
            "confirm": "Tick 'confirm' to act on every dead letter matching the filter."}
 NAV = [("/", "Overview"), ("/messages", "Messages"), ("/dead-letters", "Dead letters"), ("/workers", "Workers"),
-       *((f"/parts/{p.slug}", p.title) for p in PARTS.values())]
+       *part_nav()]
+
+
+def draw(chart: dict[str, Any]) -> Any:
+    """A part's chart (title, labels, series of name/values/tone) as SVG."""
+    series = [(str(s["name"]), list(s["values"]), f"s-{s.get('tone') or TONES[i % len(TONES)]}")
+              for i, s in enumerate(chart.get("series", []))]
+    return charts.lines(series, list(chart.get("labels", [])), title=str(chart.get("title", "")))
 
 
 def clean(value: str) -> str:
@@ -176,42 +185,34 @@ class Dashboard:
 
     async def part(self, request: Request) -> Response:
         started = time.perf_counter()
-        part = PARTS.get(str(request.path_params["slug"]))
-        if part is None:
-            return self.page(request, "part.html", started, status_code=404, p=None, charts={})
+        page = find(str(request.path_params["slug"]))
+        if page is None:
+            return self.page(request, "part.html", started, status_code=404, p=None, charts=[])
         table = text_param(request, "table")
-        table = table if table in part.tables else None
-        p = await run_in_threadpool(part_page, self.data, part, table=table, after=text_param(request, "after"),
+        table = table if table in page.tables else None
+        p = await run_in_threadpool(part_page, self.data, page, table=table, after=text_param(request, "after"),
                                     limit=self.settings.dashboard_page_size)
-        extra = {}
-        for name, rows in (p.get("tuner") or {}).items():
-            labels = [r["at"].astimezone().strftime("%H:%M") for r in rows]
-            extra[name] = [
-                charts.lines([("ef_search", [r["ef"] for r in rows], "s-pending")], labels, title=f"{name} ef_search"),
-                charts.lines([("recall", [r["recall"] for r in rows], "s-finished")], labels, title=f"{name} recall"),
-                charts.lines([("p95 ms", [r["p95_ms"] for r in rows], "s-retrying"),
-                              ("p99 ms", [r["p99_ms"] for r in rows], "s-failed")], labels,
-                             title=f"{name} latency p95/p99 ms"),
-            ]
-        notice = None
-        if part.slug == "pipelines" and request.query_params.get("done") == "sync":
-            notice = (f"Sync of pipeline {text_param(request, 'name') or '?'} queued on queue pipelines"
-                      f" (message {text_param(request, 'message') or '?'}).")
-        return self.page(request, "part.html", started, p=p, charts=extra, notice=notice,
-                         live=part.slug == "pipelines")
+        drawn = [{"heading": c.get("heading"), "svg": draw(c)} for c in p["charts"]]
+        notice = text_param(request, "notice") if request.query_params.get("done") else None
+        return self.page(request, "part.html", started, p=p, charts=drawn, notice=notice, live=page.live)
 
-    async def pipeline_sync(self, request: Request) -> Response:
-        """"Sync now" of a table pipeline: enqueue neuron_tasks.pipeline_sync(name) on queue pipelines."""
+    async def part_action(self, request: Request) -> Response:
+        """A page's button (see Page.actions): CSRF-checked, then the part's function."""
+        page = find(str(request.path_params["slug"]))
+        name = str(request.path_params["action"])
+        action = next((a for a in page.actions if a.name == name), None) if page else None
+        if page is None or action is None:
+            return PlainTextResponse("No such action.\n", status_code=404)
         form = await request.form()
         guard: Guard = request.app.state.guard
         if not guard.csrf_ok(request, str(form.get("csrf", ""))):
             return PlainTextResponse("CSRF check failed: reload the page and try again.\n", status_code=403)
-        name = clean(str(form.get("name", "")))
-        message_id = await run_in_threadpool(pipelines.sync_now, self.data, name) if name else None
-        if message_id is None:
-            return PlainTextResponse(f"No table pipeline named {name!r}: nothing was enqueued"
-                                     " (see /parts/pipelines).\n", status_code=404)
-        return RedirectResponse("/parts/pipelines?" + urlencode({"done": "sync", "name": name, "message": message_id}),
+        fields = {k: clean(str(v)) for k, v in form.items() if k != "csrf"}
+        notice = await run_in_threadpool(parts.loader(action.run), self.data, fields)
+        if notice is None:
+            return PlainTextResponse(f"Nothing matched {fields.get('name', '')!r}: nothing was done"
+                                     f" (see /parts/{page.slug}).\n", status_code=404)
+        return RedirectResponse(f"/parts/{page.slug}?" + urlencode({"done": name, "notice": clean(str(notice))}),
                                 status_code=303)
 
     # -- machine endpoints -------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def create_app(pool: ConnectionPool, settings: DashboardSettings | None = None) 
         Route("/dead-letters/action", dash.dead_letter_action, methods=["POST"]),
         Route("/workers", dash.workers),
         Route("/parts/{slug}", dash.part),
-        Route("/parts/pipelines/sync", dash.pipeline_sync, methods=["POST"]),
+        Route("/parts/{slug}/{action}", dash.part_action, methods=["POST"]),
         Route("/metrics", dash.metrics),
         Route("/healthz", dash.healthz),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -20,8 +20,8 @@ from psycopg.rows import dict_row
 from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg_pool import ConnectionPool
 
-from ..repo import FAILURE_OPTIONS, Repo
-from ..sql import q
+from neuron_tasks.core.admin import FAILURE_OPTIONS, Repo
+from neuron_tasks.sql import q
 
 STATES = ("pending", "running", "retrying", "failed")
 #: How many of the newest finished messages a message page looks through for an id.

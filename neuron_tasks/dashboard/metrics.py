@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .data import STATES, DashboardData
-from .parts import vector_gauges
+from neuron_tasks.dashboard.data import STATES, DashboardData
+from neuron_tasks.dashboard.parts import metric_families
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class DatabaseCollector(Collector):
             alive = GaugeMetricFamily("neuron_tasks_workers_alive", "Worker processes with a fresh heartbeat.")
             alive.add_metric([], self.data.workers_alive())
             yield alive
-            yield from self._vectors()
+            yield from self._parts()
         except Exception:  # a scrape must answer even when the database does not
             log.exception("metrics scrape failed")
             ok = 0.0
@@ -59,23 +59,9 @@ class DatabaseCollector(Collector):
         yield dead
         yield oldest
 
-    def _vectors(self) -> Iterator[GaugeMetricFamily]:
-        rows = vector_gauges(self.data)
-        if not rows:
-            return
-        ef = GaugeMetricFamily("neuron_tasks_index_ef_search", "ef_search published by the tuner.", labels=["index"])
-        recall = GaugeMetricFamily("neuron_tasks_index_recall", "Latest measured recall at the tuned ef.",
-                                   labels=["index"])
-        frag = GaugeMetricFamily("neuron_tasks_index_fragmentation", "Tombstones / elements of the HNSW graph.",
-                                 labels=["index"])
-        for row in rows:
-            ef.add_metric([row["name"]], float(row["ef_search"]))
-            if row["recall"] is not None:
-                recall.add_metric([row["name"]], float(row["recall"]))
-            frag.add_metric([row["name"]], float(row["fragmentation"] or 0.0))
-        yield ef
-        yield recall
-        yield frag
+    def _parts(self) -> Iterator[GaugeMetricFamily]:
+        yield from metric_families(self.data)
+
 
 
 def registry(data: DashboardData) -> CollectorRegistry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import jinja2
 from starlette.templating import Jinja2Templates
+
+from neuron_tasks.core import parts
 
 HERE = Path(__file__).parent
 #: Longest text shown in a table cell, and in a block (args, traceback).
@@ -75,9 +78,20 @@ def epoch(value: Any) -> str:
         return cell(value)
 
 
+def package_dir(package: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{package} is not a package: it cannot hold a page template")
+    return str(spec.submodule_search_locations[0])
+
+
 def templates() -> Jinja2Templates:
+    """The dashboard's templates; a part's own ("package:file.html", see Page.template) by that name."""
+    packages = sorted({page.template.partition(":")[0] for _, page in parts.pages().values() if page.template})
+    part_templates = jinja2.PrefixLoader({pkg: jinja2.FileSystemLoader(package_dir(pkg)) for pkg in packages},
+                                         delimiter=":")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(HERE / "templates")), part_templates]),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -8,9 +8,9 @@ import time
 import uvicorn
 from psycopg_pool import ConnectionPool
 
-from ..errors import NeuronTasksError
-from .app import create_app
-from .settings import DashboardSettings, is_loopback
+from neuron_tasks.dashboard.app import create_app
+from neuron_tasks.dashboard.settings import DashboardSettings, is_loopback
+from neuron_tasks.errors import NeuronTasksError
 
 
 class DashboardConfigError(NeuronTasksError):

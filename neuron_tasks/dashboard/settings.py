@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from neuron_tasks.config import NeuronSettings
+from neuron_tasks.config import NeuronSettings, restart_only
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -12,8 +12,10 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 class DashboardSettings(NeuronSettings):
     # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
-    dashboard_host: str = Field(default="127.0.0.1", description="address to bind; anything but loopback needs a token")
-    dashboard_port: int = Field(default=8787, ge=0, le=65535, description="port to bind (0 = any free port)")
+    dashboard_host: str = restart_only(
+        default="127.0.0.1", description="address to bind; anything but loopback needs a token"
+    )
+    dashboard_port: int = restart_only(default=8787, ge=0, le=65535, description="port to bind (0 = any free port)")
     dashboard_token: str | None = Field(
         default=None, description="access token; required when binding beyond loopback, then needed on every request"
     )
@@ -26,7 +28,7 @@ class DashboardSettings(NeuronSettings):
         default=20_000, ge=100, description="messages looked at per step when a filter is selective"
     )
     dashboard_stale_s: float = Field(default=30.0, gt=0, description="a worker silent this long is not alive")
-    dashboard_pool_max_size: int = Field(default=8, ge=2, description="connections of the web process")
+    dashboard_pool_max_size: int = restart_only(default=8, ge=2, description="connections of the web process")
 
 
 def is_loopback(host: str) -> bool:

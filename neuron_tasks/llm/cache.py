@@ -18,9 +18,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from .. import db
-from ..sql import q
-from .settings import LlmSettings
+from neuron_tasks import db
+from neuron_tasks.llm.settings import LlmSettings
+from neuron_tasks.sql import q
 
 
 def normalise_text(text: str) -> str:

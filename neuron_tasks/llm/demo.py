@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import db
-from ..broker import PostgresBroker
-from ..config import Settings
-from ..sql import q
+from neuron_tasks import db
+from neuron_tasks.config import Settings
+from neuron_tasks.core.broker import PostgresBroker
+from neuron_tasks.sql import q
 
 TEXTS = [f"{subject} {verb} {thing}" for subject in ("The cat", "A developer", "Our database", "The queue")
          for verb in ("likes", "indexes", "watches", "sorts", "ships")
@@ -27,7 +27,7 @@ TEXTS = [f"{subject} {verb} {thing}" for subject in ("The cat", "A developer", "
 
 
 def run(url: str, settings: Settings, console: Console) -> bool:
-    from .fake import FAKE_NOTE, FakeProvider
+    from neuron_tasks.testing.fake_llm import FAKE_NOTE, FakeProvider
 
     real = os.environ.get("NEURON_TASKS_LLM_HTTP_BASE_URL")
     fake = None if real else FakeProvider().start()
@@ -37,11 +37,11 @@ def run(url: str, settings: Settings, console: Console) -> bool:
     log_path = os.path.join(tempfile.gettempdir(), f"neuron-tasks-demo-llm-{os.getpid()}.log")
     env = {**os.environ, db.URL_ENV: url, "NEURON_TASKS_LLM_HTTP_BASE_URL": base}
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.actors.llm",
+        worker = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.llm.actors",
                                    "-p", "1", "-t", "8"], env=env, stdout=log, stderr=subprocess.STDOUT)
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
-    from ..actors import llm as actors
+    from neuron_tasks.llm import actors as actors
 
     ok = True
     try:

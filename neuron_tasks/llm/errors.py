@@ -8,7 +8,7 @@ letters with the provider's own message.
 
 from __future__ import annotations
 
-from ..errors import NeuronTasksError
+from neuron_tasks.errors import NeuronTasksError
 
 
 class LlmError(NeuronTasksError):

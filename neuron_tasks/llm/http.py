@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from .base import Completion, Embeddings, Ranking, Usage, estimate_tokens
-from .errors import MalformedReply, ProviderRejected, ProviderUnavailable, RateLimited
-from .pacing import Pacer, RateLimits, parse_retry_after
-from .settings import LlmSettings
+from neuron_tasks.llm.base import Completion, Embeddings, Ranking, Usage, estimate_tokens
+from neuron_tasks.llm.errors import MalformedReply, ProviderRejected, ProviderUnavailable, RateLimited
+from neuron_tasks.llm.pacing import Pacer, RateLimits, parse_retry_after
+from neuron_tasks.llm.settings import LlmSettings
 
 _clients: dict[str, httpx.Client] = {}
 _clients_lock = threading.Lock()

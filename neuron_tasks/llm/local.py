@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
-from .base import Completion, Embeddings, Ranking, Usage, estimate_tokens
-from .errors import NotSupported
-from .settings import LOCAL_MODEL, LlmSettings
+from neuron_tasks.llm.base import Completion, Embeddings, Ranking, Usage, estimate_tokens
+from neuron_tasks.llm.errors import NotSupported
+from neuron_tasks.llm.settings import LOCAL_MODEL, LlmSettings
 
 log = logging.getLogger(__name__)
 

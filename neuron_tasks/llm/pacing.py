@@ -21,10 +21,10 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from .. import db
-from ..sql import q
-from .errors import CircuitOpen, RateLimited
-from .settings import LlmSettings
+from neuron_tasks import db
+from neuron_tasks.llm.errors import CircuitOpen, RateLimited
+from neuron_tasks.llm.settings import LlmSettings
+from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
 

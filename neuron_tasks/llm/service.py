@@ -12,13 +12,13 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from ..sql import q
-from .base import Provider, Usage
-from .cache import Cache, Entry, cache_key, normalise_text
-from .errors import InvalidRequest
-from .pacing import Pacer
-from .settings import LlmSettings
-from .usage import UsageRow, record_usage_many
+from neuron_tasks.llm.base import Provider, Usage
+from neuron_tasks.llm.cache import Cache, Entry, cache_key, normalise_text
+from neuron_tasks.llm.errors import InvalidRequest
+from neuron_tasks.llm.pacing import Pacer
+from neuron_tasks.llm.settings import LlmSettings
+from neuron_tasks.llm.usage import UsageRow, record_usage_many
+from neuron_tasks.sql import q
 
 
 @dataclass(slots=True)
@@ -54,11 +54,11 @@ class LlmService:
         found = self._providers.get(name)
         if found is None:
             if name == "local":
-                from .local import LocalProvider
+                from neuron_tasks.llm.local import LocalProvider
 
                 found = LocalProvider(self.settings)
             elif name == "http":
-                from .http import HttpProvider
+                from neuron_tasks.llm.http import HttpProvider
 
                 found = HttpProvider(self.settings, self.pacer)
             else:

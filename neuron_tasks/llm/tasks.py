@@ -9,7 +9,7 @@ import httpx
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .errors import (
+from neuron_tasks.llm.errors import (
     HostNotAllowed,
     InvalidRequest,
     ProviderUnavailable,
@@ -17,8 +17,8 @@ from .errors import (
     ResponseTooLarge,
     SqlTaskTimeout,
 )
-from .pacing import parse_retry_after
-from .settings import LlmSettings
+from neuron_tasks.llm.pacing import parse_retry_after
+from neuron_tasks.llm.settings import LlmSettings
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
 

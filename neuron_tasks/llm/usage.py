@@ -7,10 +7,11 @@ the Tenancy middleware checks) in the same statement, and sets its `charged_at`.
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
+from typing import Any
 
 import psycopg
 
-from ..sql import q
+from neuron_tasks.sql import q
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +57,13 @@ def record_usage(
     """Record that `tenant` used `tokens` (in the caller's transaction, if any)."""
     record_usage_many(conn, [UsageRow(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached,
                                       operation, provider, model, message_id)])
+
+
+def trim_usage(conn: psycopg.Connection[Any]) -> int:
+    """Retention of llm_usage (run by the scheduler's leader): rows older than
+    llm_usage_retention_s that were already charged to their tenant."""
+    from neuron_tasks.core.runtime import effective, runtime_values
+    from neuron_tasks.llm.settings import LlmSettings
+
+    s = effective(LlmSettings(), runtime_values(conn))
+    return conn.execute(q("llm_trim_usage"), {"retention_s": s.llm_usage_retention_s}).rowcount

@@ -11,8 +11,8 @@ destination="index:NAME" writes a neuron_tasks.vectors HNSW index instead of a t
 From SQL: `SELECT neuron_tasks.create_pipeline('docs', 'docs', 'id', 'body')`.
 """
 
-from .engine import Embedder, SyncResult, service_embedder, sync
-from .manage import (
+from neuron_tasks.pipelines.engine import Embedder, SyncResult, service_embedder, sync
+from neuron_tasks.pipelines.manage import (
     MODES,
     PipelineError,
     create_pipeline,
@@ -24,9 +24,15 @@ from .manage import (
     pipeline_errors,
     update_pipeline,
 )
-from .search import PipelineHit, search
-from .settings import PipelineSettings
-from .volume import chunk_text, create_volume_pipeline, drop_volume_pipeline, get_volume, scan_volume
+from neuron_tasks.pipelines.search import PipelineHit, search
+from neuron_tasks.pipelines.settings import PipelineSettings
+from neuron_tasks.pipelines.volume import (
+    chunk_text,
+    create_volume_pipeline,
+    drop_volume_pipeline,
+    get_volume,
+    scan_volume,
+)
 
 __all__ = [
     "MODES",

@@ -21,9 +21,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from ..pgarray import Float4Array
-from ..sql import q
-from .manage import PipelineError
+from neuron_tasks.pgarray import Float4Array
+from neuron_tasks.pipelines.manage import PipelineError
+from neuron_tasks.sql import q
 
 INDEX_PREFIX = "index:"
 
@@ -97,7 +97,7 @@ class IndexDestination:
             return
         row = conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone()
         if row is None:
-            from ..vectors.settings import VectorSettings
+            from neuron_tasks.vectors.settings import VectorSettings
 
             s = VectorSettings()
             conn.execute(q("vec_create_index"), {
@@ -111,7 +111,7 @@ class IndexDestination:
 
     def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
               texts: list[str], model: str) -> None:
-        from ..vectors.client import write_items
+        from neuron_tasks.vectors.client import write_items
 
         mat = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
         self._ensure_index(conn, int(mat.shape[1]))
@@ -121,7 +121,7 @@ class IndexDestination:
         write_items(conn, self.index, [self._ids[k] for k in keys], mat, metas, texts)
 
     def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
-        from ..vectors.client import delete_items
+        from neuron_tasks.vectors.client import delete_items
 
         # Only keys found live in the index (by current()) are deleted, so the index exists.
         delete_items(conn, self.index, [self._ids[k] for k in keys])

@@ -27,11 +27,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from ..runtime import overlay
-from ..sql import q
-from .destinations import Destination, destination_for
-from .manage import PipelineError
-from .settings import PipelineSettings
+from neuron_tasks.core.runtime import overlay
+from neuron_tasks.pipelines.destinations import Destination, destination_for
+from neuron_tasks.pipelines.manage import PipelineError
+from neuron_tasks.pipelines.settings import PipelineSettings
+from neuron_tasks.sql import q
 
 #: texts -> one vector per text.
 Embedder = Callable[[list[str]], Sequence[Sequence[float]]]
@@ -58,7 +58,7 @@ def service_embedder(pool: ConnectionPool, step: dict[str, Any], *, cache: bool 
     """The default embedder: the LLM service (usage, pacing, rate limits) with the step's
     provider/model. `cache`: read and write the LLM cache (syncs leave it off by default:
     `pipelines_llm_cache`)."""
-    from ..llm.service import EmbedRequest, LlmService
+    from neuron_tasks.llm.service import EmbedRequest, LlmService
 
     service = LlmService(pool)
 

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ..sql import q
+from neuron_tasks.sql import q
 
 MODES = ("live", "background", "disabled")
 
@@ -35,7 +35,7 @@ def parse_step(step: str) -> dict[str, Any]:
 
 def check_step(step: dict[str, Any]) -> None:
     """Refuse an unknown provider or local model before anything is created (no model call)."""
-    from ..llm.settings import LOCAL_MODEL, LlmSettings
+    from neuron_tasks.llm.settings import LOCAL_MODEL, LlmSettings
 
     provider = step.get("provider") or LlmSettings().llm_provider
     if provider not in ("local", "http"):
@@ -49,8 +49,8 @@ def probe_model(url: str, step: dict[str, Any]) -> int:
     """Embed one short text with the step's provider and model; returns the dimension. An
     unknown HTTP model (the provider's 4xx), an unreachable provider or a broken local model
     raises PipelineError with the provider's own message."""
-    from ..db import make_pool
-    from ..llm.service import EmbedRequest, LlmService
+    from neuron_tasks.db import make_pool
+    from neuron_tasks.llm.service import EmbedRequest, LlmService
 
     pool = make_pool(url, max_size=2, name="neuron_tasks.pipeline_check")
     try:
@@ -94,7 +94,7 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
     batch_size = batch_size if batch_size is not None else default_batch_size(url)
     have_dim = _index_dim(url, destination)
     if check_model is None:
-        from ..llm.settings import LlmSettings
+        from neuron_tasks.llm.settings import LlmSettings
 
         check_model = (st.get("provider") or LlmSettings().llm_provider) == "http" or have_dim is not None
     if check_model:
@@ -114,8 +114,8 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
 
 def default_batch_size(url: str) -> int:
     """`pipelines_default_batch_size` (config file, environment or `config set` in this database)."""
-    from ..runtime import overlay
-    from .settings import PipelineSettings
+    from neuron_tasks.core.runtime import overlay
+    from neuron_tasks.pipelines.settings import PipelineSettings
 
     return overlay(PipelineSettings(), url).pipelines_default_batch_size
 
@@ -172,6 +172,12 @@ def enqueue_due(url: str) -> list[str]:
     """Enqueue a sync for every background pipeline and folder scan that is due (the tick)."""
     with _conn(url) as conn:
         return enqueue_due_on(conn)
+
+
+def tick(conn: psycopg.Connection[Any]) -> str:
+    """The scheduler leader's pipelines tick: enqueue a sync of every pipeline that is due."""
+    due = enqueue_due_on(conn)
+    return f"enqueued syncs: {', '.join(due)}" if due else "nothing due"
 
 
 def enqueue_due_on(conn: psycopg.Connection[Any]) -> list[str]:

@@ -12,9 +12,9 @@ import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from .destinations import INDEX_PREFIX
-from .engine import service_embedder
-from .manage import PipelineError, get_pipeline
+from neuron_tasks.pipelines.destinations import INDEX_PREFIX
+from neuron_tasks.pipelines.engine import service_embedder
+from neuron_tasks.pipelines.manage import PipelineError, get_pipeline
 
 
 @dataclass
@@ -38,7 +38,7 @@ def search(pool: ConnectionPool, url: str, name: str, query: str, k: int = 5) ->
 
 
 def _search_index(url: str, index: str, qv: np.ndarray, k: int) -> list[PipelineHit]:
-    from ..vectors import UnknownIndex, Vectors, VectorSettings
+    from neuron_tasks.vectors import UnknownIndex, Vectors, VectorSettings
 
     v = Vectors(url, settings=VectorSettings(database_url=url, vectors_sample_rate=0.0))
     try:

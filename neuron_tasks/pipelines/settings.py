@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..config import NeuronSettings
+from neuron_tasks.config import NeuronSettings
 
 
 class PipelineSettings(NeuronSettings):

@@ -21,12 +21,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from ..pgarray import Float4Array
-from ..runtime import overlay
-from ..sql import q
-from .engine import Embedder, locked, service_embedder
-from .manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
-from .settings import PipelineSettings
+from neuron_tasks.core.runtime import overlay
+from neuron_tasks.pgarray import Float4Array
+from neuron_tasks.pipelines.engine import Embedder, locked, service_embedder
+from neuron_tasks.pipelines.manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
+from neuron_tasks.pipelines.settings import PipelineSettings
+from neuron_tasks.sql import q
 
 _DEST = ("CREATE TABLE {dst} (key text PRIMARY KEY, embedding real[] NOT NULL, source_hash text NOT NULL, "
          "model text, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())")

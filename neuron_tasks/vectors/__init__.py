@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .client import Hit, SearchResult, UnknownIndex, Vectors
-from .settings import VectorSettings
+from neuron_tasks.vectors.client import Hit, SearchResult, UnknownIndex, Vectors
+from neuron_tasks.vectors.settings import VectorSettings
 
 __all__ = ["Hit", "SearchResult", "UnknownIndex", "VectorSettings", "Vectors", "add", "client", "create_index",
            "delete", "drop_index", "feedback", "hybrid_search", "search", "stats", "upsert"]

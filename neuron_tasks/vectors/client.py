@@ -25,12 +25,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from .. import db
-from ..errors import NeuronTasksError
-from ..sql import q
-from .graph import Graph, as_matrix, normalise
-from .metrics import MetricsRecorder, QueryRecord
-from .settings import VectorSettings
+from neuron_tasks import db
+from neuron_tasks.errors import NeuronTasksError
+from neuron_tasks.sql import q
+from neuron_tasks.vectors.graph import Graph, as_matrix, normalise
+from neuron_tasks.vectors.metrics import MetricsRecorder, QueryRecord
+from neuron_tasks.vectors.settings import VectorSettings
 
 log = logging.getLogger(__name__)
 SPACES = ("l2", "ip", "cosine")
@@ -146,7 +146,7 @@ class Vectors:
     def url(self) -> str:
         """The database URL (the embedded server's when none is configured)."""
         if self._url is None:
-            from ..config import Settings
+            from neuron_tasks.config import Settings
 
             self._url = db.resolve_url(Settings())
         return self._url
@@ -373,7 +373,7 @@ class Vectors:
     # -- search -------------------------------------------------------------------------------
     def query_vector(self, st: IndexState, query: Any) -> tuple[np.ndarray, str | None]:
         if isinstance(query, str):
-            from .embed import embed_texts
+            from neuron_tasks.vectors.embed import embed_texts
 
             return as_matrix(embed_texts(self.pool, [query]), st.dim), query
         return as_matrix(query, st.dim), None
@@ -433,7 +433,7 @@ class Vectors:
                       include_metadata: bool = False) -> SearchResult:
         """alpha * vector similarity + (1 - alpha) * full-text rank (both min-max scaled over the
         candidates); alpha defaults to the index's published (tuned) alpha."""
-        from .hybrid import hybrid_search
+        from neuron_tasks.vectors.hybrid import hybrid_search
 
         return hybrid_search(self, index, text, k, vector=vector, alpha=alpha, ef=ef, flt=filter,
                              include_metadata=include_metadata)

@@ -36,10 +36,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ..sql import q
-from .client import IndexState, Vectors, decode
-from .defrag_settings import DefragSettings
-from .graph import MIN_CAPACITY, Graph, exact_knn, normalise
+from neuron_tasks.sql import q
+from neuron_tasks.vectors.client import IndexState, Vectors, decode
+from neuron_tasks.vectors.defrag_settings import DefragSettings
+from neuron_tasks.vectors.graph import MIN_CAPACITY, Graph, exact_knn, normalise
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]

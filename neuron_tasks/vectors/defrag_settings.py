@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from neuron_tasks.config import NeuronSettings
+from neuron_tasks.config import NeuronSettings, restart_only
 
 
 class DefragSettings(NeuronSettings):
     # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
-    database_url: str | None = Field(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
+    database_url: str | None = restart_only(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
     defrag_naptime_s: float = Field(
         default=300.0, gt=0,
         description="seed naptime, for reference only: the scheduler fires the defrag job every "
@@ -41,3 +41,10 @@ class DefragSettings(NeuronSettings):
     defrag_vacuum_min_dead: int = Field(
         default=1000, ge=0, description="... and at least this many dead tuples")
     defrag_build_batch: int = Field(default=5000, ge=100, description="rows per batch while rebuilding")
+    scheduler_defrag_every_s: float = restart_only(
+        default=300.0, ge=1, description="how often the scheduler enqueues index defrag"
+    )
+    scheduler_defrag_actor: str = restart_only(
+        default="neuron_tasks.defrag_indexes",
+        description="actor enqueued on the maintenance queue for defrag, once neuron_tasks.defrag_runs exists",
+    )

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from .client import Vectors
-from .settings import VectorSettings
-from .tuner import tune_index
+from neuron_tasks.vectors.client import Vectors
+from neuron_tasks.vectors.settings import VectorSettings
+from neuron_tasks.vectors.tuner import tune_index
 
 INDEX = "demo_vectors"
 

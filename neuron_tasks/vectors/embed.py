@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from psycopg_pool import ConnectionPool
 
-from ..errors import NeuronTasksError
+from neuron_tasks.errors import NeuronTasksError
 
 _services: dict[int, Any] = {}
 _lock = threading.Lock()
@@ -34,7 +34,7 @@ def service(pool: ConnectionPool) -> Any:
         found = _services.get(id(pool))
         if found is None:
             try:
-                from ..llm.service import LlmService
+                from neuron_tasks.llm.service import LlmService
             except ImportError as exc:
                 raise TextEmbeddingUnavailable(f"neuron_tasks.llm cannot be imported: {exc}") from None
             found = _services[id(pool)] = LlmService(pool)
@@ -43,7 +43,7 @@ def service(pool: ConnectionPool) -> Any:
 
 def available() -> bool:
     try:
-        from ..llm.service import LlmService  # noqa: F401
+        from neuron_tasks.llm.service import LlmService  # noqa: F401
     except ImportError:
         return False
     return True

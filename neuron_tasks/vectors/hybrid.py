@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..sql import q
-from .graph import distances, normalise
+from neuron_tasks.sql import q
+from neuron_tasks.vectors.graph import distances, normalise
 
 if TYPE_CHECKING:
-    from .client import IndexState, SearchResult, Vectors
+    from neuron_tasks.vectors.client import IndexState, SearchResult, Vectors
 
 #: Candidates taken from each side (vector neighbours, full-text matches) before re-scoring.
 POOL = 100
@@ -68,7 +68,7 @@ def rank(c: Candidates, alpha: float, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def hybrid_search(client: Vectors, index: str, text: str, k: int, *, vector: Any, alpha: float | None,
                   ef: int | None, flt: Any, include_metadata: bool) -> SearchResult:
-    from .client import Hit, SearchResult
+    from neuron_tasks.vectors.client import Hit, SearchResult
 
     st = client.state(index)
     vec, _ = client.query_vector(st, text if vector is None else vector)

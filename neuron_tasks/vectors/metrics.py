@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..sql import q
+from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
 BATCH = 500

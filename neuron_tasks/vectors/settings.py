@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from neuron_tasks.config import NeuronSettings
+from neuron_tasks.config import NeuronSettings, restart_only
 
 
 class VectorSettings(NeuronSettings):
     # env NEURON_TASKS_*, the TOML config file and runtime settings (see neuron_tasks/config.py)
 
-    database_url: str | None = Field(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
+    database_url: str | None = restart_only(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
     vectors_default_ef: int = Field(default=40, ge=1, description="ef_search of a new index until the tuner moves it")
     vectors_default_m: int = Field(default=16, ge=2, le=200, description="HNSW M of a new index")
     vectors_default_ef_construction: int = Field(default=200, ge=1, description="HNSW ef_construction of a new index")
@@ -65,3 +65,6 @@ class VectorSettings(NeuronSettings):
         default=200, ge=1, description="sampled queries timed one by one per candidate ef (latency percentiles)"
     )
     tuner_alpha_grid: int = Field(default=11, ge=2, le=101, description="alpha values tried for hybrid search")
+    scheduler_tuner_every_s: float = restart_only(
+        default=60.0, ge=1, description="how often the scheduler enqueues the vector tuner"
+    )

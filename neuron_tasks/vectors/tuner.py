@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from ..sql import q
-from .graph import Graph, exact_knn
+from neuron_tasks.sql import q
+from neuron_tasks.vectors.graph import Graph, exact_knn
 
 if TYPE_CHECKING:
-    from .client import IndexState, Vectors
+    from neuron_tasks.vectors.client import IndexState, Vectors
 
 
 @dataclass
@@ -166,7 +166,7 @@ def ground_truth(st: IndexState, queries: np.ndarray, kmax: int) -> np.ndarray:
         ids = np.asarray(sorted(st.graph.live), dtype=np.int64)
         _EXACT_CACHE[key] = (ids, st.graph.vectors(ids.tolist()))
     ids, data = _EXACT_CACHE[key]
-    from .graph import normalise
+    from neuron_tasks.vectors.graph import normalise
 
     pos, _ = exact_knn(st.space, data, normalise(st.space, queries), kmax)
     out = np.full((len(queries), kmax), -1, dtype=np.int64)
@@ -180,7 +180,7 @@ def load_workload(client: Vectors, st: IndexState) -> tuple[Workload, list[dict[
                                                "limit": s.vectors_sample_size})
     if not rows:
         return Workload(np.zeros((0, st.dim), np.float32), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)), rows
-    from .client import decode
+    from neuron_tasks.vectors.client import decode
 
     queries = decode(b"".join(bytes(r["embedding"]) for r in rows), st.dim)
     ks = np.asarray([min(int(r["k"]), 100) for r in rows], dtype=np.int64)
@@ -277,8 +277,8 @@ def record(client: Vectors, d: Decision, *, alpha: float, old_alert: str | None)
 
 def tune_alpha(client: Vectors, name: str, *, min_feedback: int = 5) -> dict[str, Any] | None:
     """Set the index's hybrid alpha to the value maximising NDCG@10 over recent feedback."""
-    from .client import decode
-    from .hybrid import best_alpha, candidates
+    from neuron_tasks.vectors.client import decode
+    from neuron_tasks.vectors.hybrid import best_alpha, candidates
 
     s = client.settings
     st = client.state(name)

@@ -12,7 +12,8 @@ from dramatiq.message import Message
 from psycopg.types.json import Jsonb
 from starlette.testclient import TestClient
 
-from neuron_tasks.dashboard import DashboardSettings, create_app
+from neuron_tasks.dashboard.app import create_app
+from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
 
 

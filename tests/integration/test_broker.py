@@ -152,7 +152,7 @@ def test_dead_letter_keeps_every_error_and_traceback(broker: PostgresBroker, wor
 
 
 def test_requeued_dead_letter_runs_again_with_attempts_reset(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
-    from neuron_tasks.repo import Repo
+    from neuron_tasks.core.admin import Repo
 
     state = {"fail": True}
 
@@ -173,7 +173,7 @@ def test_requeued_dead_letter_runs_again_with_attempts_reset(broker: PostgresBro
 
 
 def test_purge_dead_letters_by_queue_and_age(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
-    from neuron_tasks.repo import Repo
+    from neuron_tasks.core.admin import Repo
 
     @dramatiq.actor(max_retries=0, queue_name="qa")
     def fa() -> None:
@@ -212,7 +212,7 @@ def test_sql_enqueue_runs_in_the_callers_transaction(broker: PostgresBroker, wor
 
 
 def test_sql_enqueue_options_and_bad_input(broker: PostgresBroker) -> None:
-    from neuron_tasks.topics import set_topic
+    from neuron_tasks.core.topics import set_topic
 
     set_topic(broker.pool, "emails")
     with psycopg.connect(broker.url, autocommit=True) as conn:
@@ -308,7 +308,7 @@ def test_oversize_message_and_bad_options_are_refused(settings: Settings) -> Non
 
 
 def test_tenant_topic_deadline_columns(broker: PostgresBroker) -> None:
-    from neuron_tasks.topics import set_topic
+    from neuron_tasks.core.topics import set_topic
 
     set_topic(broker.pool, "reports")
 

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from neuron_tasks import PostgresBroker, migrate
+from neuron_tasks import PostgresBroker
+from neuron_tasks.core import migrate
 from tests.conftest import ROOT
 
 

@@ -188,11 +188,14 @@ def test_workers_page_and_worker_status(clean_db: str) -> None:
 def test_parts_not_installed_say_so_and_installed_tables_page_by_key(
     clean_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from neuron_tasks.dashboard import parts as parts_module
+    from neuron_tasks.core import parts
+    from neuron_tasks.core.parts import Page, Part
 
-    # Every part has landed by now; a part whose table does not exist yet must say so plainly.
-    monkeypatch.setitem(parts_module.PARTS, "future", parts_module.Part(
-        "future", "Future", ("neuron_tasks.pipelines", "neuron_tasks.not_landed_yet"), "issue 99", "not landed"))
+    # A part whose table does not exist in this database must say so plainly.
+    later = Part("future", pages=(Page("future", "Future", "not installed",
+                                        tables=("neuron_tasks.pipelines", "neuron_tasks.not_landed_yet")),))
+    known = parts.pages()
+    monkeypatch.setattr(parts, "pages", lambda: {**known, "future": (later, later.pages[0])})
     with client(clean_db) as c:
         for slug in ("tenants", "topics", "schedules", "indexes", "llm-cache", "pipelines"):
             r = c.get(f"/parts/{slug}")
@@ -269,11 +272,13 @@ def test_demo_phase_prints_the_url_and_does_not_wait_without_a_terminal(clean_db
 
     from rich.console import Console
 
-    from neuron_tasks.commands import dashboard as command
     from neuron_tasks.config import Settings
+    from neuron_tasks.dashboard import commands as command
 
     out = io.StringIO()
-    assert command.DEMO_ORDER == 900
+    from neuron_tasks.core import parts
+
+    assert parts.demos()[-1].run == "neuron_tasks.dashboard.commands:demo_phase"  # the last phase
     started = time.monotonic()
     assert command.demo_phase(clean_db, Settings(database_url=clean_db), Console(file=out, width=200)) is True
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", out.getvalue())

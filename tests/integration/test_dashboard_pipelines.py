@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from neuron_tasks import pipelines
-from neuron_tasks.dashboard import pipelines as page_module
 from neuron_tasks.dashboard.data import DashboardData
 from neuron_tasks.db import make_pool
+from neuron_tasks.pipelines import page as page_module
 from tests.integration.dashboard_helpers import client, csrf
 
 EVIL = "<script>alert('pwned')</script>"

@@ -263,12 +263,12 @@ def test_cli_index_defrag_now_and_status(vec: Vectors, ddb: str) -> None:
 
 @pytest.fixture
 def defrag_actors(broker: object, ddb: str) -> Iterator[object]:
-    """neuron_tasks.actors.defrag declared on this test's broker, its client on the test database."""
+    """neuron_tasks.vectors.defrag_actors declared on this test's broker, its client on the test database."""
     import importlib
 
     from neuron_tasks import vectors
 
-    name = "neuron_tasks.actors.defrag"
+    name = "neuron_tasks.vectors.defrag_actors"
     module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     vectors.set_client(make(ddb))
     yield module
@@ -290,7 +290,7 @@ def test_defrag_actor_runs_on_a_worker(vec: Vectors, defrag_actors: object, work
 def test_demo_phase_churns_and_repairs(ddb: str) -> None:
     from rich.console import Console
 
-    from neuron_tasks.commands.defrag import demo_phase
+    from neuron_tasks.vectors.defrag_commands import demo_phase
 
     console = Console(record=True, width=160)
     assert demo_phase(ddb, None, console)

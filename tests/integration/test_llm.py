@@ -18,10 +18,10 @@ from dramatiq.results.errors import ResultFailure
 from neuron_tasks import PostgresBroker, db
 from neuron_tasks.llm import cache as llm_cache
 from neuron_tasks.llm.errors import CircuitOpen, MalformedReply, ProviderRejected, ProviderUnavailable, RateLimited
-from neuron_tasks.llm.fake import FakeProvider
 from neuron_tasks.llm.service import LlmService
 from neuron_tasks.llm.settings import LlmSettings
 from neuron_tasks.llm.usage import record_usage
+from neuron_tasks.testing.fake_llm import FakeProvider
 
 LLM_TABLES = "neuron_tasks.results, neuron_tasks.llm_cache, neuron_tasks.llm_usage, neuron_tasks.llm_provider_state"
 
@@ -56,7 +56,7 @@ def service(llm_db: str, llm_settings: LlmSettings) -> Iterator[LlmService]:
 @pytest.fixture
 def actors(broker: PostgresBroker, llm_db: str, llm_settings: LlmSettings) -> ModuleType:
     """The actors module declared on this test's broker, configured for the fake provider."""
-    name = "neuron_tasks.actors.llm"
+    name = "neuron_tasks.llm.actors"
     module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     module.configure(llm_settings, pool=broker.pool)
     return module
@@ -228,7 +228,7 @@ def test_results_backend_ttl_and_purge(llm_db: str) -> None:
     from dramatiq.message import Message
     from dramatiq.results.errors import ResultMissing
 
-    from neuron_tasks.results import PostgresResultBackend
+    from neuron_tasks.core.results import PostgresResultBackend
 
     backend = PostgresResultBackend(llm_db)
     try:

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 
 from neuron_tasks import PostgresBroker, db
-from neuron_tasks.llm.fake import FakeProvider
+from neuron_tasks.core.results import PostgresResultBackend
 from neuron_tasks.llm.service import LlmService
 from neuron_tasks.llm.settings import LlmSettings
-from neuron_tasks.results import PostgresResultBackend
+from neuron_tasks.testing.fake_llm import FakeProvider
 from tests.conftest import ROOT, worker_env
 
 LLM_TABLES = "neuron_tasks.results, neuron_tasks.llm_cache, neuron_tasks.llm_usage, neuron_tasks.llm_provider_state"
@@ -35,7 +35,7 @@ def llm_db(clean_db: str) -> str:
 
 
 def declared_actors() -> ModuleType:
-    name = "neuron_tasks.actors.llm"
+    name = "neuron_tasks.llm.actors"
     return importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
 
 
@@ -47,7 +47,7 @@ def test_results_across_processes_and_shared_rate_limit(broker: PostgresBroker, 
         log = (tmp_path / "workers.log").open("wb")
         env = worker_env(llm_db, llm_provider="http", llm_http_base_url=fake.base_url, llm_timeout_ms="5000")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.actors.llm", "-p", "2", "-t", "2"],
+            [sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.llm.actors", "-p", "2", "-t", "2"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         try:

@@ -1,7 +1,7 @@
 """Pipelines on a real Postgres (issue 8).
 
 Embeddings here come from a deterministic test embedder (sha256 of the text -> 8 floats,
-`neuron_tasks.llm.fake.fake_vector`, called in-process: no model, no HTTP), so the tests measure
+`neuron_tasks.testing.fake_llm.fake_vector`, called in-process: no model, no HTTP), so the tests measure
 the pipeline machinery, not a model.
 """
 
@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from neuron_tasks import pipelines
 from neuron_tasks.db import make_pool
-from neuron_tasks.llm.fake import fake_vector
+from neuron_tasks.testing.fake_llm import fake_vector
 
 CALLS: list[int] = []
 
@@ -200,7 +200,7 @@ def test_disabled_keeps_backlog_and_live_enqueues_in_the_writers_transaction(pl_
 
 
 def test_live_job_runs_the_sync(pl_db: str, pool: ConnectionPool, broker: object) -> None:
-    from neuron_tasks.actors.pipelines import run_pipeline_sync
+    from neuron_tasks.pipelines.actors import run_pipeline_sync
 
     with psycopg.connect(pl_db, autocommit=True) as conn:
         conn.execute("INSERT INTO pl_docs VALUES (1, 'a')")
@@ -266,7 +266,7 @@ def test_sql_api_and_drop(pl_db: str) -> None:
 
 
 def test_tick_enqueues_due_background_pipelines_once(pl_db: str, pool: ConnectionPool, broker: object) -> None:
-    from neuron_tasks.actors.pipelines import run_pipeline_tick
+    from neuron_tasks.pipelines.actors import run_pipeline_tick
 
     with psycopg.connect(pl_db, autocommit=True) as conn:
         conn.execute("INSERT INTO pl_docs VALUES (1, 'a')")
@@ -291,7 +291,7 @@ def test_tick_enqueues_due_background_pipelines_once(pl_db: str, pool: Connectio
 def test_a_long_sync_job_continues_in_new_jobs(pl_db: str, pool: ConnectionPool,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A sync job stops after its time slice and enqueues its continuation (never the time limit)."""
-    from neuron_tasks.actors.pipelines import run_pipeline_sync
+    from neuron_tasks.pipelines.actors import run_pipeline_sync
 
     monkeypatch.setenv("NEURON_TASKS_PIPELINES_SYNC_SLICE_S", "0.001")
     jobs = "SELECT count(*) FROM neuron_tasks.messages WHERE actor_name = 'neuron_tasks.pipeline_sync'"
@@ -338,7 +338,7 @@ def test_syncs_leave_the_llm_cache_alone_unless_asked(pl_db: str, pool: Connecti
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The default embedder (LLM service, here against the fake OpenAI-compatible server) does
     not fill the LLM cache with a backfill's vectors unless pipelines_llm_cache is on."""
-    from neuron_tasks.llm.fake import FakeProvider
+    from neuron_tasks.testing.fake_llm import FakeProvider
 
     cached = "SELECT count(*) FROM neuron_tasks.llm_cache"
     with FakeProvider() as fake, psycopg.connect(pl_db, autocommit=True) as conn:

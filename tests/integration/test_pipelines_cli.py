@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from neuron_tasks import cli_support
-from neuron_tasks.cli import app
+from neuron_tasks import commandline as cli_support
+from neuron_tasks.cli.app import app
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_index_destination_run_and_search(cli_db: str) -> None:
 def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: object,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Live mode end to end: a committed write enqueues the sync; a worker runs it through the LLM
-    service against the fake OpenAI-compatible provider (neuron_tasks.llm.fake)."""
+    service against the fake OpenAI-compatible provider (neuron_tasks.testing.fake_llm)."""
     import importlib
     import sys
     import time
@@ -100,9 +100,9 @@ def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: obj
     import dramatiq
 
     from neuron_tasks import pipelines
-    from neuron_tasks.llm.fake import FakeProvider
+    from neuron_tasks.testing.fake_llm import FakeProvider
 
-    name = "neuron_tasks.actors.pipelines"
+    name = "neuron_tasks.pipelines.actors"
     importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     with FakeProvider() as fake, psycopg.connect(cli_db, autocommit=True) as conn:
         monkeypatch.setenv("NEURON_TASKS_LLM_HTTP_BASE_URL", fake.base_url)
@@ -130,7 +130,7 @@ def test_live_mode_through_a_worker_and_the_llm_service(cli_db: str, broker: obj
 def test_folder_pipeline_commands(cli_db: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     from pathlib import Path
 
-    from neuron_tasks.llm.fake import FakeProvider
+    from neuron_tasks.testing.fake_llm import FakeProvider
 
     folder = Path(str(tmp_path))
     (folder / "a.txt").write_text("some words " * 30)
@@ -159,7 +159,7 @@ def test_demo_phase(cli_db: str) -> None:
 
     from rich.console import Console
 
-    from neuron_tasks.commands.pipeline import demo_phase
+    from neuron_tasks.pipelines.commands import demo_phase
 
     out = io.StringIO()
     assert demo_phase(cli_db, None, Console(file=out, width=200)), out.getvalue()

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from neuron_tasks import pipelines
 from neuron_tasks.db import make_pool
-from neuron_tasks.llm.fake import fake_vector
+from neuron_tasks.testing.fake_llm import fake_vector
 from neuron_tasks.vectors import Vectors, VectorSettings
 
 INDEXES = ("ix_docs_idx", "notes", "small", "neg", "keep", "live_idx", "fresh", "f")
@@ -165,7 +165,7 @@ def test_stale_items_of_a_former_pipeline_go_and_drop_removes_the_index(ix_db: s
 
 def test_live_mode_into_an_index_rollback_leaves_nothing(ix_db: str, pool: ConnectionPool, broker: object,
                                                          searcher: Vectors) -> None:
-    from neuron_tasks.actors import pipelines as actors
+    from neuron_tasks.pipelines import actors as actors
 
     with psycopg.connect(ix_db, autocommit=True) as conn:
         pipelines.create_pipeline(ix_db, "ix_docs", source="ix_docs", key="id", data="body", mode="live",
@@ -203,7 +203,7 @@ def test_folder_pipelines_refuse_an_index_destination(ix_db: str, tmp_path: obje
 
 def test_http_model_and_index_dimension_are_checked_at_creation(ix_db: str, searcher: Vectors,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from neuron_tasks.llm.fake import FakeProvider
+    from neuron_tasks.testing.fake_llm import FakeProvider
 
     searcher.create_index("small", dim=4)
     with FakeProvider(models={"fake-embed"}) as fake, psycopg.connect(ix_db, autocommit=True) as conn:

@@ -1,5 +1,5 @@
 """Folder (volume) pipelines on a real Postgres, with the deterministic test embedder
-(sha256 -> 8 floats, `neuron_tasks.llm.fake.fake_vector`, in-process)."""
+(sha256 -> 8 floats, `neuron_tasks.testing.fake_llm.fake_vector`, in-process)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from neuron_tasks import pipelines
 from neuron_tasks.db import make_pool
-from neuron_tasks.llm.fake import fake_vector
+from neuron_tasks.testing.fake_llm import fake_vector
 
 
 def embedder(texts: list[str]) -> list[list[float]]:
@@ -88,7 +88,7 @@ def test_folder_bad_input_creates_nothing(vol_db: str, tmp_path: Path) -> None:
 
 
 def test_sync_job_and_tick_handle_folders(vol_db: str, pool: ConnectionPool, tmp_path: Path, broker: object) -> None:
-    from neuron_tasks.actors.pipelines import run_pipeline_sync, run_pipeline_tick
+    from neuron_tasks.pipelines.actors import run_pipeline_sync, run_pipeline_tick
 
     (tmp_path / "a.txt").write_text("hello")
     pipelines.create_volume_pipeline(vol_db, "pl_vol", folder=tmp_path, sync_interval="1 hour")
@@ -102,19 +102,18 @@ def test_sync_job_and_tick_handle_folders(vol_db: str, pool: ConnectionPool, tmp
 
 def test_scheduler_tick_enqueues_folder_scans_and_table_syncs(vol_db: str, tmp_path: Path) -> None:
     """The scheduler leader runs the tick itself (a builtin): a folder-only setup is scanned too."""
-    from neuron_tasks import Settings
-    from scheduler.node import builtin
+    from neuron_tasks.scheduler.node import builtin
 
     (tmp_path / "a.txt").write_text("hello")
     pipelines.create_volume_pipeline(vol_db, "pl_vol", folder=tmp_path, sync_interval="1 hour")
     with psycopg.connect(vol_db, autocommit=True) as conn:
-        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "enqueued syncs: pl_vol"
-        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "nothing due"
+        assert builtin(conn, "neuron_tasks.pipelines.manage:tick") == "enqueued syncs: pl_vol"
+        assert builtin(conn, "neuron_tasks.pipelines.manage:tick") == "nothing due"
         conn.execute("DROP TABLE IF EXISTS public.pl_tick")
         conn.execute("CREATE TABLE public.pl_tick (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO pl_tick VALUES (1, 'x')")
         pipelines.create_pipeline(vol_db, "pl_tick", source="pl_tick", key="id", data="body")
-        assert builtin(conn, "pipeline_tick", Settings(database_url=vol_db)) == "enqueued syncs: pl_tick"
+        assert builtin(conn, "neuron_tasks.pipelines.manage:tick") == "enqueued syncs: pl_tick"
         args = sorted(r[0] for r in conn.execute(
             "SELECT convert_from(payload, 'UTF8')::jsonb -> 'args' ->> 0 FROM neuron_tasks.messages "
             "WHERE actor_name = 'neuron_tasks.pipeline_sync'").fetchall())

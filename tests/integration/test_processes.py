@@ -386,8 +386,8 @@ def test_worker_metrics_endpoint_counts_messages(
 def test_tenant_qps_and_topic_concurrency_hold_across_processes(
     broker: PostgresBroker, db: psycopg.Connection[tuple[Any, ...]], spawn_workers: WorkerFactory
 ) -> None:
-    from neuron_tasks.tenancy import set_tenant
-    from neuron_tasks.topics import set_topic
+    from neuron_tasks.core.tenancy import set_tenant
+    from neuron_tasks.core.topics import set_topic
 
     set_tenant(broker.pool, "slow", qps=5, burst=5)
     set_topic(broker.pool, "heavy", concurrency=2)

@@ -14,7 +14,8 @@ import dramatiq
 import psycopg
 import pytest
 
-from neuron_tasks import PostgresBroker, runtime
+from neuron_tasks import PostgresBroker
+from neuron_tasks.core import runtime
 from neuron_tasks.errors import ConfigurationError
 from tests.conftest import ROOT
 
@@ -143,9 +144,9 @@ def test_a_running_worker_applies_batch_size_and_naptime_live(broker: PostgresBr
 
 
 def test_scheduler_and_tuner_pick_up_runtime_settings(runtime_db: str) -> None:
+    from neuron_tasks.scheduler.node import SchedulerNode
+    from neuron_tasks.scheduler.settings import SchedulerSettings
     from neuron_tasks.vectors.settings import VectorSettings
-    from scheduler.node import SchedulerNode
-    from scheduler.settings import SchedulerSettings
 
     node = SchedulerNode(runtime_db, [], settings=SchedulerSettings(scheduler_poll_s=0.25))
     with psycopg.connect(runtime_db, autocommit=True) as conn:

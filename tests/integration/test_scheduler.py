@@ -18,10 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from neuron_tasks.config import Settings
-from scheduler.jobs import REGISTRY, ScheduledJob, due_times, load_config, periodic
-from scheduler.node import SchedulerNode, builtin
-from scheduler.settings import SchedulerSettings
+from neuron_tasks.scheduler.jobs import REGISTRY, ScheduledJob, due_times, load_config, periodic
+from neuron_tasks.scheduler.node import SchedulerNode, builtin
+from neuron_tasks.scheduler.settings import SchedulerSettings
 from tests.conftest import ROOT
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -124,9 +123,10 @@ def test_builtin_sweeper_reclaims_expired_leases(sdb: str) -> None:
         conn.execute("SELECT neuron_tasks.enqueue('sweep_q', 'noop')")
         conn.execute("UPDATE neuron_tasks.messages SET state = 'running', lease_owner = gen_random_uuid(), "
                      "lease_expires_at = now() - interval '1 minute'")
-        assert builtin(conn, "lease_sweeper", Settings(database_url=sdb)) == "reclaimed 1"
+        assert builtin(conn, "neuron_tasks.core.maintenance:sweep_tick") == "reclaimed 1"
         assert conn.execute("SELECT state, deaths FROM neuron_tasks.messages").fetchone() == ("pending", 1)
-        assert builtin(conn, "retention", Settings(database_url=sdb)).startswith("trim_history=")
+        note = builtin(conn, "neuron_tasks.scheduler.maintenance:retention")
+        assert note.startswith("messages_history=") and "tenant_usage=" in note and "llm_usage=" in note
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -217,12 +217,11 @@ def test_sigkill_of_leader_hands_over_without_duplicate(sdb: str, jobs_file: Pat
 
 
 def test_feature_jobs_skip_until_installed(sdb: str) -> None:
-    from scheduler.jobs import builtin_jobs
+    from neuron_tasks.scheduler.jobs import part_jobs
 
     with psycopg.connect(sdb, autocommit=True) as conn:
         conn.execute("TRUNCATE neuron_tasks.vector_indexes CASCADE")
-    tuner = next(j for j in builtin_jobs(sweeper_every_s=10, retention_every_s=60, tuner_every_s=1)
-                 if j.name == "neuron_tasks.tuner")
+    tuner = next(j for j in part_jobs({"scheduler_tuner_every_s": 1}) if j.name == "neuron_tasks.tuner")
     needs = ScheduledJob("needs", "actor", "x", every=1, requires="neuron_tasks.no_such_table")
     node = SchedulerNode(sdb, [tuner, needs])
     node.leading.set()
@@ -232,7 +231,7 @@ def test_feature_jobs_skip_until_installed(sdb: str) -> None:
     with psycopg.connect(sdb, autocommit=True) as conn:
         notes = dict(conn.execute("SELECT job, note FROM neuron_tasks.scheduler_fires").fetchall())
         conn.execute("INSERT INTO neuron_tasks.vector_indexes (name, space, dim) VALUES ('i', 'l2', 2)")
-    assert "does not exist" in notes["needs"] and "no vector index" in notes["neuron_tasks.tuner"]
+    assert "does not exist" in notes["needs"] and "vec_any_tuned_index is false" in notes["neuron_tasks.tuner"]
     time.sleep(1.1)
     assert node.fire_job("neuron_tasks.tuner") == 1
     assert messages(sdb, "neuron_tasks.tune_vector_indexes")

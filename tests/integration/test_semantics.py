@@ -13,10 +13,10 @@ from dramatiq.middleware import TimeLimitExceeded
 from psycopg.types.json import Jsonb
 
 from neuron_tasks import PostgresBroker, Settings
+from neuron_tasks.core.middleware import non_retryable
+from neuron_tasks.core.tenancy import charge_tokens, report_tokens, set_tenant, tenants
+from neuron_tasks.core.topics import set_topic
 from neuron_tasks.errors import DuplicateJob, InvalidOption, NonRetryable, UnknownTenant, UnknownTopic
-from neuron_tasks.middleware import non_retryable
-from neuron_tasks.tenancy import charge_tokens, report_tokens, set_tenant, tenants
-from neuron_tasks.topics import set_topic
 
 
 def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -101,13 +101,13 @@ def test_not_enough_samples_no_decision(vdb: str) -> None:  # noqa: F811
 
 @pytest.fixture
 def tuner_actors(broker: object, vdb: str) -> Iterator[object]:  # noqa: F811
-    """neuron_tasks.actors.tuner declared on this test's broker, its client on the test database."""
+    """neuron_tasks.vectors.tuner_actors declared on this test's broker, its client on the test database."""
     import importlib
     import sys
 
     from neuron_tasks import vectors
 
-    name = "neuron_tasks.actors.tuner"
+    name = "neuron_tasks.vectors.tuner_actors"
     module = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
     vectors.set_client(make(vdb, tuner_latency_queries=50))
     yield module

@@ -170,10 +170,10 @@ def test_unknown_index_and_bad_input(vec: Vectors) -> None:
 def test_embed_and_index_through_the_llm_provider(vdb: str, monkeypatch: pytest.MonkeyPatch,
                                                   broker: object) -> None:
     """(`broker` is set as Dramatiq's global broker: importing the actors module declares them on it.)"""
-    fake_mod = pytest.importorskip("neuron_tasks.llm.fake")
+    fake_mod = pytest.importorskip("neuron_tasks.testing.fake_llm")
     from neuron_tasks import vectors
-    from neuron_tasks.actors.vectors import embed_and_index_items
     from neuron_tasks.vectors import embed
+    from neuron_tasks.vectors.actors import embed_and_index_items
 
     with fake_mod.FakeProvider() as fake:
         monkeypatch.setenv("NEURON_TASKS_LLM_PROVIDER", "http")

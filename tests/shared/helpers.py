@@ -10,14 +10,14 @@ import dramatiq
 from dramatiq.broker import Broker
 
 from neuron_tasks import PostgresBroker
-from neuron_tasks.policies import TopicSettings
+from neuron_tasks.core.policies import TopicSettings
 from neuron_tasks.testing import InMemoryBroker
 
 
 def add_topic(broker: Broker, name: str, **settings: Any) -> None:
     """Create a topic on either broker (Postgres: the topics table; in memory: broker.topics)."""
     if isinstance(broker, PostgresBroker):
-        from neuron_tasks.topics import set_topic
+        from neuron_tasks.core.topics import set_topic
 
         set_topic(broker.pool, name, **settings)
         broker.policies.invalidate()
@@ -29,7 +29,7 @@ def add_topic(broker: Broker, name: str, **settings: Any) -> None:
 def add_tenant(broker: Broker, name: str) -> None:
     """Configure a tenant with no limits on either broker."""
     if isinstance(broker, PostgresBroker):
-        from neuron_tasks.tenancy import set_tenant
+        from neuron_tasks.core.tenancy import set_tenant
 
         set_tenant(broker.pool, name)
         broker.policies.invalidate()

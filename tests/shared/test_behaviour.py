@@ -15,6 +15,7 @@ from dramatiq.broker import Broker
 from dramatiq.errors import QueueJoinTimeout
 
 from neuron_tasks import MessageTooLarge, QueueFull
+from neuron_tasks.core.middleware import non_retryable
 from neuron_tasks.errors import (
     DeadlineExceeded,
     DuplicateJob,
@@ -23,7 +24,6 @@ from neuron_tasks.errors import (
     UnknownTenant,
     UnknownTopic,
 )
-from neuron_tasks.middleware import non_retryable
 from neuron_tasks.testing import InMemoryBroker, join_all
 
 from .conftest import MakeBroker

@@ -107,7 +107,7 @@ def test_importing_the_actors_needs_no_database_nor_torch() -> None:
         "from neuron_tasks import PostgresBroker, Settings\n"
         "url = 'postgresql://nobody@127.0.0.1:1/none'\n"
         "dramatiq.set_broker(PostgresBroker(url, settings=Settings(database_url=url)))\n"
-        "import neuron_tasks.actors.llm\n"
+        "import neuron_tasks.llm.actors\n"
         "print(sorted(dramatiq.get_broker().actors))\n"
         "print([m for m in ('torch', 'sentence_transformers', 'httpx') if m in sys.modules])\n"
     )

@@ -10,8 +10,8 @@ import pytest
 from dramatiq.results import Results
 
 from neuron_tasks import PostgresBroker, Settings
+from neuron_tasks.core.policies import TopicSettings
 from neuron_tasks.errors import UnknownTopic
-from neuron_tasks.policies import TopicSettings
 from neuron_tasks.testing import InMemoryBroker, use_broker
 
 

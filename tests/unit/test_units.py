@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 import typer
 
-from neuron_tasks import migrate
-from neuron_tasks.broker_test_api import rebuild_exception
-from neuron_tasks.cli import parse_duration
+from neuron_tasks.cli.app import parse_duration
 from neuron_tasks.config import Settings
+from neuron_tasks.core import migrate
+from neuron_tasks.core.broker_test_api import rebuild_exception
+from neuron_tasks.core.options import columns, deadline_of
 from neuron_tasks.errors import DeadLettered, InvalidOption
-from neuron_tasks.options import columns, deadline_of
 from neuron_tasks.sql import q, queries
 
 

@@ -1,0 +1,3 @@
+from neuron_tasks.cli.app import main
+
+main()

@@ -1,0 +1,307 @@
+"""`neuron-tasks`: migrate, run workers, enqueue, inspect queues and dead letters, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from neuron_tasks import db
+from neuron_tasks.commandline import (
+    JsonOpt,
+    _cell,
+    console,
+    database_url,
+    emit,
+    err,
+    fail,
+    json_arg,
+    jsonable,
+    parse_duration,
+    repo,
+    settings,
+    state,
+)
+from neuron_tasks.core import migrate
+from neuron_tasks.errors import NeuronTasksError
+
+app = typer.Typer(
+    help="neuron_tasks: background jobs on Dramatiq with PostgreSQL as the broker.\n\n"
+    "With no NEURON_TASKS_DATABASE_URL an embedded PostgreSQL is started for you.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+dl_app = typer.Typer(help="Dead letters: messages that failed for good.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(dl_app, name="dead-letters")
+
+
+@app.callback()
+def _root(
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", envvar="NEURON_TASKS_DATABASE_URL", help="PostgreSQL URL.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    state.database_url = database_url
+
+
+
+# -- db ---------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(as_json: JsonOpt = False) -> None:
+    """Apply pending migrations from schema/ (idempotent; safe to run from two processes at once)."""
+    url = database_url(upgrade=False)
+    applied = migrate.upgrade(url)
+    names = [f"{m.version:03d}_{m.name}" for m in applied]
+    if as_json:
+        print(json.dumps({"applied": names, "database": db.redact(url)}))
+    elif names:
+        console.print(f"applied {len(names)} migration(s): {', '.join(names)}")
+    else:
+        console.print("schema is up to date")
+
+
+@db_app.command("status")
+def db_status(as_json: JsonOpt = False) -> None:
+    """Show the database in use and any pending migrations."""
+    url = database_url(upgrade=False)
+    waiting = [f"{m.version:03d}_{m.name}" for m in migrate.pending(url)]
+    if as_json:
+        print(json.dumps({"database": db.redact(url), "pending": waiting}))
+    else:
+        console.print(f"database: {db.redact(url)}")
+        console.print(f"pending migrations: {', '.join(waiting) or 'none'}")
+
+
+# -- worker -----------------------------------------------------------------------------------
+@app.command()
+def worker(
+    modules: Annotated[list[str] | None, typer.Argument(help="Modules that declare your actors.")] = None,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
+    queues: Annotated[list[str] | None, typer.Option("--queues", "-Q", help="Only these queues (repeat).")] = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT (0 = off).")
+    ] = 9191,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address /metrics binds to.")] = "127.0.0.1",
+) -> None:
+    """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully."""
+    from neuron_tasks.worker.supervisor import Supervisor, python_command
+
+    url = database_url()
+    on_exit = None
+    metrics_dir = None
+    if metrics_port:
+        from neuron_tasks.worker import exporter
+
+        metrics_dir = exporter.prepare_multiproc_dir()
+        try:
+            exporter.serve(metrics_port, url, metrics_host)
+            console.print(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+        except OSError as exc:
+            # Another supervisor on this host has the port: run without metrics rather than not at all.
+            err.print(f"[yellow]warning:[/] no /metrics on {metrics_host}:{metrics_port} ({exc}); "
+                      "pass --metrics-port to choose a free port")
+        on_exit = exporter.child_died
+    level = logging.getLevelName(logging.getLogger().level)
+    logging.getLogger("neuron_tasks").setLevel(logging.INFO)
+
+    def command(index: int) -> list[str]:
+        args = ["-m", "neuron_tasks.worker.process", *(modules or []), "--threads", str(threads)]
+        args += ["--index", str(index), "--log-level", "INFO" if level == "WARNING" else level, "--supervised"]
+        if queues:
+            args += ["--queues", *queues]
+        return python_command(*args)
+
+    console.print(
+        f"starting {processes} worker process(es) x {threads} threads on {db.redact(os.environ[db.URL_ENV])}"
+    )
+    sup = Supervisor(command, processes, shutdown_timeout_s=settings().shutdown_timeout_s, env=dict(os.environ),
+                     on_child_exit=on_exit)
+    code = sup.run()
+    if metrics_dir:
+        from neuron_tasks.worker import exporter
+
+        exporter.cleanup(metrics_dir)
+    raise typer.Exit(code)
+
+
+# -- enqueue ----------------------------------------------------------------------------------
+@app.command()
+def enqueue(
+    actor: Annotated[str, typer.Argument(help="Actor name, as declared with @dramatiq.actor.")],
+    args: Annotated[str, typer.Option("--args", help="Positional arguments as a JSON array.")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="Keyword arguments as a JSON object.")] = "{}",
+    queue: Annotated[str, typer.Option("--queue", "-q", help="Queue name.")] = "default",
+    tenant: Annotated[str | None, typer.Option(help="Tenant the job runs for.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic of the job.")] = None,
+    priority: Annotated[int | None, typer.Option(help="Lower runs first (default 0).")] = None,
+    delay: Annotated[int | None, typer.Option(help="Milliseconds before it may run.", min=0)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enqueue one message by actor name (through SQL, as an application could)."""
+    from psycopg.types.json import Jsonb
+
+    options = {k: v for k, v in {"tenant": tenant, "topic": topic, "priority": priority, "delay": delay}.items()
+               if v is not None}
+    params = (queue, actor, Jsonb(json_arg(args, "--args", list)), Jsonb(json_arg(kwargs, "--kwargs", dict)),
+              Jsonb(options))
+    import psycopg
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT neuron_tasks.enqueue(%s, %s, %s, %s, %s)", params).fetchone()
+        except psycopg.Error as exc:
+            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+            fail(str(exc.diag.message_primary or exc) + hint)
+    message_id = row[0] if row else None
+    if as_json:
+        print(json.dumps({"message_id": message_id, "queue": queue, "actor": actor}))
+    else:
+        console.print(f"enqueued {actor} on {queue}: {message_id}")
+
+
+# -- status -----------------------------------------------------------------------------------
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Per queue: pending, running, retrying, failed (dead letters), finished; and workers."""
+    r = repo()
+    queues = r.queue_status()
+    workers = r.workers()
+    if as_json:
+        print(json.dumps(jsonable({"queues": queues, "workers": workers}), indent=2))
+        return
+    emit(queues, ["queue", "pending", "running", "retrying", "failed", "finished", "finished_last_hour",
+                  "oldest_pending"], as_json=False, title="Queues")
+    emit(workers, ["worker_name", "status", "queues", "jobs_processed", "jobs_failed", "avg_runtime_ms",
+                   "heartbeat_age_s"], as_json=False, title="Workers")
+
+
+# -- dead letters -----------------------------------------------------------------------------
+QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Only this actor.")]
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")]
+AgeOpt = Annotated[str | None, typer.Option("--older-than", help="Only older than this (90s, 15m, 2h, 7d).")]
+
+
+@dl_app.command("list")
+def dl_list(queue: QueueOpt = None, actor: ActorOpt = None, tenant: TenantOpt = None, older_than: AgeOpt = None,
+            limit: Annotated[int, typer.Option(min=1)] = 50, as_json: JsonOpt = False) -> None:
+    """List dead letters, newest first."""
+    rows = repo().dead_letters(queue=queue, actor=actor, tenant=tenant, older_than_s=parse_duration(older_than),
+                               limit=limit)
+    emit(rows, ["id", "message_id", "queue_name", "actor_name", "tenant", "retries", "failed_at", "last_error"],
+         as_json=as_json, title="Dead letters")
+
+
+@dl_app.command("show")
+def dl_show(key: Annotated[str, typer.Argument(help="Row id or message id.")], as_json: JsonOpt = False) -> None:
+    """Show one message: options, every attempt's error and traceback."""
+    row = repo().message(key)
+    if row is None:
+        fail(f"no message {key!r} (finished messages leave the table; see `status`)")
+        return
+    payload = bytes(row.pop("payload"))
+    try:
+        row["message"] = json.loads(payload)
+    except ValueError:
+        row["message"] = payload.decode("utf-8", "replace")
+    if as_json:
+        print(json.dumps(jsonable(row), indent=2))
+        return
+    for key_ in ("id", "message_id", "queue_name", "actor_name", "state", "tenant", "priority", "attempts",
+                 "retries", "deaths", "enqueued_at", "failed_at", "last_error"):
+        console.print(f"[bold]{key_}[/]: {_cell(row.get(key_))}", highlight=False)
+    console.print("[bold]message[/]:", json.dumps(jsonable(row["message"]), indent=2)[:4000], highlight=False)
+    for entry in row.get("errors") or []:
+        console.print(f"\n[bold]attempt {entry.get('attempt')}[/] {entry.get('type')}: {entry.get('message')}",
+                      highlight=False)
+        if entry.get("traceback"):
+            console.print(entry["traceback"], highlight=False, markup=False)
+
+
+@dl_app.command("requeue")
+def dl_requeue(keys: Annotated[list[str] | None, typer.Argument(help="Row ids or message ids.")] = None,
+               all_: Annotated[bool, typer.Option("--all", help="Every dead letter matching the filters.")] = False,
+               queue: QueueOpt = None, actor: ActorOpt = None, tenant: TenantOpt = None,
+               older_than: AgeOpt = None, as_json: JsonOpt = False) -> None:
+    """Put dead letters back in their queue with attempts and retries reset."""
+    r = repo()
+    if all_:
+        keys = r.dead_letter_keys(queue=queue, actor=actor, tenant=tenant, older_than_s=parse_duration(older_than))
+    if not keys:
+        fail("name dead letters to requeue, or pass --all (with optional filters)")
+        return
+    done = r.requeue(list(keys))
+    if as_json:
+        print(json.dumps({"requeued": done}))
+    else:
+        console.print(f"requeued {len(done)} message(s)")
+
+
+@dl_app.command("purge")
+def dl_purge(queue: QueueOpt = None, older_than: AgeOpt = None,
+             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+             as_json: JsonOpt = False) -> None:
+    """Delete dead letters (all, or of one queue, or older than an age)."""
+    scope = f"queue {queue}" if queue else "all queues"
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"delete dead letters of {scope}{' older than ' + older_than if older_than else ''}?",
+                      abort=True)
+    n = repo().purge(queue=queue, older_than_s=parse_duration(older_than))
+    if as_json:
+        print(json.dumps({"purged": n}))
+    else:
+        console.print(f"purged {n} dead letter(s)")
+
+
+# -- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(min=10, help="How many quick jobs to enqueue.")] = 400,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1)] = 2,
+) -> None:
+    """Run the demo: start workers, enqueue a mix of jobs, show progress and the final status."""
+    from neuron_tasks.demo.run import run_demo
+
+    raise typer.Exit(run_demo(database_url(), settings(), jobs=jobs, processes=processes, console=console))
+
+
+def _register_command_groups() -> None:
+    """The queue's own groups, then every part's (a part whose extra is not installed is left out)."""
+    from neuron_tasks.cli import config, tenants, topics
+    from neuron_tasks.core import parts
+
+    for module in (config, tenants, topics):
+        app.add_typer(module.app, name=module.NAME)
+    for part in parts.parts():
+        for command in part.commands:
+            try:
+                sub = parts.load(command.app)
+            except ImportError as exc:
+                logging.getLogger(__name__).debug("command group %s left out: %s", command.name, exc)
+                continue
+            app.add_typer(sub, name=command.name)
+
+
+_register_command_groups()
+
+
+def main() -> None:
+    try:
+        app()
+    except NeuronTasksError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

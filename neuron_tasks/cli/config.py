@@ -1,0 +1,64 @@
+"""`neuron-tasks config`: every setting with its source; change live ones at runtime."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import psycopg
+import typer
+
+from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail
+from neuron_tasks.errors import ConfigurationError
+
+NAME = "config"
+app = typer.Typer(
+    help="Settings: show every effective value and where it comes from (default < file < env < runtime); "
+    "change live ones for every running process.",
+    no_args_is_help=True,
+)
+
+
+@app.command("show")
+def show(
+    as_json: JsonOpt = False,
+    offline: Annotated[bool, typer.Option(help="Do not read runtime values from the database.")] = False,
+) -> None:
+    """Every setting: value, unit, source (default, file, env, runtime), live?, description."""
+    from neuron_tasks.core import runtime
+
+    if offline:
+        rows = runtime.show(None)
+    else:
+        with psycopg.connect(database_url(), autocommit=True) as conn:
+            rows = runtime.show(conn)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    emit(rows, ["key", "value", "unit", "source", "live", "description"], as_json=False, title="Settings")
+
+
+@app.command("set")
+def set_(
+    key: Annotated[str, typer.Argument(help="Setting name, e.g. batch_size.")],
+    value: Annotated[str, typer.Argument(help="New value ('null' to unset an optional one).")],
+) -> None:
+    """Change a setting for every running worker and scheduler (applied within seconds)."""
+    from neuron_tasks.core import runtime
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        try:
+            stored = runtime.set_value(conn, key, value)
+        except ConfigurationError as exc:
+            fail(str(exc))
+    console.print(f"{key} = {stored if stored is not None else 'null'} (runtime; running processes apply it now)")
+
+
+@app.command("reset")
+def reset(key: Annotated[str, typer.Argument(help="Setting name.")]) -> None:
+    """Drop a runtime value: the file, environment or built-in value applies again."""
+    from neuron_tasks.core import runtime
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        found = runtime.reset_value(conn, key)
+    console.print(f"{key}: runtime value {'removed' if found else 'was not set'}")

@@ -1,0 +1,131 @@
+"""Helpers shared by every `neuron-tasks` command group: settings, database, output."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from neuron_tasks import db
+from neuron_tasks.config import Settings
+from neuron_tasks.core import migrate
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for scripts and logs
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+class State:
+    database_url: str | None = None
+    settings: Settings | None = None
+
+
+state = State()
+
+
+def settings() -> Settings:
+    if state.settings is None:
+        try:
+            state.settings = Settings(database_url=state.database_url) if state.database_url else Settings()
+        except ValidationError as exc:
+            fail(f"invalid settings: {exc}")
+    return state.settings
+
+
+def database_url(*, upgrade: bool = True) -> str:
+    """The URL (embedded server started when none is set), exported for child processes."""
+    url = db.resolve_url(settings(), export=True)
+    if upgrade:
+        migrate.upgrade(url)
+    return url
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
+def emit(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(jsonable(rows), indent=2))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    if not rows:
+        table.caption = "(none)"
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90', '90s', '15m', '2h', '7d' -> seconds."""
+    if text is None:
+        return None
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h or 7d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def json_arg(text: str, what: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise typer.BadParameter(f"{what} must be a JSON {'array' if kind is list else 'object'}")
+    return value
+
+
+def pool() -> Any:
+    """A small pool on the configured (or embedded) database, migrated."""
+    return db.make_pool(database_url(), max_size=2, name="neuron_tasks-cli")
+
+
+def repo() -> Any:
+    from neuron_tasks.core.admin import Repo
+
+    return Repo(pool())
+
+

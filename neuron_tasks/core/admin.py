@@ -1,0 +1,101 @@
+"""Read and admin queries for the CLI (and later the dashboard): status, workers, dead letters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dramatiq.message import Message
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from neuron_tasks.sql import q
+
+QUEUE_STATES = ("pending", "running", "retrying", "failed", "finished")
+#: Payload options that describe a past failure; cleared when a dead letter is requeued.
+FAILURE_OPTIONS = ("retries", "traceback", "requeue_timestamp")
+
+
+@dataclass
+class Repo:
+    pool: ConnectionPool
+
+    def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(q(name), params or {})
+            return cur.fetchall() if cur.description else []
+
+    def queue_status(self) -> list[dict[str, Any]]:
+        """Per queue: pending, running, retrying, failed (dead letters), finished (history)."""
+        live = {r["queue_name"]: r for r in self._all("queue_counts")}
+        finished = {r["queue_name"]: r for r in self._all("finished_counts")}
+        out = []
+        for name in sorted(set(live) | set(finished)):
+            row = {"queue": name, **dict.fromkeys(QUEUE_STATES, 0), "finished_last_hour": 0, "oldest_pending": None}
+            if name in live:
+                for key in ("pending", "running", "retrying", "failed", "oldest_pending"):
+                    row[key] = live[name][key]
+            if name in finished:
+                row["finished"] = finished[name]["finished"]
+                row["finished_last_hour"] = finished[name]["finished_last_hour"]
+            out.append(row)
+        return out
+
+    def workers(self) -> list[dict[str, Any]]:
+        """worker_status(): running, stale (missed 3 heartbeats) or stopped in the last hour."""
+        return self._all("list_workers")
+
+    def dead_letters(
+        self,
+        *,
+        queue: str | None = None,
+        actor: str | None = None,
+        tenant: str | None = None,
+        older_than_s: float | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        return self._all(
+            "list_dead_letters",
+            {"queue_name": queue, "actor_name": actor, "tenant": tenant, "older_than_s": older_than_s, "limit": limit},
+        )
+
+    def message(self, key: str) -> dict[str, Any] | None:
+        """A message by row id (digits) or message id, through their indexes."""
+        if key.isdigit() and len(key) < 19:
+            rows = self._all("get_message_by_id", {"id": int(key)})
+            if rows:
+                return rows[0]
+        rows = self._all("get_message", {"key": key})
+        return rows[0] if rows else None
+
+    def requeue(self, keys: list[str]) -> list[str]:
+        """Dead letters back to pending with attempts reset; returns the message ids requeued."""
+        done: list[str] = []
+        for key in keys:
+            row = self.message(key)
+            if row is None or row["state"] != "failed":
+                continue
+            payload = bytes(row["payload"])
+            try:
+                message = Message.decode(payload)
+                options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
+                payload = message.copy(options=options).encode()
+            except Exception:
+                pass  # an undecodable payload is requeued as it is; it will fail the same way
+            with self.pool.connection() as conn, conn.transaction():
+                requeued = conn.execute(q("requeue_dead_letter"), {"id": row["id"], "payload": payload}).fetchall()
+                for (queue_name,) in requeued:
+                    conn.execute(q("notify"), {"queue_name": queue_name})
+            if requeued:
+                done.append(row["message_id"])
+        return done
+
+    def dead_letter_keys(self, *, queue: str | None, actor: str | None, tenant: str | None,
+                         older_than_s: float | None) -> list[str]:
+        rows = self.dead_letters(queue=queue, actor=actor, tenant=tenant, older_than_s=older_than_s, limit=1_000_000)
+        return [str(r["id"]) for r in rows]
+
+    def purge(self, *, queue: str | None = None, older_than_s: float | None = None) -> int:
+        with self.pool.connection() as conn:
+            cur = conn.execute(q("purge_dead_letters"), {"queue_name": queue, "older_than_s": older_than_s})
+            return cur.rowcount

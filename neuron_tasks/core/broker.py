@@ -1,0 +1,466 @@
+"""The Postgres broker: a real `dramatiq.Broker` on psycopg 3.
+
+Enqueue inserts a row (NOTIFY wakes workers); workers claim rows in batches with
+FOR UPDATE SKIP LOCKED and hold a lease their heartbeat renews; results are written in
+batches by the completer; a sweeper returns the messages of dead workers.
+See docs/architecture.md for the life cycle and the SQL of each step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, Consumer
+from dramatiq.common import q_name
+from dramatiq.message import Message
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Middleware,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from psycopg_pool import ConnectionPool
+
+from neuron_tasks import db
+from neuron_tasks.config import Settings
+from neuron_tasks.core.broker_test_api import BrokerTestAPI
+from neuron_tasks.core.completer import Completer
+from neuron_tasks.core.consumer import PgConsumer, PgMessageProxy
+from neuron_tasks.core.keeper import Keeper, Stats
+from neuron_tasks.core.listener import Listener
+from neuron_tasks.core.middleware import Deadlines, MessageOptions, PoisonGuard, Retries, Tenancy, Topics, WorkerStats
+from neuron_tasks.core.options import prepare_for
+from neuron_tasks.core.policies import Policies
+from neuron_tasks.errors import DuplicateJob, QueueFull
+from neuron_tasks.sql import q
+
+log = logging.getLogger(__name__)
+
+#: Skip the exact depth count while a queue is known to be under this share of its depth.
+DEPTH_SLACK = 0.9
+DEPTH_RECHECK_S = 1.0
+
+
+class _QuietDeferrals(logging.Filter):
+    """Dramatiq logs every skipped message as a warning; a deferral by a limit is routine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Message %s was skipped." and record.args:
+            return getattr(record.args[0], "deferred", None) is None
+        return True
+
+
+_worker_log = logging.getLogger("dramatiq.worker.WorkerThread")
+if not any(isinstance(f, _QuietDeferrals) for f in _worker_log.filters):
+    _worker_log.addFilter(_QuietDeferrals())
+
+
+def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
+    """Dramatiq's defaults (the seed's time limit and retry count) with neuron_tasks' own:
+    deadlines, tenant limits and topic limits run first, so a message that must wait or fail
+    does so before anything else starts."""
+    return [
+        Deadlines(),
+        Tenancy(),
+        Topics(),
+        PoisonGuard(),
+        AgeLimit(),
+        TimeLimit(time_limit=settings.timeout_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        CurrentMessage(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+        ),
+        MessageOptions(),
+        WorkerStats(stats),
+        *_metrics_middleware(),
+    ]
+
+
+def _metrics_middleware() -> list[Middleware]:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return []
+    from neuron_tasks.core.middleware.metrics import Metrics
+
+    return [Metrics()]
+
+
+class PostgresBroker(BrokerTestAPI, Broker):
+    """A Dramatiq broker whose queues are rows in PostgreSQL.
+
+    Parameters:
+      url: PostgreSQL URL; defaults to settings.database_url, else the embedded server.
+      settings: a `Settings`; built from the environment when omitted.
+      middleware: the full middleware list (Dramatiq's convention); defaults to
+        Dramatiq's defaults configured from settings plus neuron_tasks' own.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        middleware: list[Middleware] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._base_settings = self.settings.model_copy()  # defaults < file < environment
+        self._settings_version: tuple[Any, ...] | None = None
+        self.stats = Stats()
+        self.policies = Policies(lambda: self.pool, self.settings)
+        super().__init__(middleware=middleware or default_middleware(self.settings, self.stats))
+        self.queues: set[str] = set()
+        self._url = url or self.settings.database_url
+        self._lock = threading.RLock()
+        self._pid = -1
+        self._pool: ConnectionPool | None = None
+        self._soft_pool: ConnectionPool | None = None
+        self._owner = uuid.uuid4()
+        self._completer: Completer | None = None
+        self._keeper: Keeper | None = None
+        self._listener: Listener | None = None
+        self._events: dict[str, threading.Event] = {}
+        self._depth: dict[str, tuple[int, float]] = {}
+        self._depth_lock = threading.Lock()
+        self._epoch = datetime.now(UTC)
+
+    # -- connections ----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            self._url = db.resolve_url(self.settings)
+        return self._url
+
+    @property
+    def owner(self) -> uuid.UUID:
+        """This process's worker id: the lease owner of the messages it claims."""
+        self._check_pid()
+        return self._owner
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    # A forked child must not share its parent's sockets or threads.
+                    self._pool = self._soft_pool = None
+                    self._completer = self._keeper = self._listener = None
+                    self._owner = uuid.uuid4()
+                    self._pid = os.getpid()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        self._check_pid()
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size, **self._hygiene())
+        return self._pool
+
+    def _hygiene(self) -> dict[str, int]:
+        return {
+            "statement_timeout_ms": self.settings.statement_timeout_ms,
+            "idle_in_transaction_timeout_ms": self.settings.idle_in_transaction_timeout_ms,
+        }
+
+    @property
+    def soft_pool(self) -> ConnectionPool:
+        """Connections for soft state (topic slots, token buckets, heartbeats): they commit without
+        waiting for the WAL flush; these rows are re-validated against leases, so a crash that
+        loses their last fraction of a second is harmless."""
+        self._check_pid()
+        if self._soft_pool is None:
+            with self._lock:
+                if self._soft_pool is None:
+                    self._soft_pool = db.make_pool(
+                        self.url,
+                        max_size=self.settings.pool_max_size,
+                        name="neuron_tasks-soft",
+                        durable=False,
+                        **self._hygiene(),
+                    )
+        return self._soft_pool
+
+    def _execute(self, name: str, params: dict[str, Any], *, what: str) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            with self.pool.connection() as conn:
+                cur = conn.execute(q(name), params)
+                return cur.fetchall() if cur.description else []
+
+        return db.retrying(run, what=what)
+
+    def migrate(self) -> int:
+        """Apply pending schema migrations; returns how many were applied."""
+        from neuron_tasks.core import migrate
+
+        return len(migrate.upgrade(self.url))
+
+    # -- declaring ------------------------------------------------------------------
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def get_declared_queues(self) -> set[str]:
+        return self.queues.copy()
+
+    # -- enqueue --------------------------------------------------------------------
+    def _row(self, message: Message, delay: int | float | None) -> dict[str, Any]:
+        p = prepare_for(self, message, delay)
+        return {
+            "message_id": message.message_id,
+            "queue_name": q_name(message.queue_name),
+            "actor_name": message.actor_name,
+            "priority": p.columns.priority,
+            "delay_ms": p.columns.delay_ms,
+            "tenant": p.columns.tenant,
+            "topic": p.columns.topic,
+            "deadline": p.columns.deadline,
+            "fingerprint": p.fingerprint,
+            "on_duplicate": p.on_duplicate,
+            "payload": p.payload,
+        }
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Store a message; `delay` is in milliseconds.
+
+        A message this process is running that is enqueued again (Dramatiq's Retries
+        middleware does this) is not inserted twice: its row is updated when it is acked.
+        """
+        if isinstance(message, PgMessageProxy) and message.is_in_flight():
+            self.emit_before("enqueue", message, delay)
+            message.schedule_retry(message._message.encode(), int(delay or 0))
+            self.emit_after("enqueue", message, delay)
+            return message._message
+        row = self._row(message, delay)
+        self.emit_before("enqueue", message, delay)
+        self._reserve_depth(row["queue_name"], 1)
+        if not self._execute("insert_message", row, what="enqueue"):
+            existing = self._existing(row["fingerprint"])
+            if row["on_duplicate"] == "existing" and existing is not None:
+                return message.copy(message_id=existing)
+            raise DuplicateJob(row["fingerprint"], existing)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def _existing(self, fingerprint: str) -> str | None:
+        found = self._execute("live_by_fingerprint", {"fingerprint": fingerprint}, what="unique job")
+        return str(found[0][0]) if found else None
+
+    def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
+        """Store many messages in one round trip (one statement, one commit)."""
+        if not messages:
+            return []
+        rows = [self._row(m, delay) for m in messages]
+        hooked = self._enqueue_hooked()
+        if hooked:
+            for m in messages:
+                self.emit_before("enqueue", m, delay)
+        per_queue: dict[str, int] = {}
+        for r in rows:
+            per_queue[r["queue_name"]] = per_queue.get(r["queue_name"], 0) + 1
+        for queue_name, n in per_queue.items():
+            self._reserve_depth(queue_name, n)
+        params = {key: [r[key] for r in rows] for key in rows[0] if key != "on_duplicate"}
+
+        def insert() -> set[str]:
+            with self.pool.connection() as conn, conn.transaction():
+                inserted = {r[0] for r in conn.execute(q("insert_messages"), params).fetchall()}
+                for r in rows:
+                    if r["message_id"] not in inserted and r["on_duplicate"] != "existing":
+                        # Roll the whole batch back: nothing is half-enqueued.
+                        raise DuplicateJob(r["fingerprint"], None)
+                return inserted
+
+        inserted = db.retrying(insert, what="enqueue_many")
+        out: list[Message] = []
+        for m, r in zip(messages, rows, strict=True):
+            if r["message_id"] in inserted:
+                if hooked:
+                    self.emit_after("enqueue", m, delay)
+                out.append(m)
+            else:
+                existing = self._existing(r["fingerprint"])
+                out.append(m.copy(message_id=existing) if existing else m)
+        return out
+
+    def _enqueue_hooked(self) -> bool:
+        """Whether any middleware listens to enqueue hooks (Dramatiq's defaults do not): bulk
+        enqueue then skips calling every middleware for every message."""
+        return any(
+            type(m).before_enqueue is not Middleware.before_enqueue
+            or type(m).after_enqueue is not Middleware.after_enqueue
+            for m in self.middleware
+        )
+
+    def _reserve_depth(self, queue_name: str, n: int) -> None:
+        """Refuse a queue over `queue_depth`; counts exactly whenever the queue is near it."""
+        depth = self.settings.queue_depth
+        now = time.monotonic()
+        with self._depth_lock:
+            known = self._depth.get(queue_name)
+            if known and now - known[1] < DEPTH_RECHECK_S and known[0] + n < depth * DEPTH_SLACK:
+                self._depth[queue_name] = (known[0] + n, known[1])
+                return
+        rows = self._execute("waiting_count", {"queue_name": queue_name, "limit": depth}, what="queue depth")
+        waiting = int(rows[0][0])
+        if waiting + n > depth:
+            raise QueueFull(queue_name, depth)
+        with self._depth_lock:
+            self._depth[queue_name] = (waiting + n, now)
+
+    # -- consume --------------------------------------------------------------------
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+        """A consumer that claims up to `batch_size` messages at a time.
+
+        Dramatiq's worker asks for `prefetch` = 2 x threads; the seed's batch_size
+        (default 100) is used instead so that claims are batched.
+        """
+        self._start_runtime()
+        return PgConsumer(self, queue_name, timeout)
+
+    def _start_runtime(self) -> None:
+        self._check_pid()
+        with self._lock:
+            if self._completer is None:
+                self._completer = Completer(
+                    lambda: self.pool, self.owner, self.settings.ack_linger_ms / 1000.0, lambda: self.wake(None)
+                )
+                self._completer.start()
+            if self._listener is None:
+                self._listener = Listener(self.url, self.wake, self.reload_settings)
+                self._listener.start()
+                self._listener.connected.wait(5)
+            if self._keeper is None:
+                self._keeper = Keeper(
+                    lambda: self.pool,
+                    self.owner,
+                    self.settings,
+                    lambda: sorted(self.queues),
+                    self.stats,
+                    self.wake,
+                    lambda: self.reload_settings(force=False),
+                )
+                self._keeper.start()
+
+    @property
+    def completer(self) -> Completer:
+        self._start_runtime()
+        assert self._completer is not None
+        return self._completer
+
+    def reload_settings(self, *, force: bool = True) -> dict[str, tuple[Any, Any]]:
+        """Apply runtime settings (`neuron-tasks config set`) to this running process.
+
+        Returns {key: (old, new)} of what changed. Called on NOTIFY and by the keeper's poll.
+        """
+        from neuron_tasks.core import runtime
+
+        with self.pool.connection() as conn:
+            if conn.execute("SELECT to_regclass('neuron_tasks.settings') IS NULL").fetchone()[0]:
+                return {}
+            version = runtime.version(conn)
+            if not force and version == self._settings_version:
+                return {}
+            values = runtime.runtime_values(conn)
+        new = runtime.effective(self._base_settings, values)
+        changed: dict[str, tuple[Any, Any]] = {}
+        for key, live_def in runtime.definitions().items():
+            if key not in type(self.settings).model_fields or not live_def.live:
+                continue
+            old_value, new_value = getattr(self.settings, key), getattr(new, key)
+            if old_value != new_value:
+                setattr(self.settings, key, new_value)
+                changed[key] = (old_value, new_value)
+        self._settings_version = version
+        if changed:
+            self._apply_to_middleware()
+            self.wake(None)
+            log.info("applied runtime settings: %s",
+                     ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+        return changed
+
+    def _apply_to_middleware(self) -> None:
+        s = self.settings
+        for m in self.middleware:
+            if isinstance(m, TimeLimit):
+                m.time_limit = s.timeout_ms
+            elif isinstance(m, Retries):
+                m.max_retries, m.min_backoff, m.max_backoff = s.max_retries, s.min_backoff_ms, s.max_backoff_ms
+
+    def event(self, queue_name: str) -> threading.Event:
+        with self._lock:
+            ev = self._events.get(queue_name)
+            if ev is None:
+                ev = self._events[queue_name] = threading.Event()
+            return ev
+
+    def wake(self, queue_name: str | None) -> None:
+        """Wake the consumers of a queue (None: of every queue)."""
+        with self._lock:
+            events = list(self._events.values()) if queue_name is None else [self._events.get(queue_name)]
+        for ev in events:
+            if ev is not None:
+                ev.set()
+
+    def release(self, row_ids: Iterable[int]) -> None:
+        """Give claimed messages back to their queues now."""
+        ids = list(row_ids)
+        if not ids:
+            return
+        rows = self._execute("release", {"ids": ids, "owner": self.owner}, what="release")
+        for queue_name in {r[0] for r in rows}:
+            self._execute("notify", {"queue_name": queue_name}, what="notify")
+
+    # -- shutdown -------------------------------------------------------------------
+    def close(self) -> None:
+        """Write pending results, give back held messages, stop threads, close the pool."""
+        self._check_pid()
+        with self._lock:
+            completer, keeper, listener = self._completer, self._keeper, self._listener
+            self._completer = self._keeper = self._listener = None
+        if completer is not None:
+            completer.stop()
+        if listener is not None:
+            listener.stop()
+        if keeper is not None:
+            keeper.stop()
+        if self._pool is not None:
+            try:
+                rows = self._execute("release_owner", {"owner": self._owner}, what="release on close")
+                for queue_name in {r[0] for r in rows}:
+                    self._execute("notify", {"queue_name": queue_name}, what="notify")
+                if rows:
+                    log.info("gave %d unfinished messages back to their queues", len(rows))
+            except Exception as exc:
+                log.warning("could not give back held messages (their leases will expire): %s", exc)
+            if keeper is not None:
+                keeper.stopped()
+            self._pool.close()
+            self._pool = None
+        if self._soft_pool is not None:
+            self._soft_pool.close()
+            self._soft_pool = None
+
+
+def set_default_broker(url: str | None = None, settings: Settings | None = None) -> PostgresBroker:
+    """Create a PostgresBroker and make it Dramatiq's global broker."""
+    broker = PostgresBroker(url, settings=settings)
+    dramatiq.set_broker(broker)
+    return broker

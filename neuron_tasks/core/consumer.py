@@ -1,0 +1,289 @@
+"""The consumer Dramatiq's worker iterates: batched claims, woken by NOTIFY."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+from psycopg.types.json import Jsonb
+
+from neuron_tasks import db
+from neuron_tasks.core.completer import error_entry
+from neuron_tasks.sql import q
+
+if TYPE_CHECKING:
+    from neuron_tasks.core.broker import PostgresBroker
+
+log = logging.getLogger(__name__)
+
+
+def exception_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class PgMessageProxy(MessageProxy):
+    """A claimed message: knows its row, and whether the worker asked to retry it."""
+
+    def __init__(self, message: Message, row_id: int, attempt: int, consumer: PgConsumer, deaths: int = 0) -> None:
+        super().__init__(message)
+        self.row_id = row_id
+        self.attempt = attempt
+        self.deaths = deaths
+        self._consumer: PgConsumer | None = consumer
+        self._retry: tuple[bytes, int] | None = None
+        self._defer: tuple[int, str] | None = None
+        self.has_slot = False  # holds a topic concurrency slot (taken with the claim)
+
+    def is_in_flight(self) -> bool:
+        return self._consumer is not None
+
+    def schedule_retry(self, payload: bytes, delay_ms: int) -> None:
+        self._retry = (payload, delay_ms)
+
+    def schedule_defer(self, delay_ms: int, reason: str) -> None:
+        """Put the message back (a limit): no attempt or retry is counted."""
+        self._defer = (delay_ms, reason)
+
+    @property
+    def deferred(self) -> tuple[int, str] | None:
+        return self._defer
+
+    def error_info(self) -> tuple[str, str, str]:
+        """(type, message, traceback) of the exception this message failed with."""
+        exc = self._exception
+        if exc is None:
+            return ("neuron_tasks.errors.NeuronTasksError", "message failed with an unknown error", "")
+        tb = self.options.get("traceback") or "".join(traceback.format_exception(exc))
+        return (exception_type_name(exc), str(exc), tb)
+
+
+class PgConsumer(Consumer):
+    """Iterates over one queue's messages for Dramatiq's ConsumerThread.
+
+    At most `limit` messages are held (claimed, not yet acked) at once; claims are made
+    in batches when at least a quarter of that room is free, or when nothing is held.
+    """
+
+    def __init__(self, broker: PostgresBroker, queue_name: str, timeout_ms: int) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        self.timeout_s = timeout_ms / 1000.0
+        self.cache: deque[tuple[int, int, bytes, int, bool]] = deque()
+        self.event = broker.event(queue_name)
+        self._held = 0
+        self._held_lock = threading.Lock()
+        self._next_poll = 0.0
+        self._to_free: list[int] = []  # topic slots of finished messages, freed in one statement
+        self._free_lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def limit(self) -> int:
+        """batch_size, read on every claim so that a runtime change applies at once."""
+        return max(1, self.broker.settings.batch_size)
+
+    # -- Dramatiq's Consumer API ------------------------------------------------------
+    def __next__(self) -> MessageProxy | None:
+        """A claimed message, or None after waiting at most the worker's timeout.
+
+        The database is asked again when woken (NOTIFY, an ack, a settings change), when the
+        next delayed message is due, and otherwise every `naptime_ms` (the polling fallback).
+        """
+        while True:
+            if self._to_free:
+                self._free_slots()
+            if self.cache:
+                proxy = self._decode(*self.cache.popleft())
+                if proxy is None:
+                    continue
+                return proxy
+            now = time.monotonic()
+            if self.event.is_set() or now >= self._next_poll:
+                self.event.clear()
+                self._next_poll = now + self.broker.settings.naptime_ms / 1000.0
+                room = self.limit - self._held
+                if room >= max(1, self.limit // 4) or self._held == 0:
+                    rows = self._claim(room)
+                    if rows:
+                        self.cache.extend(rows)
+                        continue
+                    due = self._next_due()
+                    if due is not None:
+                        self._next_poll = min(self._next_poll, now + max(due, 0.001))
+            self.event.wait(max(min(self.timeout_s, self._next_poll - time.monotonic()), 0.0))
+            return None
+
+    def ack(self, message: MessageProxy) -> None:
+        proxy = self._own(message)
+        if proxy._defer is not None:
+            self.broker.completer.defer(
+                {"id": proxy.row_id, "queue_name": self.queue_name, "delay_ms": proxy._defer[0]}
+            )
+        elif proxy._retry is not None:
+            payload, delay_ms = proxy._retry
+            type_name, text, tb = proxy.error_info()
+            self.broker.completer.retry(
+                {
+                    "id": proxy.row_id,
+                    "queue_name": self.queue_name,
+                    "payload": payload,
+                    "delay_ms": delay_ms,
+                    "error": f"{type_name}: {text}",
+                    "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
+                }
+            )
+        else:
+            self.broker.completer.ack(proxy.row_id)
+        self._release_slot(proxy)
+
+    def nack(self, message: MessageProxy) -> None:
+        proxy = self._own(message)
+        type_name, text, tb = proxy.error_info()
+        self.broker.completer.nack(
+            {
+                "id": proxy.row_id,
+                "error": f"{type_name}: {text}",
+                "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
+            }
+        )
+        self._release_slot(proxy)
+
+    def requeue(self, messages: Any) -> None:
+        """Give messages this process holds but will not run back to the queue."""
+        ids = []
+        for message in messages:
+            proxy = self._own(message)
+            ids.append(proxy.row_id)
+            self._release_slot(proxy)
+        ids.extend(entry[0] for entry in self.cache)
+        self.cache.clear()
+        self.broker.release(ids)
+        self._free_slots()
+
+    def close(self) -> None:
+        self._free_slots()
+        if self.cache:
+            ids = [entry[0] for entry in self.cache]
+            self.cache.clear()
+            try:
+                self.broker.release(ids)
+            except psycopg.Error as exc:
+                log.warning("could not give back %d prefetched messages: %s", len(ids), exc)
+        self.closed = True
+
+    # -- internals ----------------------------------------------------------------------
+    def _own(self, message: MessageProxy) -> PgMessageProxy:
+        if not isinstance(message, PgMessageProxy):
+            raise TypeError(f"{message!r} was not claimed from a PostgresBroker")
+        return message
+
+    def _release_slot(self, proxy: PgMessageProxy) -> None:
+        claimer = proxy._consumer  # after a consumer restart, acks arrive through the new one
+        if claimer is None:
+            return
+        proxy._consumer = None
+        if proxy.has_slot:
+            # Its actor is done: its topic slot is freed before this consumer claims again, with
+            # the slots of the other messages finished meanwhile in one statement, without
+            # waiting for the results to be written (worker threads ack; the consumer thread,
+            # woken below, frees and claims).
+            proxy.has_slot = False
+            with self._free_lock:
+                self._to_free.append(proxy.row_id)
+        with claimer._held_lock:
+            claimer._held -= 1
+        claimer.event.set()
+
+    def _free_slots(self) -> None:
+        with self._free_lock:
+            ids, self._to_free = self._to_free, []
+        if not ids:
+            return
+        try:
+            with self.broker.soft_pool.connection() as conn:
+                conn.execute(q("free_slots"), {"ids": ids})
+        except psycopg.Error as exc:
+            log.warning("could not free %d topic slots now (%s); the completer frees them", len(ids), exc)
+
+    def _claim(self, room: int) -> list[tuple[int, int, bytes, int, bool]]:
+        params = {
+            "queue_name": self.queue_name,
+            "owner": self.broker.owner,
+            "lease_s": self.broker.settings.lease_s,
+            "limit": room,
+        }
+        try:
+            # A claim lost in a server crash only returns the message to the queue: no need to
+            # wait for the WAL flush (the soft-state pool commits asynchronously).
+            with self.broker.soft_pool.connection() as conn:
+                rows = conn.execute(q("dequeue"), params).fetchall()
+        except psycopg.OperationalError as exc:
+            # Dramatiq's ConsumerThread restarts the consumer after a connection error.
+            raise ConnectionClosed(exc) from None
+        rows.sort(key=lambda r: (r[1], r[2], r[0]))
+        if any(r[6] for r in rows):
+            self.broker.completer.took_slots = True
+        with self._held_lock:
+            self._held += len(rows)
+        return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5]), bool(r[6])) for r in rows]
+
+    def _next_due(self) -> float | None:
+        """Seconds until a claim may find something; None when the queue has nothing waiting."""
+        try:
+            with self.broker.soft_pool.connection() as conn:
+                row = conn.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
+        except psycopg.OperationalError as exc:
+            raise ConnectionClosed(exc) from None
+        if row is None or row[0] is None:
+            return None
+        due = float(row[0])
+        if due > 0:
+            return due
+        # Due messages we could not claim: their tenant is rate-limited or their topic is full.
+        blocked = float(row[1]) if row[1] is not None else None
+        retry = self.broker.settings.topic_retry_ms / 1000.0
+        return max(min(blocked, retry) if blocked is not None else retry, 0.002)
+
+    def _decode(
+        self, row_id: int, attempt: int, payload: bytes, deaths: int, has_slot: bool
+    ) -> PgMessageProxy | None:
+        try:
+            message = Message.decode(payload)
+            options = message.options
+            if "eta" in options or message.queue_name != self.queue_name:
+                # Our rows carry their own eta; Dramatiq would hold an `eta` option in memory.
+                options = {k: v for k, v in options.items() if k != "eta"}
+                message = message.copy(queue_name=self.queue_name, options=options)
+        except Exception as exc:
+            self._dead_letter_undecodable(row_id, exc)
+            return None
+        proxy = PgMessageProxy(message, row_id, attempt, self, deaths)
+        proxy.has_slot = has_slot
+        return proxy
+
+    def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:
+        cause = exc.__cause__ or exc
+        text = f"payload is not a valid Dramatiq message ({type(cause).__name__}: {cause})"
+        log.error("message row %s: %s; moved to the dead letters", row_id, text)
+        params = {
+            "id": row_id,
+            "owner": self.broker.owner,
+            "error": f"dramatiq.errors.DecodeError: {text}",
+            "entry": error_entry(attempt=1, type_name="dramatiq.errors.DecodeError", message=text, traceback=""),
+        }
+        def run() -> None:
+            with self.broker.pool.connection() as conn:
+                conn.execute(q("nack"), {**params, "entry": Jsonb(params["entry"])})
+
+        db.retrying(run, what="dead-letter undecodable message")
+        with self._held_lock:
+            self._held -= 1

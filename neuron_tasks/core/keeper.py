@@ -1,0 +1,138 @@
+"""The worker's housekeeping thread: heartbeat and lease renewal, the sweeper of dead
+workers' messages, and retention. One per worker process; every statement is one round trip
+for the whole process, whatever the number of messages it holds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from neuron_tasks.config import Settings
+from neuron_tasks.core import maintenance
+from neuron_tasks.sql import q
+
+log = logging.getLogger(__name__)
+RETENTION_EVERY_S = 60.0
+
+
+class Stats:
+    """Counters a worker process reports with its heartbeat."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processed = 0
+        self.failed = 0
+        self.runtime_ms = 0.0
+        self.last_run: datetime | None = None
+
+    def record(self, runtime_ms: float, *, failed: bool) -> None:
+        with self.lock:
+            self.processed += 1
+            self.failed += int(failed)
+            self.runtime_ms += runtime_ms
+            self.last_run = datetime.now().astimezone()
+
+
+class Keeper(threading.Thread):
+    def __init__(
+        self,
+        pool: Callable[[], ConnectionPool],
+        owner: UUID,
+        settings: Settings,
+        queues: Callable[[], list[str]],
+        stats: Stats,
+        wake: Callable[[str | None], None],
+        reload_settings: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(name="neuron-tasks-keeper", daemon=True)
+        self._pool = pool
+        self.owner = owner
+        self.settings = settings
+        self.queues = queues
+        self.stats = stats
+        self.wake = wake
+        self.reload_settings = reload_settings
+        self._last_settings_poll = 0.0
+        self._halt = threading.Event()
+        self._registered = False
+        self._last_retention = 0.0
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.beat()
+                self.sweep()
+                if self.reload_settings is not None and (
+                    time.monotonic() - self._last_settings_poll >= self.settings.settings_poll_s
+                ):
+                    self._last_settings_poll = time.monotonic()
+                    self.reload_settings()  # the fallback when a NOTIFY was missed
+                if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
+                    self.retention()
+                    self._last_retention = time.monotonic()
+            except psycopg.OperationalError as exc:
+                log.warning("heartbeat failed (%s); retrying", exc)
+            except Exception:
+                log.exception("housekeeping failed; retrying")
+            self._halt.wait(min(self.settings.heartbeat_s, self.settings.settings_poll_s))
+
+    def beat(self) -> None:
+        with self.stats.lock:
+            counters = {
+                "processed": self.stats.processed,
+                "failed": self.stats.failed,
+                "runtime_ms": self.stats.runtime_ms,
+                "last_run": self.stats.last_run,
+            }
+        with self._pool().connection() as conn, conn.transaction():
+            if not self._registered:
+                conn.execute(
+                    q("register_worker"),
+                    {
+                        "owner": self.owner,
+                        "worker_name": f"{socket.gethostname()}:{os.getpid()}",
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "queues": self.queues(),
+                        "heartbeat_s": self.settings.heartbeat_s,
+                    },
+                )
+                self._registered = True
+            conn.execute(q("renew_leases"), {"owner": self.owner, "lease_s": self.settings.lease_s})
+            conn.execute(q("heartbeat_worker"), {"owner": self.owner, "queues": self.queues(), **counters})
+
+    def sweep(self) -> int:
+        """Return expired leases' messages to their queues; dead-letter poison messages."""
+        with self._pool().connection() as conn:
+            return len(maintenance.sweep(conn, self.settings))
+
+    def retention(self) -> None:
+        """The queue's own retention (the scheduler's leader also runs every part's)."""
+        with self._pool().connection() as conn:
+            maintenance.trim_history(conn, self.settings)
+            maintenance.trim_dead_letters(conn, self.settings)
+            maintenance.trim_tenant_usage(conn)
+
+    def stopped(self) -> None:
+        """Mark this worker stopped (clean shutdown)."""
+        if not self._registered:
+            return
+        try:
+            self.beat()
+            with self._pool().connection() as conn:
+                conn.execute(q("stop_worker"), {"owner": self.owner})
+        except psycopg.Error as exc:
+            log.warning("could not mark worker stopped: %s", exc)

@@ -1,0 +1,59 @@
+"""Dramatiq's Retries (exponential backoff with jitter), plus: max_retries per topic, a
+`Retry-After` carried by the exception, and exceptions marked non-retryable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq.middleware
+from dramatiq.errors import Retry
+
+from neuron_tasks.errors import NonRetryable
+
+_non_retryable: set[type[BaseException]] = set()
+
+
+def non_retryable(exc_type: type[BaseException]) -> type[BaseException]:
+    """Mark an exception class (usable as a decorator): messages failing with it are dead-lettered at once."""
+    _non_retryable.add(exc_type)
+    return exc_type
+
+
+def is_non_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, NonRetryable) or getattr(type(exc), "retryable", True) is False:
+        return True
+    return any(isinstance(exc, t) for t in _non_retryable)
+
+
+def retry_after_ms(exc: BaseException) -> int | None:
+    """Milliseconds from an exception's `retry_after` (seconds) attribute, if it has one."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return int(value * 1000)
+    return None
+
+
+class Retries(dramatiq.middleware.Retries):
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        if exception is None:
+            return
+        if is_non_retryable(exception):
+            self.logger.info("Message %r failed with a non-retryable %s.", message.message_id,
+                             type(exception).__name__)
+            message.fail()
+            return
+        topic = message.options.get("topic")
+        policies = getattr(broker, "policies", None)
+        if topic and policies is not None and "max_retries" not in message.options:
+            settings = policies.topic(topic)
+            if settings is not None and settings.max_retries is not None:
+                message.options["max_retries"] = settings.max_retries
+        delay = retry_after_ms(exception)
+        if delay is not None and not isinstance(exception, Retry):
+            actor = broker.get_actor(message.actor_name)
+            throws = message.options.get("throws") or actor.options.get("throws")
+            if not (throws and isinstance(exception, throws)):
+                exception = Retry(str(exception), delay=delay)
+        super().after_process_message(broker, message, result=result, exception=exception)

@@ -1,0 +1,80 @@
+"""Tenant limits and topic settings, read from Postgres and cached briefly in each process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+
+from neuron_tasks.config import Settings
+from neuron_tasks.sql import q
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    name: str
+    qps: float | None = None
+    burst: float | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.qps, self.tokens_per_minute, self.tokens_per_day))
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    name: str
+    concurrency: int | None = None
+    max_retries: int | None = None
+    delay_s: float | None = None
+    priority: int | None = None
+
+
+class Policies:
+    """A TTL cache of the tenants and topics tables (refreshed at most every policy_cache_s)."""
+
+    def __init__(self, pool: Callable[[], ConnectionPool], settings: Settings) -> None:
+        self._pool = pool
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded = -1e9
+        self._tenants: dict[str, TenantLimits] = {}
+        self._topics: dict[str, TopicSettings] = {}
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded < self.settings.policy_cache_s:
+            return
+        with self._lock:
+            if time.monotonic() - self._loaded < self.settings.policy_cache_s:
+                return
+            with self._pool().connection() as conn:
+                tenants = conn.execute(q("tenant_limits")).fetchall()
+                topics = conn.execute(q("topic_settings")).fetchall()
+            self._tenants = {r[0]: TenantLimits(*r) for r in tenants}
+            self._topics = {r[0]: TopicSettings(*r) for r in topics}
+            self._loaded = time.monotonic()
+
+    def invalidate(self) -> None:
+        self._loaded = -1e9
+
+    def tenant(self, name: str) -> TenantLimits | None:
+        """The tenant's limits; None when it is not configured."""
+        self._refresh()
+        return self._tenants.get(name)
+
+    def tenant_or_default(self, name: str) -> TenantLimits:
+        found = self.tenant(name)
+        if found is not None:
+            return found
+        s = self.settings
+        return TenantLimits(name, s.default_tenant_qps, s.default_tenant_burst, s.default_tenant_tokens_per_minute,
+                            s.default_tenant_tokens_per_day)
+
+    def topic(self, name: str) -> TopicSettings | None:
+        self._refresh()
+        return self._topics.get(name)

@@ -1,0 +1,90 @@
+"""`neuron-tasks dashboard`: the web process (Procfile `web:`), with /metrics and /healthz."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="The web dashboard for operators: queues, messages, dead letters (requeue/delete), workers,\n"
+    "tenants, topics, schedules, indexes, LLM cache, pipelines; /metrics for Prometheus; /healthz.\n\n"
+    "Binds 127.0.0.1 by default. Any other address needs a token (--token or\n"
+    "NEURON_TASKS_DASHBOARD_TOKEN); every request then carries it (Authorization: Bearer, the\n"
+    "X-Neuron-Tasks-Token header, or a cookie set by opening /?token=...).",
+    invoke_without_command=True,
+)
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8787; 0 = any free port).")] = None,
+    token: Annotated[str | None, typer.Option(
+        help="Access token (default: NEURON_TASKS_DASHBOARD_TOKEN); required beyond 127.0.0.1.")] = None,
+) -> None:
+    """Serve the dashboard until Ctrl-C / SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from neuron_tasks import db
+    from neuron_tasks.cli import app as cli
+    from neuron_tasks.dashboard.server import check_bind, make_server, url_of
+
+    settings = _settings(host=host, port=port, token=token)
+    try:
+        check_bind(settings)
+    except Exception as exc:
+        cli.fail(str(exc))
+    url = cli.database_url()
+    pool = db.make_pool(url, max_size=settings.dashboard_pool_max_size, name="neuron_tasks-dashboard")
+    server = make_server(pool, settings)
+    cli.console.print(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/ "
+                      f"(database {db.redact(url)}); Ctrl-C to stop", highlight=False)
+    try:
+        server.run()
+    finally:
+        pool.close()
+    if not server.started:
+        cli.fail(f"could not bind {settings.dashboard_host}:{settings.dashboard_port}"
+                 f" ({url_of(server, settings)} in use?)")
+
+
+def _settings(**overrides: Any) -> Any:
+    from neuron_tasks.dashboard.settings import DashboardSettings
+
+    values = {f"dashboard_{k}": v for k, v in overrides.items() if v is not None}
+    return DashboardSettings(**values)
+
+
+def demo_phase(url: str, settings: Any, console: Any) -> bool:
+    """Serve the dashboard on the demo's database; wait for Ctrl-C only when a person is watching."""
+    import time
+
+    from neuron_tasks import db
+    from neuron_tasks.dashboard.server import BackgroundDashboard
+
+    pool = db.make_pool(url, max_size=4, name="neuron_tasks-dashboard")
+    dash_settings = _settings()
+    try:
+        server = BackgroundDashboard(pool, dash_settings)
+        try:
+            link = server.start()
+        except Exception:
+            server = BackgroundDashboard(pool, _settings(port=0))  # 8787 taken: any free port
+            link = server.start()
+        console.print(f"dashboard: [bold]{link}[/]  (queues, dead letters, workers, /metrics)", highlight=False)
+        if sys.stdin.isatty():
+            console.print("press Ctrl-C to stop the dashboard")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                console.print("dashboard stopped")
+        else:
+            console.print("(stdin is not a terminal: stopping the dashboard now; run `neuron-tasks dashboard`)")
+        server.stop()
+        return True
+    finally:
+        pool.close()

@@ -1,0 +1,163 @@
+"""`neuron-tasks demo`: real workers on the real broker, a mix of jobs, live progress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import dramatiq
+import psycopg
+from psycopg.types.json import Jsonb
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from neuron_tasks import db
+from neuron_tasks.config import Settings
+from neuron_tasks.core.admin import Repo
+from neuron_tasks.core.broker import PostgresBroker
+
+
+def run_demo(url: str, settings: Settings, *, jobs: int, processes: int, console: Console) -> int:
+    console.rule("[bold]neuron_tasks demo")
+    console.print(f"database: {db.redact(url)}")
+    broker = PostgresBroker(url, settings=settings)
+    dramatiq.set_broker(broker)
+    from neuron_tasks.demo import actors as actors
+
+    broker.flush_all()
+    log_path = os.path.join(tempfile.gettempdir(), f"neuron-tasks-demo-{os.getpid()}.log")
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed below
+    env = {**os.environ, db.URL_ENV: url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.demo.actors",
+         "-p", str(processes), "-t", "4"],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    console.print(f"started {processes} worker processes x 4 threads (pid {worker.pid}); log: {log_path}")
+    started = time.time()
+    repo = Repo(broker.pool)
+    try:
+        before = sum(r["finished"] for r in repo.queue_status() if r["queue"].startswith("demo"))
+        expected = enqueue_mix(broker, url, actors, jobs, console)
+        ok = watch(repo, expected, console, finished_before=before)
+        show_queues(repo, console)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log_file.close()
+    console.print("workers stopped by SIGTERM (graceful drain); their final counters:")
+    show_workers(repo, settings, started, console)
+    broker.close()
+    ok = run_phases(url, settings, console) and ok
+    console.print("\nTry next:")
+    console.print("  neuron-tasks status            neuron-tasks dead-letters list")
+    console.print("  neuron-tasks dead-letters show ID   neuron-tasks dead-letters requeue --all --queue demo")
+    return 0 if ok else 1
+
+
+def run_phases(url: str, settings: Settings, console: Console) -> bool:
+    """The demo phases every part declares, in their order."""
+    from neuron_tasks.core import parts
+
+    ok = True
+    for demo in parts.demos():
+        console.rule(f"[bold]{demo.name}")
+        ok = bool(parts.loader(demo.run)(url, settings, console)) and ok
+    return ok
+
+
+def enqueue_mix(broker: PostgresBroker, url: str, actors: object, jobs: int, console: Console) -> dict[str, int]:
+    a = actors
+    broker.enqueue_many([a.add.message(i, i) for i in range(jobs)])  # type: ignore[attr-defined]
+    for i in range(40):
+        a.slow.send(20 + i % 30)  # type: ignore[attr-defined]
+    for i in range(5):
+        a.add.send_with_options(args=(i, 1000), priority=-10)  # type: ignore[attr-defined]
+        a.add.send_with_options(args=(i, 2000), delay=1500)  # type: ignore[attr-defined]
+    for i in range(10):
+        a.flaky.send(f"flaky-{i}", 1 + i % 2)  # type: ignore[attr-defined]
+    for i in range(3):
+        a.always_fails.send(f"bad-{i}")  # type: ignore[attr-defined]
+    with psycopg.connect(url) as conn:
+        with conn.transaction():
+            for i in range(10):
+                conn.execute("SELECT neuron_tasks.enqueue('demo', 'add', %s)", (Jsonb([i, -i]),))
+        try:
+            with conn.transaction():
+                for i in range(5):
+                    conn.execute("SELECT neuron_tasks.enqueue('demo', 'add', %s)", (Jsonb([i, 99]),))
+                raise RuntimeError("rollback")
+        except RuntimeError:
+            pass
+    expected = {"finished": jobs + 40 + 10 + 10 + 10, "failed": 3}
+    console.print(
+        f"enqueued {jobs} quick jobs in one bulk insert, 40 slow, 5 high-priority, 5 delayed 1.5s, "
+        "10 flaky (retried), 3 that always fail (-> dead letters), 10 from SQL in a committed transaction "
+        "and 5 in a rolled-back one (never run)"
+    )
+    return expected
+
+
+def watch(repo: Repo, expected: dict[str, int], console: Console, *, finished_before: int = 0) -> bool:
+    """Show progress until every demo message finished or failed; True when the counts are right."""
+    total = expected["finished"] + expected["failed"]
+    deadline = time.monotonic() + 120
+    stalled_after = time.monotonic() + 30
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("processing", total=total, detail="")
+        while time.monotonic() < deadline:
+            rows = [r for r in repo.queue_status() if r["queue"].startswith("demo")]
+            finished = sum(r["finished"] for r in rows) - finished_before  # history of earlier demos
+            failed = sum(r["failed"] for r in rows)
+            live = sum(r["pending"] + r["running"] + r["retrying"] for r in rows)
+            retrying = sum(r["retrying"] for r in rows)
+            progress.update(task, completed=finished + failed,
+                            detail=f"finished {finished}  retrying {retrying}  dead {failed}")
+            if live == 0 and finished + failed >= total:
+                break
+            if time.monotonic() > stalled_after and finished + failed == 0:
+                console.print("[red]no message finished after 30 s: see the worker log[/]")
+                break
+            time.sleep(0.2)
+    ok = finished == expected["finished"] and failed == expected["failed"]
+    mark = "[green]as expected[/]" if ok else "[red]NOT as expected[/]"
+    console.print(f"finished {finished} (expected {expected['finished']}), dead letters {failed} "
+                  f"(expected {expected['failed']}): {mark}")
+    return ok
+
+
+def show_queues(repo: Repo, console: Console) -> None:
+    table = Table(title="Queues")
+    for col in ("queue", "pending", "running", "retrying", "failed", "finished"):
+        table.add_column(col)
+    for r in repo.queue_status():
+        table.add_row(r["queue"], *(str(r[c]) for c in ("pending", "running", "retrying", "failed", "finished")))
+    console.print(table)
+    dead = Table(title="Dead letters")
+    for col in ("id", "actor", "retries", "last error"):
+        dead.add_column(col, overflow="fold")
+    for r in repo.dead_letters(limit=10):
+        dead.add_row(str(r["id"]), r["actor_name"], str(r["retries"]), r["last_error"] or "")
+    console.print(dead)
+
+
+def show_workers(repo: Repo, settings: Settings, since: float, console: Console) -> None:
+    workers = Table(title="Workers")
+    for col in ("worker", "status", "processed", "failed", "avg ms"):
+        workers.add_column(col)
+    for w in repo.workers():
+        if w["started_at"].timestamp() < since:
+            continue
+        avg = w["avg_runtime_ms"]
+        workers.add_row(w["worker_name"], w["status"], str(w["jobs_processed"]), str(w["jobs_failed"]),
+                        "-" if avg is None else f"{avg:.1f}")
+    console.print(workers)

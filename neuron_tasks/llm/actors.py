@@ -1,0 +1,185 @@
+"""LLM and queue job actors (queue "llm": embed, complete, rerank, cache jobs; queue "tasks":
+http_call, sql_task). Thin shells over neuron_tasks.llm; results are stored in Postgres
+(`message.get_result(block=True)` works from any process).
+
+    from neuron_tasks.llm import actors
+    msg = actors.embed.send(["a text", "another"], tenant="acme")
+    vectors = msg.get_result(block=True, timeout=30_000)["embeddings"]
+
+Transient failures (429, 5xx, timeouts, open circuit) are retried with backoff, after the
+provider's Retry-After when it sent one; permanent ones go straight to the dead letters.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq.errors import Retry
+from dramatiq.middleware import CurrentMessage
+from psycopg_pool import ConnectionPool
+
+from neuron_tasks.core.results import PostgresResultBackend, ensure_results
+from neuron_tasks.llm import errors
+from neuron_tasks.llm.batcher import Batcher
+from neuron_tasks.llm.service import EmbedRequest, LlmService
+from neuron_tasks.llm.settings import LlmSettings
+
+LLM_QUEUE = "llm"
+TASKS_QUEUE = "tasks"
+PERMANENT = (errors.PermanentError,)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Runtime:
+    """What the LLM actors of one process share: the service and the embed batcher."""
+
+    service: LlmService
+    batcher: Batcher[EmbedRequest]
+    pid: int
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def configure(settings: LlmSettings | None = None, pool: ConnectionPool | None = None) -> Runtime:
+    """(Re)build this process's runtime: settings from the environment unless given; the
+    global broker's pool unless given."""
+    global _runtime
+    settings = settings or LlmSettings()
+    if pool is None:
+        pool = getattr(dramatiq.get_broker(), "pool", None)
+        if pool is None:
+            raise TypeError("LLM actors need a PostgresBroker as the global broker (or pass pool=)")
+    service = LlmService(pool, settings)
+    batcher: Batcher[EmbedRequest] = Batcher(
+        service.embed_many, max_messages=settings.llm_batch_size, linger_s=settings.llm_batch_linger_ms / 1000.0
+    )
+    from dramatiq.results import Results
+
+    for mw in dramatiq.get_broker().middleware:
+        if isinstance(mw, Results) and isinstance(mw.backend, PostgresResultBackend):
+            mw.result_ttl = settings.llm_result_ttl_ms
+    with _runtime_lock:
+        _runtime = Runtime(service, batcher, os.getpid())
+    return _runtime
+
+
+def close() -> None:
+    """Forget this process's runtime (its providers and batcher); the next job builds a new one."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = None
+
+
+def runtime() -> Runtime:
+    rt = _runtime
+    if rt is None or rt.pid != os.getpid():
+        return configure()
+    return rt
+
+
+def _current() -> tuple[str | None, str | None]:
+    """(tenant option, message id) of the message this thread is running."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return None, None
+    return message.options.get("tenant"), message.message_id
+
+
+def shell(fn: F) -> F:
+    """Transient errors become Dramatiq retries (after Retry-After when known)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.TransientError as exc:
+            if exc.retry_after_s is not None:
+                raise Retry(str(exc), delay=max(1, int(exc.retry_after_s * 1000))) from exc
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+broker = dramatiq.get_broker()
+ensure_results(broker)
+_opts: dict[str, Any] = {"store_results": True, "throws": PERMANENT}
+
+
+@dramatiq.actor(actor_name="llm_embed", queue_name=LLM_QUEUE, **_opts)
+@shell
+def embed(texts: list[str] | str, model: str | None = None, provider: str | None = None,
+          tenant: str | None = None, cache: bool = True) -> dict[str, Any]:
+    """Embeddings of texts; concurrent embed messages of a process share one model call."""
+    option_tenant, message_id = _current()
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    request = EmbedRequest(texts, model, provider, tenant or option_tenant, message_id, cache)
+    return runtime().batcher.submit(request)  # type: ignore[no-any-return]
+
+
+@dramatiq.actor(actor_name="llm_complete", queue_name=LLM_QUEUE, **_opts)
+@shell
+def complete(prompt: str | None = None, messages: list[dict[str, Any]] | None = None, model: str | None = None,
+             max_tokens: int = 256, temperature: float = 0.0, provider: str | None = None,
+             cache: bool | None = None, tenant: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A chat completion (cached when temperature is 0 or cache=True)."""
+    option_tenant, message_id = _current()
+    return runtime().service.complete(prompt, messages=messages, model=model, provider=provider,
+                                      max_tokens=max_tokens, temperature=temperature, cache=cache,
+                                      tenant=tenant or option_tenant, message_id=message_id, **extra)
+
+
+@dramatiq.actor(actor_name="llm_rerank", queue_name=LLM_QUEUE, **_opts)
+@shell
+def rerank(query: str, documents: list[str], top_n: int | None = None, model: str | None = None,
+           provider: str | None = None, tenant: str | None = None, cache: bool = True) -> dict[str, Any]:
+    """Documents by relevance to the query (local provider: bi-encoder cosine)."""
+    option_tenant, message_id = _current()
+    return runtime().service.rerank(query, documents, top_n=top_n, model=model, provider=provider,
+                                    use_cache=cache, tenant=tenant or option_tenant, message_id=message_id)
+
+
+@dramatiq.actor(actor_name="http_call", queue_name=TASKS_QUEUE, **_opts)
+@shell
+def http_call(method: str, url: str, json: Any = None, headers: dict[str, str] | None = None,
+              timeout_s: float | None = None) -> dict[str, Any]:
+    """An HTTP request to a host on llm_http_call_allow_hosts; {status, headers, json|text}."""
+    from neuron_tasks.llm.tasks import http_call as run
+
+    return run(method, url, json=json, headers=headers, settings=runtime().service.settings, timeout_s=timeout_s)
+
+
+@dramatiq.actor(actor_name="sql_task", queue_name=TASKS_QUEUE, **_opts)
+@shell
+def sql_task(statement: str, params: Any = None, fetch: int = 0, timeout_ms: int | None = None) -> dict[str, Any]:
+    """One SQL statement in its own transaction under statement_timeout (trusted callers only)."""
+    from neuron_tasks.llm.tasks import sql_task as run
+
+    rt = runtime()
+    limit = min(timeout_ms or rt.service.settings.llm_sql_task_timeout_ms, rt.service.settings.llm_sql_task_timeout_ms)
+    return run(rt.service.pool, statement, params, timeout_ms=limit, fetch=fetch)
+
+
+@dramatiq.actor(actor_name="cache_refresh", queue_name=LLM_QUEUE, **_opts)
+@shell
+def cache_refresh(operation: str = "embed", within_s: float = 86400.0, limit: int = 1000) -> int:
+    """Recompute the most used cache entries expiring within `within_s`."""
+    return runtime().service.refresh_cache(operation=operation, within_s=within_s, limit=limit)
+
+
+@dramatiq.actor(actor_name="llm_cache_rotate", queue_name=LLM_QUEUE, **_opts)
+@shell
+def cache_rotate() -> dict[str, int]:
+    """Cache rotation: expired entries, LRU beyond the size caps, expired job results."""
+    from neuron_tasks.llm import cache
+
+    rt = runtime()
+    return cache.rotate(rt.service.pool, rt.service.settings)

@@ -1,0 +1,158 @@
+-- LLM and queue jobs: results backend, result cache, usage, provider state (schema/003_llm.sql).
+-- Parameters are psycopg named placeholders; nothing here is built from user input.
+
+-- name: results_store
+-- Store Dramatiq results (arrays of equal length); a later result for a key replaces it.
+-- Committed without waiting for the WAL flush (synchronous_commit off for this transaction
+-- only): the job's ack, committed later with a flush, makes this earlier commit durable too.
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO neuron_tasks.results (key, value, expires_at)
+SELECT r.key, r.value, now() + r.ttl_ms * interval '1 millisecond'
+FROM unnest(%(keys)s::text[], %(values)s::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms), async
+ON CONFLICT (key) DO UPDATE
+SET value = excluded.value, stored_at = now(), expires_at = excluded.expires_at;
+
+-- name: results_get
+-- A result that has not expired.
+SELECT value FROM neuron_tasks.results WHERE key = %(key)s AND expires_at > now();
+
+-- name: results_purge
+-- Delete up to `limit` expired results; returns how many.
+WITH gone AS (
+    DELETE FROM neuron_tasks.results
+    WHERE key IN (SELECT key FROM neuron_tasks.results WHERE expires_at <= now() LIMIT %(limit)s)
+    RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: cache_lookup
+-- Cache hits among `keys`: counts the hit and the access time (no WAL flush wait: a lost
+-- hit count after a crash does not matter).
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+UPDATE neuron_tasks.llm_cache c
+SET hits = c.hits + 1, last_access = now()
+FROM async
+WHERE c.key = ANY(%(keys)s) AND c.expires_at > now()
+RETURNING c.key, c.value;
+
+-- name: cache_store
+-- Store computed results (arrays of equal length); an existing key is replaced. A cache may
+-- lose its last writes in a crash: committed without waiting for the WAL flush.
+WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, expires_at)
+SELECT c.key, c.operation, c.model, c.input, c.value, octet_length(c.value) + octet_length(c.input::text),
+       now() + c.ttl_s * interval '1 second'
+FROM unnest(%(keys)s::bytea[], %(operations)s::text[], %(models)s::text[], %(inputs)s::jsonb[],
+            %(values)s::bytea[], %(ttl_s)s::float8[]) AS c(key, operation, model, input, value, ttl_s), async
+ON CONFLICT (key) DO UPDATE
+SET value = excluded.value, input = excluded.input, bytes = excluded.bytes,
+    created_at = now(), last_access = now(), expires_at = excluded.expires_at;
+
+-- name: cache_stats
+-- Per operation and model: entries, bytes, hits, oldest and newest access, expired entries.
+SELECT operation, model, count(*) AS entries, coalesce(sum(bytes), 0)::bigint AS bytes,
+       coalesce(sum(hits), 0)::bigint AS hits, min(last_access) AS oldest_access,
+       max(last_access) AS newest_access, count(*) FILTER (WHERE expires_at <= now()) AS expired
+FROM neuron_tasks.llm_cache
+GROUP BY operation, model
+ORDER BY operation, model;
+
+-- name: cache_clear
+-- Delete cache entries, of one operation when given; returns how many.
+WITH gone AS (
+    DELETE FROM neuron_tasks.llm_cache
+    WHERE %(operation)s::text IS NULL OR operation = %(operation)s
+    RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: cache_expire
+-- Cache rotation, step 1: delete expired entries; returns how many.
+WITH gone AS (DELETE FROM neuron_tasks.llm_cache WHERE expires_at <= now() RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: cache_evict
+-- Cache rotation, step 2: least recently used entries beyond `max_entries` or `max_bytes`.
+WITH ranked AS (
+    SELECT key, row_number() OVER w AS n, sum(bytes) OVER w AS total
+    FROM neuron_tasks.llm_cache
+    WINDOW w AS (ORDER BY last_access DESC, key)),
+gone AS (
+    DELETE FROM neuron_tasks.llm_cache c USING ranked r
+    WHERE c.key = r.key AND (r.n > %(max_entries)s OR r.total > %(max_bytes)s)
+    RETURNING 1)
+SELECT count(*) FROM gone;
+
+-- name: cache_refresh_candidates
+-- Entries of one operation expiring within `within_s`, most hit first (cache refresh).
+SELECT key, model, input FROM neuron_tasks.llm_cache
+WHERE operation = %(operation)s AND expires_at <= now() + %(within_s)s * interval '1 second'
+ORDER BY hits DESC, last_access DESC
+LIMIT %(limit)s;
+
+-- name: usage_insert
+-- Record token usage (arrays of equal length), one row per job, and charge it to the tenants'
+-- token budgets (neuron_tasks.tenant_usage) in the same statement. `synchronous_commit` 'off' is
+-- for jobs on an autocommit connection: their ack's flushed commit makes these rows durable too.
+WITH sync AS (SELECT set_config('synchronous_commit', %(synchronous_commit)s, true)),
+ins AS (
+    INSERT INTO neuron_tasks.llm_usage
+        (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id,
+         charged_at)
+    SELECT u.*, CASE WHEN u.tenant IS NOT NULL THEN now() END
+    FROM unnest(%(tenant)s::text[], %(tokens)s::integer[], %(prompt_tokens)s::integer[],
+                %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
+                %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[])
+         AS u(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model,
+              message_id), sync
+    RETURNING tenant, tokens)
+INSERT INTO neuron_tasks.tenant_usage (tenant, minute, tokens, jobs)
+SELECT tenant, date_trunc('minute', now()), sum(tokens), count(*) FROM ins
+WHERE tenant IS NOT NULL AND tokens > 0
+GROUP BY tenant
+ON CONFLICT (tenant, minute) DO UPDATE
+SET tokens = neuron_tasks.tenant_usage.tokens + excluded.tokens,
+    jobs = neuron_tasks.tenant_usage.jobs + excluded.jobs;
+
+-- name: usage_by_tenant
+-- Tokens per tenant and operation since a time.
+SELECT coalesce(tenant, '-') AS tenant, operation, count(*) AS jobs, sum(tokens)::bigint AS tokens,
+       sum(coalesce(prompt_tokens, 0))::bigint AS prompt_tokens,
+       sum(coalesce(completion_tokens, 0))::bigint AS completion_tokens,
+       count(*) FILTER (WHERE cached) AS cached, bool_or(estimated) AS estimated
+FROM neuron_tasks.llm_usage
+WHERE at >= %(since)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: provider_acquire
+-- May this worker call the provider now (rate limits, Retry-After, circuit breaker)?
+SELECT decision, wait_s FROM neuron_tasks.llm_acquire_v1(%(provider)s, %(tokens)s, %(threshold)s, %(probe_s)s);
+
+-- name: provider_observe
+-- Record a provider's answer: rate-limit headers, Retry-After, success or failure.
+SELECT neuron_tasks.llm_observe_v1(%(provider)s, %(req_limit)s, %(req_remaining)s, %(req_reset_s)s,
+                                   %(tok_limit)s, %(tok_remaining)s, %(tok_reset_s)s, %(retry_after_s)s,
+                                   %(outcome)s, %(error)s, %(threshold)s, %(open_s)s);
+
+-- name: provider_states
+-- Every provider's shared state, for `neuron-tasks llm providers`.
+SELECT provider, requests_limit, requests_remaining, requests_reset_at, tokens_limit, tokens_remaining,
+       tokens_reset_at, blocked_until, failures, open_until, trips, calls, throttled, last_error, updated_at
+FROM neuron_tasks.llm_provider_state
+ORDER BY provider;
+
+-- name: llm_job_status
+-- The seed's monitoring: jobs per operation and status, with average seconds.
+SELECT operation, status, count, avg_seconds FROM neuron_tasks.llm_job_status ORDER BY operation, status;
+
+-- name: llm_failed_jobs
+-- The seed's monitoring: the latest failed jobs with their error and retry count.
+SELECT job_id, operation, model_name, tenant, error_message, retry_count, created_at
+FROM neuron_tasks.llm_jobs
+WHERE status = 'failed'
+ORDER BY created_at DESC
+LIMIT %(limit)s;
+
+-- name: llm_trim_usage
+-- Retention of token usage rows already charged to their tenant (uncharged rows are kept).
+DELETE FROM neuron_tasks.llm_usage
+WHERE at < now() - make_interval(secs => %(retention_s)s) AND charged_at IS NOT NULL;

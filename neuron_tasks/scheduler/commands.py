@@ -1,0 +1,48 @@
+"""`neuron-tasks scheduler`: run one scheduler node (leader election, periodic jobs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from neuron_tasks.commandline import database_url, fail, settings
+
+app = typer.Typer(
+    help="Run a scheduler process: APScheduler on the elected leader fires the lease sweeper, retention, "
+    "the vector tuner and your @periodic actors, each tick exactly once. Start several for failover; "
+    "a standby takes over within about a second of the leader's death. It only enqueues: workers run the jobs "
+    "(add neuron_tasks.vectors.tuner_actors to their modules for the tuner).",
+    invoke_without_command=True,
+)
+
+
+@app.callback(invoke_without_command=True)
+def scheduler(
+    ctx: typer.Context,
+    modules: Annotated[list[str] | None, typer.Argument(help="Modules declaring @periodic actors.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of jobs (actor, every or cron, "
+                                                "queue, args, kwargs).")] = None,
+    no_builtins: Annotated[bool, typer.Option("--no-builtins", help="Only your jobs: no sweeper, retention, "
+                                              "tuner.")] = False,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from pydantic import ValidationError
+
+    from neuron_tasks.errors import NeuronTasksError
+    from neuron_tasks.scheduler.process import run
+    from neuron_tasks.scheduler.settings import SchedulerSettings
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    url = database_url()
+    try:
+        sched = SchedulerSettings()
+        if no_builtins:
+            sched = sched.model_copy(update={"scheduler_builtins": False})
+        raise typer.Exit(run(url, list(modules or []), config, settings=sched, core=settings()))
+    except (NeuronTasksError, ValidationError, ImportError) as exc:
+        fail(str(exc))

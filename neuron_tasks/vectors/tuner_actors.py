@@ -1,0 +1,39 @@
+"""The tuner actor (the seed's neuranmon): one tuning cycle over every index, or one index.
+
+The scheduler enqueues `neuron_tasks.tune_vector_indexes` every `scheduler_tuner_every_s`
+(seed naptime 60 s) on the `maintenance` queue; run workers with
+`neuron-tasks worker neuron_tasks.vectors.tuner_actors` (plus your modules). The worker process keeps
+the indexes' graphs loaded between cycles (snapshot + replay of changes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import dramatiq
+
+QUEUE = "maintenance"
+
+
+def tune(index: str | None = None) -> list[dict[str, Any]]:
+    from neuron_tasks import vectors
+    from neuron_tasks.core.runtime import overlay
+    from neuron_tasks.vectors.tuner import tune_all, tune_alpha, tune_index
+
+    client = vectors.client()
+    # Tuner settings (targets, strategy, evaluations) follow `neuron-tasks config set` at every cycle.
+    base = client.__dict__.setdefault("base_settings", client.settings)
+    client.settings = overlay(base, client.url)
+    if index is None:
+        decisions = tune_all(client)
+    else:
+        decisions = [tune_index(client, index)]
+        tune_alpha(client, index)
+    return [{"index": d.index, "old_ef": d.old_ef, "new_ef": d.new_ef, "reason": d.reason, "alert": d.alert,
+             "evaluations": d.evaluations, "after": asdict(d.after) if d.after else None} for d in decisions]
+
+
+@dramatiq.actor(actor_name="neuron_tasks.tune_vector_indexes", queue_name=QUEUE, max_retries=0, time_limit=600_000)
+def tune_vector_indexes(index: str | None = None) -> list[dict[str, Any]]:
+    return tune(index)

@@ -1,0 +1,79 @@
+"""The supervisor's /metrics: the workers' multi-process metrics plus queue depth from Postgres."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def prepare_multiproc_dir() -> str:
+    """A fresh folder for the children's metric files (set before they import prometheus_client)."""
+    path = tempfile.mkdtemp(prefix="neuron-tasks-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+class QueueCollector:
+    """Queue depth by state, dead letters, oldest pending age and live workers, read at scrape."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def collect(self) -> Iterator[Any]:
+        import psycopg
+        from prometheus_client.core import GaugeMetricFamily
+
+        from neuron_tasks.sql import q
+
+        depth = GaugeMetricFamily("neuron_tasks_queue_depth", "Messages per queue and state.",
+                                  labels=["queue_name", "state"])
+        oldest = GaugeMetricFamily("neuron_tasks_oldest_pending_seconds", "Age of the oldest pending message.",
+                                   labels=["queue_name"])
+        workers = GaugeMetricFamily("neuron_tasks_workers", "Worker processes by status.", labels=["status"])
+        try:
+            with psycopg.connect(self.url, autocommit=True, application_name="neuron_tasks-metrics",
+                                 connect_timeout=5) as conn:
+                for queue_name, pending, running, retrying, failed, oldest_at in conn.execute(q("queue_counts")):
+                    for state, value in (("pending", pending), ("running", running), ("retrying", retrying),
+                                         ("failed", failed)):
+                        depth.add_metric([queue_name, state], value)
+                    if oldest_at is not None:
+                        (age,) = conn.execute("SELECT extract(epoch FROM now() - %s)::float8", (oldest_at,)).fetchone()
+                        oldest.add_metric([queue_name], age)
+                for status, n in conn.execute(
+                    "SELECT status, count(*) FROM neuron_tasks.worker_status() GROUP BY status"
+                ):
+                    workers.add_metric([status], n)
+        except Exception as exc:
+            log.warning("metrics: could not read queue depth: %s", exc)
+        yield depth
+        yield oldest
+        yield workers
+
+
+def serve(port: int, url: str, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on host:port in a background thread."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(QueueCollector(url))  # type: ignore[arg-type]
+    start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def child_died(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+def cleanup(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
