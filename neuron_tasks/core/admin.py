@@ -69,25 +69,26 @@ class Repo:
         return rows[0] if rows else None
 
     def requeue(self, keys: list[str]) -> list[str]:
-        """Dead letters back to pending with attempts reset; returns the message ids requeued."""
+        """Dead letters (by row id or message id) back to pending with attempts reset; returns the
+        message ids requeued."""
+        ids = [row["id"] for row in map(self.message, keys) if row is not None]
+        return self.requeue_ids(ids)
+
+    def requeue_ids(self, ids: list[int]) -> list[str]:
+        """Dead letters, by row id, back to pending with attempts reset and Dramatiq's record of
+        past failures removed from the payload; rows that are not dead letters are left alone."""
         done: list[str] = []
-        for key in keys:
-            row = self.message(key)
-            if row is None or row["state"] != "failed":
+        for row_id in ids:
+            rows = self._all("get_message_by_id", {"id": row_id})
+            if not rows or rows[0]["state"] != "failed":
                 continue
-            payload = bytes(row["payload"])
-            try:
-                message = Message.decode(payload)
-                options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
-                payload = message.copy(options=options).encode()
-            except Exception:
-                pass  # an undecodable payload is requeued as it is; it will fail the same way
+            payload = without_failures(bytes(rows[0]["payload"]))
             with self.pool.connection() as conn, conn.transaction():
-                requeued = conn.execute(q("requeue_dead_letter"), {"id": row["id"], "payload": payload}).fetchall()
+                requeued = conn.execute(q("requeue_dead_letter"), {"id": row_id, "payload": payload}).fetchall()
                 for (queue_name,) in requeued:
                     conn.execute(q("notify"), {"queue_name": queue_name})
             if requeued:
-                done.append(row["message_id"])
+                done.append(rows[0]["message_id"])
         return done
 
     def dead_letter_keys(self, *, queue: str | None, actor: str | None, tenant: str | None,
@@ -99,3 +100,13 @@ class Repo:
         with self.pool.connection() as conn:
             cur = conn.execute(q("purge_dead_letters"), {"queue_name": queue, "older_than_s": older_than_s})
             return cur.rowcount
+
+
+def without_failures(payload: bytes) -> bytes:
+    """The payload without Dramatiq's record of past failures (retries, traceback)."""
+    try:
+        message = Message.decode(payload)
+    except Exception:
+        return payload  # an undecodable payload is requeued as it is; it fails the same way
+    options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
+    return message.copy(options=options).encode()

@@ -14,13 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from dramatiq.message import Message
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg_pool import ConnectionPool
 
-from neuron_tasks.core.admin import FAILURE_OPTIONS, Repo
+from neuron_tasks.core.admin import Repo
 from neuron_tasks.sql import q
 
 STATES = ("pending", "running", "retrying", "failed")
@@ -275,19 +274,8 @@ class DashboardData:
         return [r["id"] for r in self._all("dash_dead_letter_ids", params)]
 
     def requeue(self, ids: list[int]) -> int:
-        """Dead letters back to pending, as `Repo.requeue` does, looking rows up by primary key."""
-        done = 0
-        for row_id in ids:
-            row = self._one("dash_message_by_id", {"id": row_id})
-            if row is None or row["state"] != "failed":
-                continue
-            payload = clean_payload(bytes(row["payload"]))
-            with self.pool.connection() as conn, conn.transaction():
-                requeued = conn.execute(q("requeue_dead_letter"), {"id": row_id, "payload": payload}).fetchall()
-                for (queue_name,) in requeued:
-                    conn.execute(q("notify"), {"queue_name": queue_name})
-            done += len(requeued)
-        return done
+        """Dead letters back to pending (the queue's own requeue)."""
+        return len(Repo(self.pool).requeue_ids(ids))
 
     def delete(self, ids: list[int]) -> int:
         with self.pool.connection() as conn:
@@ -363,16 +351,6 @@ def _lenient(base: type[Any]) -> type[Any]:
 
 LENIENT_LOADERS = {"timestamptz": _lenient(TimestamptzLoader), "timestamp": _lenient(TimestampLoader),
                    "date": _lenient(DateLoader)}
-
-
-def clean_payload(payload: bytes) -> bytes:
-    """The payload without Dramatiq's record of past failures (as `Repo.requeue` does)."""
-    try:
-        message = Message.decode(payload)
-        options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
-        return message.copy(options=options).encode()
-    except Exception:
-        return payload  # an undecodable payload is requeued as it is; it fails the same way
 
 
 def decode_payload(payload: bytes) -> dict[str, Any] | str:
