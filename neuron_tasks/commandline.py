@@ -6,9 +6,10 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +17,9 @@ from rich.table import Table
 from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.core import migrate
+
+if TYPE_CHECKING:
+    from neuron_tasks.core.admin import Repo
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for scripts and logs
@@ -48,7 +52,7 @@ def database_url(*, upgrade: bool = True) -> str:
     return url
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -118,14 +122,12 @@ def json_arg(text: str, what: str, kind: type) -> Any:
     return value
 
 
-def pool() -> Any:
+def pool() -> ConnectionPool:
     """A small pool on the configured (or embedded) database, migrated."""
     return db.make_pool(database_url(), max_size=2, name="neuron_tasks-cli")
 
 
-def repo() -> Any:
+def repo() -> Repo:
     from neuron_tasks.core.admin import Repo
 
     return Repo(pool())
-
-

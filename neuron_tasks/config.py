@@ -1,4 +1,4 @@
-"""Settings: environment variables NEURON_TASKS_*, with the seed's defaults.
+"""Settings: built-in defaults, a TOML config file and environment variables NEURON_TASKS_*.
 
 One `Settings` object is built at the edge (CLI, worker boot, tests) and passed down;
 nothing reads the environment at import time.
@@ -58,16 +58,30 @@ class NeuronSettings(BaseSettings):
         if path is None:
             return (init_settings, env_settings)
         toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        if not _has_table(path, "neuron_tasks"):
+            return (init_settings, env_settings, toml)
         nested = TomlConfigSettingsSource(settings_cls, toml_file=path, toml_table_header=("neuron_tasks",))
         return (init_settings, env_settings, nested, toml)
 
 
-class Settings(NeuronSettings):
-    """Every setting, its default and its meaning.
+def _has_table(path: Path, name: str) -> bool:
+    """Whether the TOML file has a [name] table (a file that cannot be read has none: pydantic's
+    own source reports it)."""
+    import tomllib
 
-    Names map to the seed's GUCs: neurondb.neuranq_naptime -> naptime_ms,
-    neuranq_batch_size -> batch_size, neuranq_queue_depth -> queue_depth,
-    neuranq_timeout -> timeout_ms, neuranq_max_retries -> max_retries.
+    try:
+        return isinstance(tomllib.loads(path.read_text()).get(name), dict)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+class Settings(NeuronSettings):
+    """The queue's settings: each field's default and description say what it controls.
+
+    Polling (naptime_ms), claiming (batch_size), back pressure (queue_depth), the per-job time
+    limit (timeout_ms) and retries (max_retries, min_backoff_ms, max_backoff_ms) come first, then
+    leases, retention, connections and tenant and topic policies. See docs/configuration.md for
+    where the settings come from.
     """
 
     database_url: str | None = restart_only(

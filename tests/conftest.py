@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from neuron_tasks import PostgresBroker, Settings, embedded
 from neuron_tasks.core import migrate
+from neuron_tasks.testing import truncate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,11 +54,7 @@ def database_url(server_url: str) -> Iterator[str]:
 @pytest.fixture
 def clean_db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE neuron_tasks.messages, neuron_tasks.messages_history, neuron_tasks.workers, "
-            "neuron_tasks.tenants, neuron_tasks.tenant_buckets, neuron_tasks.tenant_usage, "
-            "neuron_tasks.topics, neuron_tasks.topic_slots RESTART IDENTITY"
-        )
+        truncate(conn, "queue")
         conn.execute("DROP TABLE IF EXISTS public.test_runs")
         conn.execute(
             "CREATE TABLE public.test_runs (key text NOT NULL, pid int, at timestamptz DEFAULT clock_timestamp())"

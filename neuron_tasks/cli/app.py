@@ -84,7 +84,8 @@ def db_status(as_json: JsonOpt = False) -> None:
 # -- worker -----------------------------------------------------------------------------------
 @app.command()
 def worker(
-    modules: Annotated[list[str] | None, typer.Argument(help="Modules that declare your actors.")] = None,
+    modules: Annotated[list[str] | None, typer.Argument(
+        help="Your own modules that declare actors (every part's actors load by themselves).")] = None,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, help="Worker processes.")] = 1,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
     queues: Annotated[list[str] | None, typer.Option("--queues", "-Q", help="Only these queues (repeat).")] = None,
@@ -93,7 +94,10 @@ def worker(
     ] = 9191,
     metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address /metrics binds to.")] = "127.0.0.1",
 ) -> None:
-    """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully."""
+    """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully.
+
+    Every installed part's actors load automatically in each worker; MODULES are your own.
+    """
     from neuron_tasks.worker.supervisor import Supervisor, python_command
 
     url = database_url()
@@ -148,21 +152,23 @@ def enqueue(
     as_json: JsonOpt = False,
 ) -> None:
     """Enqueue one message by actor name (through SQL, as an application could)."""
+    import psycopg
+    from psycopg.rows import scalar_row
     from psycopg.types.json import Jsonb
+
+    from neuron_tasks.sql import q
 
     options = {k: v for k, v in {"tenant": tenant, "topic": topic, "priority": priority, "delay": delay}.items()
                if v is not None}
-    params = (queue, actor, Jsonb(json_arg(args, "--args", list)), Jsonb(json_arg(kwargs, "--kwargs", dict)),
-              Jsonb(options))
-    import psycopg
-
-    with psycopg.connect(database_url(), autocommit=True) as conn:
+    params = {"queue": queue, "actor": actor, "args": Jsonb(json_arg(args, "--args", list)),
+              "kwargs": Jsonb(json_arg(kwargs, "--kwargs", dict)), "options": Jsonb(options)}
+    message_id = None
+    with psycopg.connect(database_url(), autocommit=True) as conn, conn.cursor(row_factory=scalar_row) as cur:
         try:
-            row = conn.execute("SELECT neuron_tasks.enqueue(%s, %s, %s, %s, %s)", params).fetchone()
+            message_id = cur.execute(q("cli_enqueue"), params).fetchone()
         except psycopg.Error as exc:
             hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
             fail(str(exc.diag.message_primary or exc) + hint)
-    message_id = row[0] if row else None
     if as_json:
         print(json.dumps({"message_id": message_id, "queue": queue, "actor": actor}))
     else:

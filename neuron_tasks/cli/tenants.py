@@ -22,8 +22,9 @@ def set_(
     name: Annotated[str, typer.Argument(help="Tenant name (the `tenant` message option).")],
     qps: Annotated[float | None, typer.Option("--qps", help="Jobs started per second (token bucket).")] = None,
     burst: Annotated[float | None, typer.Option("--burst", help="Bucket size; default max(1, qps).")] = None,
-    tokens_per_minute: Annotated[int | None, typer.Option("--tokens-per-minute", help="LLM token budget.")] = None,
-    tokens_per_day: Annotated[int | None, typer.Option("--tokens-per-day", help="LLM token budget.")] = None,
+    tokens_per_minute: Annotated[int | None, typer.Option(
+        "--tokens-per-minute", help="Token budget per minute.")] = None,
+    tokens_per_day: Annotated[int | None, typer.Option("--tokens-per-day", help="Token budget per day.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create or change a tenant. Options left out mean unlimited."""

@@ -11,7 +11,8 @@ from neuron_tasks.commandline import JsonOpt, console, emit, fail, jsonable, poo
 from neuron_tasks.errors import InvalidOption
 
 NAME = "topics"
-app = typer.Typer(help="Topics (pg_background_queue): limits that hold across all workers.", no_args_is_help=True)
+app = typer.Typer(help="Topics: concurrency, retries, delay and priority limits that hold across all workers.",
+                  no_args_is_help=True)
 
 
 @app.command("set")

@@ -1,4 +1,4 @@
-"""Read and admin queries for the CLI (and later the dashboard): status, workers, dead letters."""
+"""Read and admin queries for the CLI and the dashboard: status, workers, dead letters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq.message import Message
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks.sql import q
@@ -18,6 +18,8 @@ FAILURE_OPTIONS = ("retries", "traceback", "requeue_timestamp")
 
 @dataclass
 class Repo:
+    """The queue's read and admin queries on a pool; rows are dicts keyed by column name."""
+
     pool: ConnectionPool
 
     def _all(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -84,8 +86,9 @@ class Repo:
                 continue
             payload = without_failures(bytes(rows[0]["payload"]))
             with self.pool.connection() as conn, conn.transaction():
-                requeued = conn.execute(q("requeue_dead_letter"), {"id": row_id, "payload": payload}).fetchall()
-                for (queue_name,) in requeued:
+                with conn.cursor(row_factory=scalar_row) as cur:
+                    requeued = cur.execute(q("requeue_dead_letter"), {"id": row_id, "payload": payload}).fetchall()
+                for queue_name in requeued:
                     conn.execute(q("notify"), {"queue_name": queue_name})
             if requeued:
                 done.append(rows[0]["message_id"])

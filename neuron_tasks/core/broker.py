@@ -13,9 +13,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
 from dramatiq.broker import Broker, Consumer
@@ -30,6 +31,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from psycopg.rows import RowFactory, scalar_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks import db
@@ -45,7 +47,11 @@ from neuron_tasks.core.policies import Policies
 from neuron_tasks.errors import DuplicateJob, QueueFull
 from neuron_tasks.sql import q
 
+if TYPE_CHECKING:
+    from neuron_tasks.core.runtime import SettingsVersion
+
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 #: Skip the exact depth count while a queue is known to be under this share of its depth.
 DEPTH_SLACK = 0.9
@@ -56,8 +62,9 @@ class _QuietDeferrals(logging.Filter):
     """Dramatiq logs every skipped message as a warning; a deferral by a limit is routine."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Message %s was skipped." and record.args:
-            return getattr(record.args[0], "deferred", None) is None
+        if record.msg == "Message %s was skipped." and isinstance(record.args, tuple) and record.args:
+            message = record.args[0]
+            return not (isinstance(message, PgMessageProxy) and message.deferred is not None)
         return True
 
 
@@ -67,7 +74,7 @@ if not any(isinstance(f, _QuietDeferrals) for f in _worker_log.filters):
 
 
 def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
-    """Dramatiq's defaults (the seed's time limit and retry count) with neuron_tasks' own:
+    """Dramatiq's defaults (time limit and retries from the settings) with neuron_tasks' own:
     deadlines, tenant limits and topic limits run first, so a message that must wait or fail
     does so before anything else starts."""
     return [
@@ -102,6 +109,36 @@ def _metrics_middleware() -> list[Middleware]:
     return [Metrics()]
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message checked for enqueue: the row it becomes."""
+
+    message_id: str
+    queue_name: str
+    actor_name: str
+    priority: int
+    delay_ms: int
+    tenant: str | None
+    topic: str | None
+    deadline: datetime | None
+    fingerprint: str | None  # a unique job's key
+    on_duplicate: str  # 'raise' or 'existing'
+    payload: bytes
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of the `insert_message` query."""
+        return {"message_id": self.message_id, "queue_name": self.queue_name, "actor_name": self.actor_name,
+                "priority": self.priority, "delay_ms": self.delay_ms, "tenant": self.tenant, "topic": self.topic,
+                "deadline": self.deadline, "fingerprint": self.fingerprint, "payload": self.payload}
+
+    @property
+    def unique_key(self) -> str:
+        """The fingerprint of a unique job (only a unique job can be refused as a duplicate)."""
+        if self.fingerprint is None:
+            raise AssertionError(f"message {self.message_id} is not a unique job")
+        return self.fingerprint
+
+
 class PostgresBroker(BrokerTestAPI, Broker):
     """A Dramatiq broker whose queues are rows in PostgreSQL.
 
@@ -121,7 +158,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
     ) -> None:
         self.settings = settings or Settings()
         self._base_settings = self.settings.model_copy()  # defaults < file < environment
-        self._settings_version: tuple[Any, ...] | None = None
+        self._settings_version: SettingsVersion | None = None
         self.stats = Stats()
         self.policies = Policies(lambda: self.pool, self.settings)
         super().__init__(middleware=middleware or default_middleware(self.settings, self.stats))
@@ -169,14 +206,19 @@ class PostgresBroker(BrokerTestAPI, Broker):
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = db.make_pool(self.url, max_size=self.settings.pool_max_size, **self._hygiene())
+                    self._pool = self._open_pool("neuron_tasks", durable=True)
         return self._pool
 
-    def _hygiene(self) -> dict[str, int]:
-        return {
-            "statement_timeout_ms": self.settings.statement_timeout_ms,
-            "idle_in_transaction_timeout_ms": self.settings.idle_in_transaction_timeout_ms,
-        }
+    def _open_pool(self, name: str, *, durable: bool) -> ConnectionPool:
+        s = self.settings
+        return db.make_pool(
+            self.url,
+            max_size=s.pool_max_size,
+            name=name,
+            durable=durable,
+            statement_timeout_ms=s.statement_timeout_ms,
+            idle_in_transaction_timeout_ms=s.idle_in_transaction_timeout_ms,
+        )
 
     @property
     def soft_pool(self) -> ConnectionPool:
@@ -187,22 +229,27 @@ class PostgresBroker(BrokerTestAPI, Broker):
         if self._soft_pool is None:
             with self._lock:
                 if self._soft_pool is None:
-                    self._soft_pool = db.make_pool(
-                        self.url,
-                        max_size=self.settings.pool_max_size,
-                        name="neuron_tasks-soft",
-                        durable=False,
-                        **self._hygiene(),
-                    )
+                    self._soft_pool = self._open_pool("neuron_tasks-soft", durable=False)
         return self._soft_pool
 
-    def _execute(self, name: str, params: dict[str, Any], *, what: str) -> list[tuple[Any, ...]]:
-        def run() -> list[tuple[Any, ...]]:
-            with self.pool.connection() as conn:
-                cur = conn.execute(q(name), params)
+    def _fetch(self, name: str, params: Mapping[str, Any], row: RowFactory[R], *, what: str) -> list[R]:
+        """The rows of a named query, made by `row` (retried on a lost connection)."""
+
+        def run() -> list[R]:
+            with self.pool.connection() as conn, conn.cursor(row_factory=row) as cur:
+                cur.execute(q(name), params)
                 return cur.fetchall() if cur.description else []
 
         return db.retrying(run, what=what)
+
+    def _run(self, name: str, params: Mapping[str, Any], *, what: str) -> None:
+        """Run a named statement whose rows are not needed (retried on a lost connection)."""
+
+        def run() -> None:
+            with self.pool.connection() as conn:
+                conn.execute(q(name), params)
+
+        db.retrying(run, what=what)
 
     def migrate(self) -> int:
         """Apply pending schema migrations; returns how many were applied."""
@@ -221,23 +268,23 @@ class PostgresBroker(BrokerTestAPI, Broker):
         return self.queues.copy()
 
     # -- enqueue --------------------------------------------------------------------
-    def _row(self, message: Message, delay: int | float | None) -> dict[str, Any]:
+    def _row(self, message: Message[Any], delay: int | float | None) -> NewMessage:
         p = prepare_for(self, message, delay)
-        return {
-            "message_id": message.message_id,
-            "queue_name": q_name(message.queue_name),
-            "actor_name": message.actor_name,
-            "priority": p.columns.priority,
-            "delay_ms": p.columns.delay_ms,
-            "tenant": p.columns.tenant,
-            "topic": p.columns.topic,
-            "deadline": p.columns.deadline,
-            "fingerprint": p.fingerprint,
-            "on_duplicate": p.on_duplicate,
-            "payload": p.payload,
-        }
+        return NewMessage(
+            message_id=message.message_id,
+            queue_name=q_name(message.queue_name),
+            actor_name=message.actor_name,
+            priority=p.columns.priority,
+            delay_ms=p.columns.delay_ms,
+            tenant=p.columns.tenant,
+            topic=p.columns.topic,
+            deadline=p.columns.deadline,
+            fingerprint=p.fingerprint,
+            on_duplicate=p.on_duplicate,
+            payload=p.payload,
+        )
 
-    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         """Store a message; `delay` is in milliseconds.
 
         A message this process is running that is enqueued again (Dramatiq's Retries
@@ -245,25 +292,25 @@ class PostgresBroker(BrokerTestAPI, Broker):
         """
         if isinstance(message, PgMessageProxy) and message.is_in_flight():
             self.emit_before("enqueue", message, delay)
-            message.schedule_retry(message._message.encode(), int(delay or 0))
+            message.schedule_retry(message.message.encode(), int(delay or 0))
             self.emit_after("enqueue", message, delay)
-            return message._message
+            return message.message
         row = self._row(message, delay)
         self.emit_before("enqueue", message, delay)
-        self._reserve_depth(row["queue_name"], 1)
-        if not self._execute("insert_message", row, what="enqueue"):
-            existing = self._existing(row["fingerprint"])
-            if row["on_duplicate"] == "existing" and existing is not None:
+        self._reserve_depth(row.queue_name, 1)
+        if not self._fetch("insert_message", row.params(), scalar_row, what="enqueue"):
+            existing = self._existing(row.unique_key)
+            if row.on_duplicate == "existing" and existing is not None:
                 return message.copy(message_id=existing)
-            raise DuplicateJob(row["fingerprint"], existing)
+            raise DuplicateJob(row.unique_key, existing)
         self.emit_after("enqueue", message, delay)
         return message
 
     def _existing(self, fingerprint: str) -> str | None:
-        found = self._execute("live_by_fingerprint", {"fingerprint": fingerprint}, what="unique job")
-        return str(found[0][0]) if found else None
+        found = self._fetch("live_by_fingerprint", {"fingerprint": fingerprint}, scalar_row, what="unique job")
+        return str(found[0]) if found else None
 
-    def enqueue_many(self, messages: Sequence[Message], *, delay: int | None = None) -> list[Message]:
+    def enqueue_many(self, messages: Sequence[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
         """Store many messages in one round trip (one statement, one commit)."""
         if not messages:
             return []
@@ -274,29 +321,30 @@ class PostgresBroker(BrokerTestAPI, Broker):
                 self.emit_before("enqueue", m, delay)
         per_queue: dict[str, int] = {}
         for r in rows:
-            per_queue[r["queue_name"]] = per_queue.get(r["queue_name"], 0) + 1
+            per_queue[r.queue_name] = per_queue.get(r.queue_name, 0) + 1
         for queue_name, n in per_queue.items():
             self._reserve_depth(queue_name, n)
-        params = {key: [r[key] for r in rows] for key in rows[0] if key != "on_duplicate"}
+        each = [r.params() for r in rows]
+        params = {key: [p[key] for p in each] for key in each[0]}  # one array per column
 
         def insert() -> set[str]:
-            with self.pool.connection() as conn, conn.transaction():
-                inserted = {r[0] for r in conn.execute(q("insert_messages"), params).fetchall()}
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=scalar_row) as cur:
+                inserted = {str(message_id) for message_id in cur.execute(q("insert_messages"), params)}
                 for r in rows:
-                    if r["message_id"] not in inserted and r["on_duplicate"] != "existing":
+                    if r.message_id not in inserted and r.on_duplicate != "existing":
                         # Roll the whole batch back: nothing is half-enqueued.
-                        raise DuplicateJob(r["fingerprint"], None)
+                        raise DuplicateJob(r.unique_key, None)
                 return inserted
 
         inserted = db.retrying(insert, what="enqueue_many")
-        out: list[Message] = []
+        out: list[Message[Any]] = []
         for m, r in zip(messages, rows, strict=True):
-            if r["message_id"] in inserted:
+            if r.message_id in inserted:
                 if hooked:
                     self.emit_after("enqueue", m, delay)
                 out.append(m)
             else:
-                existing = self._existing(r["fingerprint"])
+                existing = self._existing(r.unique_key)
                 out.append(m.copy(message_id=existing) if existing else m)
         return out
 
@@ -318,8 +366,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
             if known and now - known[1] < DEPTH_RECHECK_S and known[0] + n < depth * DEPTH_SLACK:
                 self._depth[queue_name] = (known[0] + n, known[1])
                 return
-        rows = self._execute("waiting_count", {"queue_name": queue_name, "limit": depth}, what="queue depth")
-        waiting = int(rows[0][0])
+        counted = self._fetch("waiting_count", {"queue_name": queue_name, "limit": depth}, scalar_row,
+                              what="queue depth")
+        waiting = int(counted[0])
         if waiting + n > depth:
             raise QueueFull(queue_name, depth)
         with self._depth_lock:
@@ -329,7 +378,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
         """A consumer that claims up to `batch_size` messages at a time.
 
-        Dramatiq's worker asks for `prefetch` = 2 x threads; the seed's batch_size
+        Dramatiq's worker asks for `prefetch` = 2 x threads; the batch_size setting
         (default 100) is used instead so that claims are batched.
         """
         self._start_runtime()
@@ -373,7 +422,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
         from neuron_tasks.core import runtime
 
         with self.pool.connection() as conn:
-            if conn.execute("SELECT to_regclass('neuron_tasks.settings') IS NULL").fetchone()[0]:
+            if runtime.settings_table_missing(conn):
                 return {}
             version = runtime.version(conn)
             if not force and version == self._settings_version:
@@ -424,9 +473,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
         ids = list(row_ids)
         if not ids:
             return
-        rows = self._execute("release", {"ids": ids, "owner": self.owner}, what="release")
-        for queue_name in {r[0] for r in rows}:
-            self._execute("notify", {"queue_name": queue_name}, what="notify")
+        queues = self._fetch("release", {"ids": ids, "owner": self.owner}, scalar_row, what="release")
+        for queue_name in set(queues):
+            self._run("notify", {"queue_name": queue_name}, what="notify")
 
     # -- shutdown -------------------------------------------------------------------
     def close(self) -> None:
@@ -443,11 +492,11 @@ class PostgresBroker(BrokerTestAPI, Broker):
             keeper.stop()
         if self._pool is not None:
             try:
-                rows = self._execute("release_owner", {"owner": self._owner}, what="release on close")
-                for queue_name in {r[0] for r in rows}:
-                    self._execute("notify", {"queue_name": queue_name}, what="notify")
-                if rows:
-                    log.info("gave %d unfinished messages back to their queues", len(rows))
+                queues = self._fetch("release_owner", {"owner": self._owner}, scalar_row, what="release on close")
+                for queue_name in set(queues):
+                    self._run("notify", {"queue_name": queue_name}, what="notify")
+                if queues:
+                    log.info("gave %d unfinished messages back to their queues", len(queues))
             except Exception as exc:
                 log.warning("could not give back held messages (their leases will expire): %s", exc)
             if keeper is not None:

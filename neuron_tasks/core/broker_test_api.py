@@ -9,16 +9,36 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import QueueJoinTimeout
 from dramatiq.message import Message
+from psycopg.rows import RowFactory, class_row, scalar_row
 
 from neuron_tasks.errors import DeadLettered
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterPayload:
+    """A row of the `dead_letter_payloads` query."""
+
+    id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterError:
+    """A row of the `dead_letter_errors_since` query: a dead letter's newest error entry."""
+
+    message_id: str
+    error: dict[str, Any] | None
 
 
 class BrokerTestAPI:
@@ -29,16 +49,19 @@ class BrokerTestAPI:
     _depth: dict[str, tuple[int, float]]
     _depth_lock: threading.Lock
 
-    def _execute(self, name: str, params: dict[str, Any], *, what: str) -> list[tuple[Any, ...]]:
+    def _fetch(self, name: str, params: Mapping[str, Any], row: RowFactory[R], *, what: str) -> list[R]:
+        raise NotImplementedError
+
+    def _run(self, name: str, params: Mapping[str, Any], *, what: str) -> None:
         raise NotImplementedError
 
     def flush(self, queue_name: str) -> None:
         """Drop every message of a queue, dead letters included."""
-        self._execute("flush_queues", {"queues": [queue_name]}, what="flush")
+        self._run("flush_queues", {"queues": [queue_name]}, what="flush")
 
     def flush_all(self) -> None:
         """Drop every message of every declared queue, dead letters included."""
-        self._execute("flush_queues", {"queues": sorted(self.queues)}, what="flush_all")
+        self._run("flush_queues", {"queues": sorted(self.queues)}, what="flush_all")
         self._epoch = datetime.now(UTC)
         with self._depth_lock:
             self._depth.clear()
@@ -46,13 +69,14 @@ class BrokerTestAPI:
     @property
     def dead_letters(self) -> list[MessageProxy]:
         """Dead-lettered messages of the declared queues (decodable ones)."""
-        rows = self._execute("dead_letter_payloads", {"queues": sorted(self.queues)}, what="dead letters")
+        rows = self._fetch("dead_letter_payloads", {"queues": sorted(self.queues)}, class_row(DeadLetterPayload),
+                           what="dead letters")
         found: list[MessageProxy] = []
-        for _row_id, payload in rows:
+        for row in rows:
             try:
-                found.append(MessageProxy(Message.decode(bytes(payload))))
+                found.append(MessageProxy(Message.decode(bytes(row.payload))))
             except Exception:
-                log.warning("dead letter %s has an undecodable payload", _row_id)
+                log.warning("dead letter %s has an undecodable payload", row.id)
         return found
 
     def join(
@@ -74,7 +98,7 @@ class BrokerTestAPI:
         """
         deadline = None if timeout is None else time.monotonic() + timeout / 1000.0
         while True:
-            live = int(self._execute("live_count", {"queue_name": queue_name}, what="join")[0][0])
+            live = int(self._fetch("live_count", {"queue_name": queue_name}, scalar_row, what="join")[0])
             if live == 0:
                 if fail_fast:
                     self._raise_dead_letter(queue_name)
@@ -84,13 +108,11 @@ class BrokerTestAPI:
             time.sleep(interval / 1000.0)
 
     def _raise_dead_letter(self, queue_name: str) -> None:
-        rows = self._execute(
-            "dead_letter_errors_since", {"queue_name": queue_name, "since": self._epoch}, what="join"
-        )
-        for _message_id, entry in rows:
-            entry = entry or {}
+        rows = self._fetch("dead_letter_errors_since", {"queue_name": queue_name, "since": self._epoch},
+                           class_row(DeadLetterError), what="join")
+        for row in rows:
+            entry = row.error or {}
             raise rebuild_exception(str(entry.get("type") or ""), str(entry.get("message") or "")) from None
-
 
 
 def rebuild_exception(type_name: str, message: str) -> BaseException:

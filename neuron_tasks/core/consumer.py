@@ -7,16 +7,19 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
-from psycopg.types.json import Jsonb
+from psycopg.rows import class_row
 
 from neuron_tasks import db
-from neuron_tasks.core.completer import error_entry
+from neuron_tasks.core.completer import DeadLetter, Deferral, ErrorEntry, RetryResult, error_entry
 from neuron_tasks.sql import q
 
 if TYPE_CHECKING:
@@ -30,40 +33,112 @@ def exception_type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message this process claimed: the columns the `dequeue` query returns."""
+
+    id: int
+    priority: int
+    eta: datetime
+    payload: bytes
+    attempts: int
+    deaths: int
+    has_slot: bool  # took a slot of its topic's concurrency limit with the claim
+
+
+@dataclass(frozen=True, slots=True)
+class NextDue:
+    """The `next_eta` query: seconds until a queue's next message is due (None: nothing waits),
+    and until the first rate-limited tenant may run again (None: none is blocked)."""
+
+    due_s: float | None
+    blocked_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The exception a message failed with, as stored in its `errors`."""
+
+    type_name: str
+    message: str
+    traceback: str
+
+    @property
+    def summary(self) -> str:
+        """The message's `last_error`: "type: message"."""
+        return f"{self.type_name}: {self.message}"
+
+    def entry(self, attempt: int) -> ErrorEntry:
+        return error_entry(attempt=attempt, type_name=self.type_name, message=self.message, traceback=self.traceback)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPlan:
+    """A retry asked for while the message runs: its updated payload and the backoff."""
+
+    payload: bytes
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeferPlan:
+    """The message waits for a limit: when it may run again and why."""
+
+    delay_ms: int
+    reason: str
+
+
 class PgMessageProxy(MessageProxy):
     """A claimed message: knows its row, and whether the worker asked to retry it."""
 
-    def __init__(self, message: Message, row_id: int, attempt: int, consumer: PgConsumer, deaths: int = 0) -> None:
+    def __init__(
+        self, message: Message[Any], row_id: int, attempt: int, consumer: PgConsumer, deaths: int = 0
+    ) -> None:
         super().__init__(message)
         self.row_id = row_id
         self.attempt = attempt
         self.deaths = deaths
         self._consumer: PgConsumer | None = consumer
-        self._retry: tuple[bytes, int] | None = None
-        self._defer: tuple[int, str] | None = None
+        self._retry: RetryPlan | None = None
+        self._defer: DeferPlan | None = None
         self.has_slot = False  # holds a topic concurrency slot (taken with the claim)
+
+    @property
+    def message(self) -> Message[Any]:
+        """The Dramatiq message this proxy wraps."""
+        return self._message
 
     def is_in_flight(self) -> bool:
         return self._consumer is not None
 
+    def detach(self) -> PgConsumer | None:
+        """Mark the message done with; returns the consumer that held it (None when already done)."""
+        consumer, self._consumer = self._consumer, None
+        return consumer
+
     def schedule_retry(self, payload: bytes, delay_ms: int) -> None:
-        self._retry = (payload, delay_ms)
+        self._retry = RetryPlan(payload, delay_ms)
+
+    @property
+    def scheduled_retry(self) -> RetryPlan | None:
+        """The retry scheduled while it ran, if any."""
+        return self._retry
 
     def schedule_defer(self, delay_ms: int, reason: str) -> None:
         """Put the message back (a limit): no attempt or retry is counted."""
-        self._defer = (delay_ms, reason)
+        self._defer = DeferPlan(delay_ms, reason)
 
     @property
-    def deferred(self) -> tuple[int, str] | None:
+    def deferred(self) -> DeferPlan | None:
         return self._defer
 
-    def error_info(self) -> tuple[str, str, str]:
-        """(type, message, traceback) of the exception this message failed with."""
+    def failure(self) -> Failure:
+        """The exception this message failed with."""
         exc = self._exception
         if exc is None:
-            return ("neuron_tasks.errors.NeuronTasksError", "message failed with an unknown error", "")
+            return Failure("neuron_tasks.errors.NeuronTasksError", "message failed with an unknown error", "")
         tb = self.options.get("traceback") or "".join(traceback.format_exception(exc))
-        return (exception_type_name(exc), str(exc), tb)
+        return Failure(exception_type_name(exc), str(exc), tb)
 
 
 class PgConsumer(Consumer):
@@ -77,7 +152,7 @@ class PgConsumer(Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.timeout_s = timeout_ms / 1000.0
-        self.cache: deque[tuple[int, int, bytes, int, bool]] = deque()
+        self.cache: deque[Claim] = deque()
         self.event = broker.event(queue_name)
         self._held = 0
         self._held_lock = threading.Lock()
@@ -102,7 +177,7 @@ class PgConsumer(Consumer):
             if self._to_free:
                 self._free_slots()
             if self.cache:
-                proxy = self._decode(*self.cache.popleft())
+                proxy = self._decode(self.cache.popleft())
                 if proxy is None:
                     continue
                 return proxy
@@ -124,22 +199,20 @@ class PgConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
-        if proxy._defer is not None:
-            self.broker.completer.defer(
-                {"id": proxy.row_id, "queue_name": self.queue_name, "delay_ms": proxy._defer[0]}
-            )
-        elif proxy._retry is not None:
-            payload, delay_ms = proxy._retry
-            type_name, text, tb = proxy.error_info()
+        deferred, retry = proxy.deferred, proxy.scheduled_retry
+        if deferred is not None:
+            self.broker.completer.defer(Deferral(proxy.row_id, self.queue_name, deferred.delay_ms))
+        elif retry is not None:
+            failure = proxy.failure()
             self.broker.completer.retry(
-                {
-                    "id": proxy.row_id,
-                    "queue_name": self.queue_name,
-                    "payload": payload,
-                    "delay_ms": delay_ms,
-                    "error": f"{type_name}: {text}",
-                    "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
-                }
+                RetryResult(
+                    id=proxy.row_id,
+                    queue_name=self.queue_name,
+                    payload=retry.payload,
+                    delay_ms=retry.delay_ms,
+                    error=failure.summary,
+                    entry=failure.entry(proxy.attempt),
+                )
             )
         else:
             self.broker.completer.ack(proxy.row_id)
@@ -147,24 +220,18 @@ class PgConsumer(Consumer):
 
     def nack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
-        type_name, text, tb = proxy.error_info()
-        self.broker.completer.nack(
-            {
-                "id": proxy.row_id,
-                "error": f"{type_name}: {text}",
-                "entry": error_entry(attempt=proxy.attempt, type_name=type_name, message=text, traceback=tb),
-            }
-        )
+        failure = proxy.failure()
+        self.broker.completer.nack(DeadLetter(proxy.row_id, failure.summary, failure.entry(proxy.attempt)))
         self._release_slot(proxy)
 
-    def requeue(self, messages: Any) -> None:
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Give messages this process holds but will not run back to the queue."""
         ids = []
         for message in messages:
             proxy = self._own(message)
             ids.append(proxy.row_id)
             self._release_slot(proxy)
-        ids.extend(entry[0] for entry in self.cache)
+        ids.extend(claim.id for claim in self.cache)
         self.cache.clear()
         self.broker.release(ids)
         self._free_slots()
@@ -172,7 +239,7 @@ class PgConsumer(Consumer):
     def close(self) -> None:
         self._free_slots()
         if self.cache:
-            ids = [entry[0] for entry in self.cache]
+            ids = [claim.id for claim in self.cache]
             self.cache.clear()
             try:
                 self.broker.release(ids)
@@ -187,10 +254,9 @@ class PgConsumer(Consumer):
         return message
 
     def _release_slot(self, proxy: PgMessageProxy) -> None:
-        claimer = proxy._consumer  # after a consumer restart, acks arrive through the new one
+        claimer = proxy.detach()  # after a consumer restart, acks arrive through the new one
         if claimer is None:
             return
-        proxy._consumer = None
         if proxy.has_slot:
             # Its actor is done: its topic slot is freed before this consumer claims again, with
             # the slots of the other messages finished meanwhile in one statement, without
@@ -199,9 +265,13 @@ class PgConsumer(Consumer):
             proxy.has_slot = False
             with self._free_lock:
                 self._to_free.append(proxy.row_id)
-        with claimer._held_lock:
-            claimer._held -= 1
-        claimer.event.set()
+        claimer.finished_one()
+
+    def finished_one(self) -> None:
+        """One message this consumer claimed is done with: room for another; wake the claiming loop."""
+        with self._held_lock:
+            self._held -= 1
+        self.event.set()
 
     def _free_slots(self) -> None:
         with self._free_lock:
@@ -214,7 +284,7 @@ class PgConsumer(Consumer):
         except psycopg.Error as exc:
             log.warning("could not free %d topic slots now (%s); the completer frees them", len(ids), exc)
 
-    def _claim(self, room: int) -> list[tuple[int, int, bytes, int, bool]]:
+    def _claim(self, room: int) -> list[Claim]:
         params = {
             "queue_name": self.queue_name,
             "owner": self.broker.owner,
@@ -224,65 +294,60 @@ class PgConsumer(Consumer):
         try:
             # A claim lost in a server crash only returns the message to the queue: no need to
             # wait for the WAL flush (the soft-state pool commits asynchronously).
-            with self.broker.soft_pool.connection() as conn:
-                rows = conn.execute(q("dequeue"), params).fetchall()
+            with self.broker.soft_pool.connection() as conn, conn.cursor(row_factory=class_row(Claim)) as cur:
+                claims = cur.execute(q("dequeue"), params).fetchall()
         except psycopg.OperationalError as exc:
             # Dramatiq's ConsumerThread restarts the consumer after a connection error.
             raise ConnectionClosed(exc) from None
-        rows.sort(key=lambda r: (r[1], r[2], r[0]))
-        if any(r[6] for r in rows):
-            self.broker.completer.took_slots = True
+        claims.sort(key=lambda c: (c.priority, c.eta, c.id))
+        if any(c.has_slot for c in claims):
+            self.broker.completer.slots_taken()
         with self._held_lock:
-            self._held += len(rows)
-        return [(int(r[0]), int(r[4]), bytes(r[3]), int(r[5]), bool(r[6])) for r in rows]
+            self._held += len(claims)
+        return claims
 
     def _next_due(self) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting."""
         try:
-            with self.broker.soft_pool.connection() as conn:
-                row = conn.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
+            with self.broker.soft_pool.connection() as conn, conn.cursor(row_factory=class_row(NextDue)) as cur:
+                row = cur.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
         except psycopg.OperationalError as exc:
             raise ConnectionClosed(exc) from None
-        if row is None or row[0] is None:
+        if row is None or row.due_s is None:
             return None
-        due = float(row[0])
+        due = float(row.due_s)
         if due > 0:
             return due
         # Due messages we could not claim: their tenant is rate-limited or their topic is full.
-        blocked = float(row[1]) if row[1] is not None else None
+        blocked = float(row.blocked_s) if row.blocked_s is not None else None
         retry = self.broker.settings.topic_retry_ms / 1000.0
         return max(min(blocked, retry) if blocked is not None else retry, 0.002)
 
-    def _decode(
-        self, row_id: int, attempt: int, payload: bytes, deaths: int, has_slot: bool
-    ) -> PgMessageProxy | None:
+    def _decode(self, claim: Claim) -> PgMessageProxy | None:
         try:
-            message = Message.decode(payload)
+            message = Message.decode(bytes(claim.payload))
             options = message.options
             if "eta" in options or message.queue_name != self.queue_name:
                 # Our rows carry their own eta; Dramatiq would hold an `eta` option in memory.
                 options = {k: v for k, v in options.items() if k != "eta"}
                 message = message.copy(queue_name=self.queue_name, options=options)
         except Exception as exc:
-            self._dead_letter_undecodable(row_id, exc)
+            self._dead_letter_undecodable(claim.id, exc)
             return None
-        proxy = PgMessageProxy(message, row_id, attempt, self, deaths)
-        proxy.has_slot = has_slot
+        proxy = PgMessageProxy(message, claim.id, claim.attempts, self, claim.deaths)
+        proxy.has_slot = claim.has_slot
         return proxy
 
     def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
         text = f"payload is not a valid Dramatiq message ({type(cause).__name__}: {cause})"
         log.error("message row %s: %s; moved to the dead letters", row_id, text)
-        params = {
-            "id": row_id,
-            "owner": self.broker.owner,
-            "error": f"dramatiq.errors.DecodeError: {text}",
-            "entry": error_entry(attempt=1, type_name="dramatiq.errors.DecodeError", message=text, traceback=""),
-        }
+        failure = Failure("dramatiq.errors.DecodeError", text, "")
+        params = DeadLetter(row_id, failure.summary, failure.entry(1)).params(self.broker.owner)
+
         def run() -> None:
             with self.broker.pool.connection() as conn:
-                conn.execute(q("nack"), {**params, "entry": Jsonb(params["entry"])})
+                conn.execute(q("nack"), params)
 
         db.retrying(run, what="dead-letter undecodable message")
         with self._held_lock:

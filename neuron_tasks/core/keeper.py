@@ -10,7 +10,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -24,25 +26,41 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """A worker process's totals since it started, as its heartbeat reports them."""
+
+    processed: int
+    failed: int
+    runtime_ms: float
+    last_run: datetime | None
+
+    def params(self) -> dict[str, Any]:
+        return {"processed": self.processed, "failed": self.failed, "runtime_ms": self.runtime_ms,
+                "last_run": self.last_run}
+
+
 class Stats:
     """Counters a worker process reports with its heartbeat."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.processed = 0
-        self.failed = 0
-        self.runtime_ms = 0.0
-        self.last_run: datetime | None = None
+        self._lock = threading.Lock()
+        self._counters = Counters(0, 0, 0.0, None)
 
     def record(self, runtime_ms: float, *, failed: bool) -> None:
-        with self.lock:
-            self.processed += 1
-            self.failed += int(failed)
-            self.runtime_ms += runtime_ms
-            self.last_run = datetime.now().astimezone()
+        with self._lock:
+            c = self._counters
+            self._counters = Counters(c.processed + 1, c.failed + int(failed), c.runtime_ms + runtime_ms,
+                                      datetime.now().astimezone())
+
+    def snapshot(self) -> Counters:
+        with self._lock:
+            return self._counters
 
 
 class Keeper(threading.Thread):
+    """The housekeeping thread of a worker process (see the module's docstring)."""
+
     def __init__(
         self,
         pool: Callable[[], ConnectionPool],
@@ -90,13 +108,7 @@ class Keeper(threading.Thread):
             self._halt.wait(min(self.settings.heartbeat_s, self.settings.settings_poll_s))
 
     def beat(self) -> None:
-        with self.stats.lock:
-            counters = {
-                "processed": self.stats.processed,
-                "failed": self.stats.failed,
-                "runtime_ms": self.stats.runtime_ms,
-                "last_run": self.stats.last_run,
-            }
+        counters = self.stats.snapshot().params()
         with self._pool().connection() as conn, conn.transaction():
             if not self._registered:
                 conn.execute(

@@ -8,8 +8,10 @@ from collections.abc import Callable
 
 import psycopg
 
+from neuron_tasks.sql import q
+
 log = logging.getLogger(__name__)
-CHANNEL = "neuron_tasks"
+CHANNEL = "neuron_tasks"  # the channels the `listen_queues` and `listen_settings` queries name
 SETTINGS_CHANNEL = "neuron_tasks_settings"
 
 
@@ -18,7 +20,7 @@ class Listener(threading.Thread):
     (notifications sent while disconnected are lost, so every consumer should look)."""
 
     def __init__(
-        self, url: str, wake: Callable[[str | None], None], on_settings: Callable[[], None] | None = None
+        self, url: str, wake: Callable[[str | None], None], on_settings: Callable[[], object] | None = None
     ) -> None:
         super().__init__(name="neuron-tasks-listener", daemon=True)
         self.url = url
@@ -37,8 +39,8 @@ class Listener(threading.Thread):
                 with psycopg.connect(
                     self.url, autocommit=True, application_name="neuron_tasks-listener"
                 ) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    conn.execute(f"LISTEN {SETTINGS_CHANNEL}")
+                    conn.execute(q("listen_queues"))
+                    conn.execute(q("listen_settings"))
                     self.connected.set()
                     delay = 0.1
                     self.wake(None)

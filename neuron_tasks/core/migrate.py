@@ -11,10 +11,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg.rows import class_row, scalar_row
 
 from neuron_tasks.errors import MigrationError
+from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,25 @@ def load_migrations(folder: Path | None = None) -> list[Migration]:
     return found
 
 
-def applied_versions(conn: psycopg.Connection) -> dict[int, str]:
-    exists = conn.execute("SELECT to_regclass('neuron_tasks.schema_migrations') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A row of neuron_tasks.schema_migrations."""
+
+    version: int
+    checksum: str
+
+
+def _exists(conn: psycopg.Connection[Any], query: str) -> bool:
+    with conn.cursor(row_factory=scalar_row) as cur:
+        return bool(cur.execute(q(query)).fetchone())
+
+
+def applied_versions(conn: psycopg.Connection[Any]) -> dict[int, str]:
+    """{version: checksum} of the migrations applied to this database."""
+    if not _exists(conn, "migrations_table_exists"):
         return {}
-    rows = conn.execute("SELECT version, checksum FROM neuron_tasks.schema_migrations").fetchall()
-    return {int(v): str(c) for v, c in rows}
+    with conn.cursor(row_factory=class_row(Applied)) as cur:
+        return {a.version: a.checksum for a in cur.execute(q("applied_migrations"))}
 
 
 def pending(url: str) -> list[Migration]:
@@ -76,15 +92,9 @@ def upgrade(url: str) -> list[Migration]:
     migrations = load_migrations()
     applied: list[Migration] = []
     with psycopg.connect(url) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute("CREATE SCHEMA IF NOT EXISTS neuron_tasks")
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS neuron_tasks.schema_migrations (
-                   version    integer PRIMARY KEY,
-                   name       text NOT NULL,
-                   checksum   text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        conn.execute(q("migration_lock"), {"key": MIGRATION_LOCK_KEY})
+        conn.execute(q("create_schema"))
+        conn.execute(q("create_migrations_table"))
         done = applied_versions(conn)
         for m in migrations:
             if m.version in done:
@@ -96,12 +106,9 @@ def upgrade(url: str) -> list[Migration]:
                 conn.execute(m.sql.encode())
             except psycopg.Error as exc:
                 raise MigrationError(f"migration {m.version:03d}_{m.name} failed: {exc}") from exc
-            conn.execute(
-                "INSERT INTO neuron_tasks.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                (m.version, m.name, m.checksum),
-            )
+            conn.execute(q("record_migration"), {"version": m.version, "name": m.name, "checksum": m.checksum})
             applied.append(m)
-        if conn.execute("SELECT to_regclass('neuron_tasks.setting_defs') IS NOT NULL").fetchone()[0]:
+        if _exists(conn, "setting_defs_exist"):
             from neuron_tasks.core.runtime import sync_defs
 
             sync_defs(conn)  # setting definitions follow the installed code

@@ -5,11 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from dramatiq.actor import Actor
+from dramatiq.message import Message
+
+from neuron_tasks.config import Settings
+from neuron_tasks.core.policies import PolicySource, TopicSettings
 from neuron_tasks.errors import InvalidOption, MessageTooLarge, UnknownTenant, UnknownTopic
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/-]{1,200}$")
@@ -74,7 +79,7 @@ def columns(options: dict[str, Any], *, default_priority: int, delay: int | floa
     )
 
 
-def fingerprint_of(message: Any, options: dict[str, Any]) -> str | None:
+def fingerprint_of(message: Message[Any], options: dict[str, Any]) -> str | None:
     """The unique-job key: `unique_key` as given, or with `unique=True` a hash of actor and arguments."""
     key = options.get("unique_key")
     if key is not None:
@@ -95,7 +100,7 @@ INHERITED = ("tenant", "topic", "unique", "on_duplicate")
 class Prepared:
     """A message checked for enqueue, as every broker stores it."""
 
-    message: Any  # actor defaults merged into its options, deadline as epoch milliseconds
+    message: Message[Any]  # actor defaults merged into its options, deadline as epoch milliseconds
     columns: Columns
     fingerprint: str | None
     on_duplicate: str  # 'raise' or 'existing'
@@ -103,18 +108,18 @@ class Prepared:
 
 
 def prepare(
-    message: Any,
+    message: Message[Any],
     *,
-    actor: Any | None,
+    actor: Actor[..., Any] | None,
     delay: int | float | None,
-    topic: Callable[[str], Any | None],
+    topic: Callable[[str], TopicSettings | None],
     tenant_known: Callable[[str], bool] | None,
     max_message_bytes: int,
 ) -> Prepared:
     """Validate a message's options the same way in every broker (Postgres and in-memory).
 
     `actor` (its `options` and `priority`) supplies defaults; `topic(name)` returns the topic's
-    settings (with a `priority` attribute) or None when the topic does not exist; `tenant_known`,
+    settings or None when the topic does not exist; `tenant_known`,
     given only under tenant_policy 'refuse', says whether a tenant is configured.
 
     Raises:
@@ -150,15 +155,29 @@ def prepare(
     return Prepared(message, cols, fingerprint_of(message, options), on_duplicate, payload)
 
 
-def prepare_for(broker: Any, message: Any, delay: int | float | None) -> Prepared:
+class EnqueueTarget(Protocol):
+    """What `prepare_for` reads of a broker: its settings, declared actors and policies."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def actors(self) -> Mapping[str, Actor[..., Any]]: ...
+
+    @property
+    def policies(self) -> PolicySource: ...
+
+
+def prepare_for(broker: EnqueueTarget, message: Message[Any], delay: int | float | None) -> Prepared:
     """`prepare` with a broker's declared actors, its topic and tenant policies and its settings
     (the Postgres and in-memory brokers both validate through here)."""
     refuse = broker.settings.tenant_policy == "refuse"
+    policies = broker.policies
     return prepare(
         message,
         actor=broker.actors.get(message.actor_name),
         delay=delay,
-        topic=broker.policies.topic,
-        tenant_known=(lambda name: broker.policies.tenant(name) is not None) if refuse else None,
+        topic=policies.topic,
+        tenant_known=(lambda name: policies.tenant(name) is not None) if refuse else None,
         max_message_bytes=broker.settings.max_message_bytes,
     )

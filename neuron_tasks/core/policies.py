@@ -6,7 +6,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks.config import Settings
@@ -35,6 +37,27 @@ class TopicSettings:
     priority: int | None = None
 
 
+@runtime_checkable
+class PolicySource(Protocol):
+    """Where a broker finds its tenants' limits and topics' settings (Postgres or in memory)."""
+
+    def tenant(self, name: str) -> TenantLimits | None: ...
+
+    def tenant_or_default(self, name: str) -> TenantLimits: ...
+
+    def topic(self, name: str) -> TopicSettings | None: ...
+
+    def invalidate(self) -> None: ...
+
+
+@runtime_checkable
+class HasPolicies(Protocol):
+    """A broker with tenant and topic policies (the Postgres and in-memory brokers)."""
+
+    @property
+    def policies(self) -> PolicySource: ...
+
+
 class Policies:
     """A TTL cache of the tenants and topics tables (refreshed at most every policy_cache_s)."""
 
@@ -53,10 +76,12 @@ class Policies:
             if time.monotonic() - self._loaded < self.settings.policy_cache_s:
                 return
             with self._pool().connection() as conn:
-                tenants = conn.execute(q("tenant_limits")).fetchall()
-                topics = conn.execute(q("topic_settings")).fetchall()
-            self._tenants = {r[0]: TenantLimits(*r) for r in tenants}
-            self._topics = {r[0]: TopicSettings(*r) for r in topics}
+                with conn.cursor(row_factory=class_row(TenantLimits)) as cur:
+                    tenants = cur.execute(q("tenant_limits")).fetchall()
+                with conn.cursor(row_factory=class_row(TopicSettings)) as cur:
+                    topics = cur.execute(q("topic_settings")).fetchall()
+            self._tenants = {t.name: t for t in tenants}
+            self._topics = {t.name: t for t in topics}
             self._loaded = time.monotonic()
 
     def invalidate(self) -> None:

@@ -20,12 +20,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from dramatiq.broker import Broker
+from dramatiq.encoder import Encoder
+from dramatiq.message import Message
 from dramatiq.results import Results
 from dramatiq.results.backend import Missing, MResult, ResultBackend
 from dramatiq.results.errors import ResultMissing, ResultTimeout
+from psycopg.rows import scalar_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks import db
@@ -35,6 +38,14 @@ from neuron_tasks.sql import q
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.1
 PURGE_EVERY = 5000
+
+
+@runtime_checkable
+class PoolOwner(Protocol):
+    """A broker with a connection pool (the Postgres broker)."""
+
+    @property
+    def pool(self) -> ConnectionPool: ...
 
 
 @dataclass(slots=True)
@@ -58,7 +69,7 @@ class PostgresResultBackend(ResultBackend):
     """
 
     def __init__(self, url: str | None = None, *, broker: Broker | None = None, pool: ConnectionPool | None = None,
-                 namespace: str = "neuron-tasks-results", encoder: Any = None) -> None:
+                 namespace: str = "neuron-tasks-results", encoder: Encoder | None = None) -> None:
         super().__init__(namespace=namespace, encoder=encoder)
         self._url = url
         self._broker = broker
@@ -76,10 +87,9 @@ class PostgresResultBackend(ResultBackend):
                 import dramatiq
 
                 broker = dramatiq.get_broker()
-            pool = getattr(broker, "pool", None)
-            if pool is None:
+            if not isinstance(broker, PoolOwner):
                 raise TypeError("PostgresResultBackend needs url=, pool= or a PostgresBroker")
-            return pool
+            return broker.pool
         with self._lock:
             if self._own_pool is None or self._pool_pid != os.getpid():
                 assert self._url is not None
@@ -94,16 +104,17 @@ class PostgresResultBackend(ResultBackend):
 
     # -- Dramatiq's backend API ----------------------------------------------------------------
     def _get(self, message_key: str) -> MResult:
-        def run() -> Any:
-            with self.pool.connection() as conn:
-                return conn.execute(q("results_get"), {"key": message_key}).fetchone()
+        def run() -> bytes | None:
+            with self.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+                value = cur.execute(q("results_get"), {"key": message_key}).fetchone()
+                return None if value is None else bytes(value)
 
-        row = db.retrying(run, what="read result")
-        if row is None:
+        value = db.retrying(run, what="read result")
+        if value is None:
             return Missing
-        return self.encoder.decode(bytes(row[0]))
+        return self.encoder.decode(value)
 
-    def get_result(self, message: Any, *, block: bool = False, timeout: int | None = None) -> Any:
+    def get_result(self, message: Message[Any], *, block: bool = False, timeout: int | None = None) -> Any:
         """The result of `message`; with `block`, wait up to `timeout` ms (default 10 s).
 
         Raises ResultMissing (not blocking, none yet), ResultTimeout, or ResultFailure when
@@ -167,9 +178,9 @@ class PostgresResultBackend(ResultBackend):
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete up to `limit` expired results; returns how many."""
-        with self.pool.connection() as conn:
-            row = conn.execute(q("results_purge"), {"limit": limit}).fetchone()
-        return int(row[0]) if row else 0
+        with self.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+            deleted = cur.execute(q("results_purge"), {"limit": limit}).fetchone()
+        return int(deleted) if deleted is not None else 0
 
 
 def ensure_results(broker: Broker, *, result_ttl_ms: int | None = None) -> ResultBackend:

@@ -8,15 +8,18 @@ what Python declares; `effective()` builds a settings object with the runtime va
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
 import typing
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, SupportsFloat
 
 import annotated_types
 import psycopg
+from psycopg.rows import class_row, scalar_row
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
@@ -24,8 +27,9 @@ from pydantic_settings import BaseSettings
 from neuron_tasks.config import RESTART_REQUIRED, Settings, config_file
 from neuron_tasks.core import parts
 from neuron_tasks.errors import ConfigurationError
+from neuron_tasks.sql import q
 
-_SECRET_WORDS = ("token", "api_key", "password", "secret")
+_SECRET_WORDS = ("api_key", "password", "secret")
 
 
 M = typing.TypeVar("M", bound=BaseModel)
@@ -47,7 +51,23 @@ class SettingDef:
     default: Any
     description: str
     secret: bool
-    owner: type[BaseSettings]
+    owner: builtins.type[BaseSettings]  # the class that validates it (`type` is the field above)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeValue:
+    """A row of neuron_tasks.settings."""
+
+    key: str
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsVersion:
+    """How many runtime settings are set and when the last one changed: equal versions, same values."""
+
+    entries: int
+    updated_at: datetime | None
 
 
 def settings_classes() -> list[type[BaseSettings]]:
@@ -59,6 +79,13 @@ def restart_required(field: FieldInfo) -> bool:
     """A field declared with `restart_only(...)`: read once at start."""
     extra = field.json_schema_extra
     return isinstance(extra, dict) and bool(extra.get(RESTART_REQUIRED))
+
+
+def _bound(value: object) -> float:
+    """A numeric bound of a field (ge, gt, le, lt) as a float."""
+    if not isinstance(value, SupportsFloat):
+        raise TypeError(f"setting bound {value!r} is not a number")
+    return float(value)
 
 
 def _unit(key: str) -> str:
@@ -96,16 +123,16 @@ def definitions() -> dict[str, SettingDef]:
             pattern = None
             for meta in field.metadata:
                 if isinstance(meta, annotated_types.Ge):
-                    lo = float(meta.ge)
+                    lo = _bound(meta.ge)
                 elif isinstance(meta, annotated_types.Gt):
-                    lo, lo_ex = float(meta.gt), True
+                    lo, lo_ex = _bound(meta.gt), True
                 elif isinstance(meta, annotated_types.Le):
-                    hi = float(meta.le)
+                    hi = _bound(meta.le)
                 elif isinstance(meta, annotated_types.Lt):
-                    hi, hi_ex = float(meta.lt), True
+                    hi, hi_ex = _bound(meta.lt), True
                 elif getattr(meta, "pattern", None):
                     pattern = str(meta.pattern)
-            secret = base is SecretStr or any(w in key for w in _SECRET_WORDS)
+            secret = base is SecretStr or key.endswith("_token") or any(w in key for w in _SECRET_WORDS)
             complex_type = kind == "string" and base not in (str,) and choices is None
             live = not restart_required(field) and not secret and not complex_type
             defs[key] = SettingDef(key, kind, nullable, lo, lo_ex, hi, hi_ex, choices, pattern, live, _unit(key),
@@ -127,35 +154,35 @@ def sync_defs(conn: psycopg.Connection[Any]) -> int:
     """Publish the definitions to neuron_tasks.setting_defs (called by `db upgrade`)."""
     defs = definitions()
     rows = [
-        (d.key, d.type, d.nullable, d.minimum, d.exclusive_minimum, d.maximum, d.exclusive_maximum, d.choices,
-         d.pattern, d.live, d.unit, None if d.secret else _text(d.default), d.description)
+        {"key": d.key, "type": d.type, "nullable": d.nullable, "minimum": d.minimum,
+         "exclusive_minimum": d.exclusive_minimum, "maximum": d.maximum, "exclusive_maximum": d.exclusive_maximum,
+         "choices": d.choices, "pattern": d.pattern, "live": d.live, "unit": d.unit,
+         "default_value": None if d.secret else _text(d.default), "description": d.description}
         for d in defs.values()
     ]
     with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO neuron_tasks.setting_defs (key, type, nullable, minimum, exclusive_minimum, maximum,
-                   exclusive_maximum, choices, pattern, live, unit, default_value, description)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (key) DO UPDATE SET type = excluded.type, nullable = excluded.nullable,
-                   minimum = excluded.minimum, exclusive_minimum = excluded.exclusive_minimum,
-                   maximum = excluded.maximum, exclusive_maximum = excluded.exclusive_maximum,
-                   choices = excluded.choices, pattern = excluded.pattern, live = excluded.live,
-                   unit = excluded.unit, default_value = excluded.default_value,
-                   description = excluded.description""",
-            rows,
-        )
-        cur.execute("DELETE FROM neuron_tasks.setting_defs WHERE NOT key = ANY(%s)", (list(defs),))
+        cur.executemany(q("setting_def_upsert"), rows)
+        cur.execute(q("setting_defs_prune"), {"keys": list(defs)})
     return len(rows)
 
 
+def settings_table_missing(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this database has no runtime settings table yet (not upgraded)."""
+    with conn.cursor(row_factory=scalar_row) as cur:
+        return bool(cur.execute(q("settings_table_missing")).fetchone())
+
+
 def runtime_values(conn: psycopg.Connection[Any]) -> dict[str, str | None]:
-    return dict(conn.execute("SELECT key, value FROM neuron_tasks.settings").fetchall())
+    """{key: value} of every runtime setting stored in this database."""
+    with conn.cursor(row_factory=class_row(RuntimeValue)) as cur:
+        return {r.key: r.value for r in cur.execute(q("runtime_values"))}
 
 
-def version(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+def version(conn: psycopg.Connection[Any]) -> SettingsVersion:
     """Changes whenever a runtime setting is set or reset (polling fallback of NOTIFY)."""
-    row = conn.execute("SELECT count(*), max(updated_at) FROM neuron_tasks.settings").fetchone()
-    return tuple(row) if row else ()
+    with conn.cursor(row_factory=class_row(SettingsVersion)) as cur:
+        found = cur.execute(q("settings_version")).fetchone()
+    return found if found is not None else SettingsVersion(0, None)
 
 
 def effective(base: M, runtime: dict[str, str | None]) -> M:
@@ -191,18 +218,19 @@ def set_value(conn: psycopg.Connection[Any], key: str, value: str | None) -> str
             errors = "; ".join(e["msg"] for e in exc.errors() if e["loc"] and e["loc"][0] == key)
             raise ConfigurationError(f"invalid value {value!r} for {key}: {errors or exc}") from None
     try:
-        row = conn.execute("SELECT neuron_tasks.set_setting(%s, %s)", (key, value)).fetchone()
+        with conn.cursor(row_factory=scalar_row) as cur:
+            stored = cur.execute(q("set_setting"), {"key": key, "value": value}).fetchone()
     except psycopg.Error as exc:
         raise ConfigurationError(str(exc.diag.message_primary or exc)) from None
-    return row[0] if row else None
+    return None if stored is None else str(stored)
 
 
 def reset_value(conn: psycopg.Connection[Any], key: str) -> bool:
-    row = conn.execute("SELECT neuron_tasks.reset_setting(%s)", (key,)).fetchone()
-    return bool(row and row[0])
+    with conn.cursor(row_factory=scalar_row) as cur:
+        return bool(cur.execute(q("reset_setting"), {"key": key}).fetchone())
 
 
-def _defaults(cls: type[BaseSettings]) -> dict[str, Any]:
+def _defaults(cls: builtins.type[BaseSettings]) -> dict[str, Any]:
     return {k: f.default for k, f in cls.model_fields.items() if f.is_required() is False}
 
 
@@ -256,8 +284,7 @@ def values_for(url: str, *, max_age_s: float = 2.0) -> dict[str, str | None]:
             return cached[1]
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            missing = conn.execute("SELECT to_regclass('neuron_tasks.settings') IS NULL").fetchone()[0]
-            values = {} if missing else runtime_values(conn)
+            values = {} if settings_table_missing(conn) else runtime_values(conn)
     except psycopg.Error:
         return cached[1] if cached is not None else {}
     with _cache_lock:

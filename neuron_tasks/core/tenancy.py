@@ -65,9 +65,16 @@ def report_tokens(tokens: int) -> None:
     import dramatiq
     from dramatiq.middleware import CurrentMessage
 
+    from neuron_tasks.core.broker import PostgresBroker
+
     message = CurrentMessage.get_current_message()
     if message is None:
         raise NeuronTasksError("report_tokens() is called from inside an actor")
     tenant = message.options.get("tenant")
     if tenant:
-        charge_tokens(dramatiq.get_broker().pool, tenant, tokens)  # type: ignore[attr-defined]
+        broker = dramatiq.get_broker()
+        if not isinstance(broker, PostgresBroker):
+            raise NeuronTasksError(
+                f"report_tokens() charges tenants in PostgreSQL; the broker is a {type(broker).__name__}"
+            )
+        charge_tokens(broker.pool, tenant, tokens)

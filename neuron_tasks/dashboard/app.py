@@ -151,7 +151,7 @@ class Dashboard:
         if not guard.csrf_ok(request, str(form.get("csrf", ""))):
             return PlainTextResponse("CSRF check failed: reload the page and try again.\n", status_code=403)
         action = str(form.get("action", ""))
-        ids = [int(v) for v in form.getlist("ids") if str(v).isdigit() and len(str(v)) < 19]
+        ids = [int(v) for v in map(str, form.getlist("ids")) if v.isdigit() and len(v) < 19]
         for one in ("requeue_one", "delete_one"):
             value = str(form.get(one, ""))
             if value.isdigit() and len(value) < 19:

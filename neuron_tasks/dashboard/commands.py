@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from neuron_tasks.core import parts
+
+if TYPE_CHECKING:
+    from neuron_tasks.dashboard.settings import DashboardSettings
+
+
+def _page_titles() -> str:
+    """The titles of the pages the installed parts bring, for the help text."""
+    return ", ".join(page.title for _, page in parts.pages().values()) or "none"
+
+
 app = typer.Typer(
-    help="The web dashboard for operators: queues, messages, dead letters (requeue/delete), workers,\n"
-    "tenants, topics, schedules, indexes, LLM cache, pipelines; /metrics for Prometheus; /healthz.\n\n"
-    "Binds 127.0.0.1 by default. Any other address needs a token (--token or\n"
-    "NEURON_TASKS_DASHBOARD_TOKEN); every request then carries it (Authorization: Bearer, the\n"
+    help="The web dashboard for operators: queues, messages, dead letters (requeue/delete), workers, "
+    f"and every installed part's pages ({_page_titles()}); /metrics for Prometheus; /healthz.\n\n"
+    "Binds 127.0.0.1 by default. Any other address needs a token (--token or "
+    "NEURON_TASKS_DASHBOARD_TOKEN); every request then carries it (Authorization: Bearer, the "
     "X-Neuron-Tasks-Token header, or a cookie set by opening /?token=...).",
     invoke_without_command=True,
 )
@@ -29,29 +40,29 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     from neuron_tasks import db
-    from neuron_tasks.cli import app as cli
-    from neuron_tasks.dashboard.server import check_bind, make_server, url_of
+    from neuron_tasks.commandline import console, database_url, fail
+    from neuron_tasks.dashboard.server import DashboardConfigError, check_bind, make_server, url_of
 
     settings = _settings(host=host, port=port, token=token)
     try:
         check_bind(settings)
-    except Exception as exc:
-        cli.fail(str(exc))
-    url = cli.database_url()
+    except DashboardConfigError as exc:
+        fail(str(exc))
+    url = database_url()
     pool = db.make_pool(url, max_size=settings.dashboard_pool_max_size, name="neuron_tasks-dashboard")
     server = make_server(pool, settings)
-    cli.console.print(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/ "
-                      f"(database {db.redact(url)}); Ctrl-C to stop", highlight=False)
+    console.print(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/ "
+                  f"(database {db.redact(url)}); Ctrl-C to stop", highlight=False)
     try:
         server.run()
     finally:
         pool.close()
     if not server.started:
-        cli.fail(f"could not bind {settings.dashboard_host}:{settings.dashboard_port}"
-                 f" ({url_of(server, settings)} in use?)")
+        fail(f"could not bind {settings.dashboard_host}:{settings.dashboard_port}"
+             f" ({url_of(server, settings)} in use?)")
 
 
-def _settings(**overrides: Any) -> Any:
+def _settings(**overrides: Any) -> DashboardSettings:
     from neuron_tasks.dashboard.settings import DashboardSettings
 
     values = {f"dashboard_{k}": v for k, v in overrides.items() if v is not None}

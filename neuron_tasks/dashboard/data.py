@@ -6,6 +6,7 @@ message list scans fixed windows of the primary key, lists are keyset-paged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 from psycopg_pool import ConnectionPool
 
@@ -105,36 +106,33 @@ class DashboardData:
         rows = self._all(name, params)
         return rows[0] if rows else None
 
+    def _scalar(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        with self.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+            return cur.execute(q(name), params or {}, prepare=False).fetchone()
+
     def exists(self, table: str) -> bool:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-        return bool(row and row[0])
+        return bool(self._scalar("dash_table_exists", {"table": table}))
 
     def function_exists(self, name: str) -> bool:
-        row = self._one("dash_function_exists", {"name": name})
-        return bool(row and row["present"])
+        return bool(self._scalar("dash_function_exists", {"name": name}))
 
     def ping(self) -> bool:
         return self._one("dash_ping") is not None
 
     def estimates(self, cells: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """The planner's estimates of (queue, state) cells, in one round trip (no scan)."""
+        """The planner's estimates of (queue, state) cells, pipelined in one round trip (no scan)."""
         if not cells:
             return {}
-        stmt = sql.SQL(";").join(
-            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM neuron_tasks.messages WHERE queue_name = {} AND state = {}")
-            .format(sql.Literal(queue), sql.Literal(state)) for queue, state in cells)
         out: dict[tuple[str, str], int] = {}
-        with self.pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(stmt)
-            for cell in cells:
-                row = cur.fetchone()
-                plan = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None)
-                try:
-                    out[cell] = int(plan[0]["Plan"]["Plan Rows"])  # type: ignore[index]
-                except (TypeError, KeyError, IndexError, ValueError):
-                    out[cell] = 0
-                cur.nextset()
+        with self.pool.connection() as conn:
+            # one round trip where libpq can pipeline; one statement after another where it cannot
+            with conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext():
+                cursors = [conn.cursor(row_factory=scalar_row) for _ in cells]
+                for cur, (queue, state) in zip(cursors, cells, strict=True):
+                    cur.execute(q("dash_state_estimate"), {"queue": queue, "state": state}, prepare=False)
+            for cur, cell in zip(cursors, cells, strict=True):
+                out[cell] = plan_rows(cur.fetchone())
+                cur.close()
         return out
 
     def throughput(self, minutes: int = 60) -> list[dict[str, Any]]:
@@ -292,12 +290,10 @@ class DashboardData:
         return self._all("dash_workers_table", {"stale_s": self.stale_s})
 
     def worker_status(self) -> list[dict[str, Any]] | None:
-        """Rows of neuron_tasks.worker_status() when that function exists (issue 4), else None."""
+        """Rows of neuron_tasks.worker_status() when the database has that function, else None."""
         if not self.function_exists("worker_status"):
             return None
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute("SELECT * FROM neuron_tasks.worker_status() LIMIT 500")
-            return cur.fetchall()
+        return self._all("dash_worker_status")
 
     def table_page(self, table: str, *, after: str | None, limit: int = 50) -> dict[str, Any]:
         """Rows of any table, keyset-paged on its one-column primary key or else on ctid."""
@@ -305,16 +301,11 @@ class DashboardData:
         key_row = self._one("dash_table_key", {"table": table})
         key = key_row["name"] if key_row else None
         schema, name = table.split(".", 1)
-        ident = sql.Identifier(schema, name)
         if key:
-            keycol = sql.Identifier(key)
-            where = sql.SQL("WHERE {k} > %(after)s").format(k=keycol) if after is not None else sql.SQL("")
-            stmt = sql.SQL("SELECT *, {k}::text AS _cursor FROM {t} {w} ORDER BY {k} LIMIT %(limit)s").format(
-                k=keycol, t=ident, w=where)
+            template = "dash_table_rows_by_key" if after is None else "dash_table_rows_by_key_after"
         else:
-            where = sql.SQL("WHERE ctid > %(after)s::tid") if after is not None else sql.SQL("")
-            stmt = sql.SQL("SELECT *, ctid::text AS _cursor FROM {t} {w} ORDER BY ctid LIMIT %(limit)s").format(
-                t=ident, w=where)
+            template = "dash_table_rows_by_ctid" if after is None else "dash_table_rows_by_ctid_after"
+        stmt = sql.SQL(q(template)).format(table=sql.Identifier(schema, name), key=sql.Identifier(key or "ctid"))
         rows: list[dict[str, Any]] = []
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             for type_name, loader in LENIENT_LOADERS.items():
@@ -339,7 +330,7 @@ def _lenient(base: type[Any]) -> type[Any]:
     """A date/time loader that returns PostgreSQL's text where Python has no value for it
     ('-infinity', 'infinity', years outside 1-9999), so a generic table page shows those rows."""
 
-    class Lenient(base):  # type: ignore[misc, valid-type]
+    class Lenient(base):
         def load(self, data: Any) -> Any:
             try:
                 return super().load(data)
@@ -351,6 +342,16 @@ def _lenient(base: type[Any]) -> type[Any]:
 
 LENIENT_LOADERS = {"timestamptz": _lenient(TimestamptzLoader), "timestamp": _lenient(TimestampLoader),
                    "date": _lenient(DateLoader)}
+
+
+def plan_rows(plan: Any) -> int:
+    """The top node's row estimate of an EXPLAIN (FORMAT JSON) answer (0 when unreadable)."""
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    try:
+        return int(plan[0]["Plan"]["Plan Rows"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return 0
 
 
 def decode_payload(payload: bytes) -> dict[str, Any] | str:

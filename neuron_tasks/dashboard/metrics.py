@@ -63,7 +63,6 @@ class DatabaseCollector(Collector):
         yield from metric_families(self.data)
 
 
-
 def registry(data: DashboardData) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(DatabaseCollector(data))

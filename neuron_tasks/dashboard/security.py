@@ -49,6 +49,10 @@ class Guard:
         cookie = request.cookies.get(AUTH_COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self._auth_value.encode())
 
+    def sign_in(self, response: Response) -> None:
+        """Set the cookie that stands for the token on later requests of this browser."""
+        self.cookie(response, AUTH_COOKIE, self._auth_value)
+
     def csrf_token(self, session: str) -> str:
         return _mac(self.secret, "csrf:" + session)
 
@@ -78,7 +82,7 @@ class GuardMiddleware(BaseHTTPMiddleware):
                 rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
                 target = request.url.path + ("?" + urlencode(rest) if rest else "")
                 response: Response = RedirectResponse(target, status_code=303)
-                guard.cookie(response, AUTH_COOKIE, guard._auth_value)
+                guard.sign_in(response)
                 return self._harden(response)
             return self._harden(HTMLResponse(LOGIN_PAGE, status_code=401))
         if not guard.authorised(request):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import ModuleType
 
 import dramatiq
 import psycopg
@@ -20,6 +21,7 @@ from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.core.admin import Repo
 from neuron_tasks.core.broker import PostgresBroker
+from neuron_tasks.sql import q
 
 
 def run_demo(url: str, settings: Settings, *, jobs: int, processes: int, console: Console) -> int:
@@ -74,26 +76,26 @@ def run_phases(url: str, settings: Settings, console: Console) -> bool:
     return ok
 
 
-def enqueue_mix(broker: PostgresBroker, url: str, actors: object, jobs: int, console: Console) -> dict[str, int]:
+def enqueue_mix(broker: PostgresBroker, url: str, actors: ModuleType, jobs: int, console: Console) -> dict[str, int]:
     a = actors
-    broker.enqueue_many([a.add.message(i, i) for i in range(jobs)])  # type: ignore[attr-defined]
+    broker.enqueue_many([a.add.message(i, i) for i in range(jobs)])
     for i in range(40):
-        a.slow.send(20 + i % 30)  # type: ignore[attr-defined]
+        a.slow.send(20 + i % 30)
     for i in range(5):
-        a.add.send_with_options(args=(i, 1000), priority=-10)  # type: ignore[attr-defined]
-        a.add.send_with_options(args=(i, 2000), delay=1500)  # type: ignore[attr-defined]
+        a.add.send_with_options(args=(i, 1000), priority=-10)
+        a.add.send_with_options(args=(i, 2000), delay=1500)
     for i in range(10):
-        a.flaky.send(f"flaky-{i}", 1 + i % 2)  # type: ignore[attr-defined]
+        a.flaky.send(f"flaky-{i}", 1 + i % 2)
     for i in range(3):
-        a.always_fails.send(f"bad-{i}")  # type: ignore[attr-defined]
+        a.always_fails.send(f"bad-{i}")
     with psycopg.connect(url) as conn:
         with conn.transaction():
             for i in range(10):
-                conn.execute("SELECT neuron_tasks.enqueue('demo', 'add', %s)", (Jsonb([i, -i]),))
+                conn.execute(q("demo_enqueue_add"), {"args": Jsonb([i, -i])})
         try:
             with conn.transaction():
                 for i in range(5):
-                    conn.execute("SELECT neuron_tasks.enqueue('demo', 'add', %s)", (Jsonb([i, 99]),))
+                    conn.execute(q("demo_enqueue_add"), {"args": Jsonb([i, 99])})
                 raise RuntimeError("rollback")
         except RuntimeError:
             pass

@@ -122,7 +122,7 @@ def embed(texts: list[str] | str, model: str | None = None, provider: str | None
     option_tenant, message_id = _current()
     texts = [texts] if isinstance(texts, str) else list(texts)
     request = EmbedRequest(texts, model, provider, tenant or option_tenant, message_id, cache)
-    return runtime().batcher.submit(request)  # type: ignore[no-any-return]
+    return runtime().batcher.submit(request)
 
 
 @dramatiq.actor(actor_name="llm_complete", queue_name=LLM_QUEUE, **_opts)

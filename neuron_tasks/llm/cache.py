@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.rows import class_row, dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -36,6 +37,14 @@ def cache_key(operation: str, model: str, normalised_input: Any) -> bytes:
     """sha256(operation NUL model NUL canonical JSON of the normalised input)."""
     raw = f"{operation}\0{model}\0{canonical(normalised_input)}".encode()
     return hashlib.sha256(raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A cache entry found by a lookup."""
+
+    key: bytes
+    value: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +71,9 @@ class Cache:
             return {}
 
         def run() -> dict[bytes, bytes]:
-            with self.pool.connection() as conn:
-                rows = conn.execute(q("cache_lookup"), {"keys": list(dict.fromkeys(keys))}).fetchall()
-            return {bytes(k): bytes(v) for k, v in rows}
+            with self.pool.connection() as conn, conn.cursor(row_factory=class_row(Hit)) as cur:
+                hits = cur.execute(q("cache_lookup"), {"keys": list(dict.fromkeys(keys))}).fetchall()
+            return {bytes(h.key): bytes(h.value) for h in hits}
 
         return db.retrying(run, what="cache lookup")
 
@@ -89,16 +98,15 @@ class Cache:
 
 
 def _count(pool: ConnectionPool, name: str, params: dict[str, Any]) -> int:
-    with pool.connection() as conn:
-        row = conn.execute(q(name), params).fetchone()
-    return int(row[0]) if row else 0
+    """Run a statement that answers one count (rows deleted)."""
+    with pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+        n = cur.execute(q(name), params).fetchone()
+    return int(n) if n is not None else 0
 
 
 def stats(pool: ConnectionPool) -> list[dict[str, Any]]:
-    with pool.connection() as conn:
-        cur = conn.execute(q("cache_stats"))
-        names = [d.name for d in cur.description or []]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(q("cache_stats")).fetchall()
 
 
 def clear(pool: ConnectionPool, operation: str | None = None) -> int:
@@ -108,8 +116,10 @@ def clear(pool: ConnectionPool, operation: str | None = None) -> int:
 
 def rotate(pool: ConnectionPool, settings: LlmSettings) -> dict[str, int]:
     """Cache rotation: expired entries, then LRU beyond the size caps; also expired job results."""
+    from neuron_tasks.core.results import PostgresResultBackend
+
     expired = _count(pool, "cache_expire", {})
     evicted = _count(pool, "cache_evict", {"max_entries": settings.llm_cache_max_entries,
                                            "max_bytes": int(settings.llm_cache_max_mb * 1024 * 1024)})
-    results = _count(pool, "results_purge", {"limit": 100_000})
+    results = PostgresResultBackend(pool=pool).purge_expired(limit=100_000)
     return {"expired": expired, "evicted": evicted, "results_purged": results}

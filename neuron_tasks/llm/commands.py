@@ -7,15 +7,18 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import psycopg
 import typer
+from psycopg.rows import dict_row
 
 from neuron_tasks.commandline import JsonOpt, console, emit, fail, jsonable, parse_duration, pool
+from neuron_tasks.sql import q
 
 app = typer.Typer(
     help="LLM and queue jobs: embeddings, completions, reranking (local sentence-transformers or an\n"
     "OpenAI-compatible HTTP provider), their job view, token usage per tenant, shared provider state\n"
     "(rate limits, circuit breaker) and the Postgres result cache.\n\n"
-    "Jobs run on workers: `neuron-tasks worker neuron_tasks.llm.actors`. Provider settings come from\n"
+    "Jobs run on workers: `neuron-tasks worker`. Provider settings come from\n"
     "NEURON_TASKS_LLM_* (e.g. NEURON_TASKS_LLM_HTTP_BASE_URL, NEURON_TASKS_LLM_HTTP_API_KEY).",
     no_args_is_help=True,
 )
@@ -42,7 +45,8 @@ def _run(actor_name: str, kwargs: dict[str, Any], *, inline: bool, timeout: floa
     dramatiq.set_broker(broker)
     from neuron_tasks.llm import actors as actors
 
-    actor = {"llm_embed": actors.embed, "llm_complete": actors.complete, "llm_rerank": actors.rerank}[actor_name]
+    # dramatiq ships no type information: its actors are Any to mypy.
+    actor: Any = {"llm_embed": actors.embed, "llm_complete": actors.complete, "llm_rerank": actors.rerank}[actor_name]
     try:
         if inline:
             actors.configure()
@@ -54,7 +58,7 @@ def _run(actor_name: str, kwargs: dict[str, Any], *, inline: bool, timeout: floa
             return message.get_result(block=True, timeout=int(timeout * 1000))
         except ResultTimeout:
             fail(f"no result within {timeout:.0f}s (job {message.message_id} is queued); is a worker running? "
-                 "start one with `neuron-tasks worker neuron_tasks.llm.actors`, or pass --inline")
+                 "start one with `neuron-tasks worker`, or pass --inline")
         except ResultFailure as exc:
             fail(f"job {message.message_id} failed: {exc}")
     finally:
@@ -111,11 +115,9 @@ def rerank(query: Annotated[str, typer.Argument(help="The query.")],
 def jobs(failed: Annotated[int, typer.Option(help="How many failed jobs to list.")] = 10,
          as_json: JsonOpt = False) -> None:
     """The LLM job view: per operation and status, count and average seconds; the latest failures."""
-    from neuron_tasks.sql import q
-
     with pool().connection() as conn:
-        status = _dicts(conn.execute(q("llm_job_status")))
-        failures = _dicts(conn.execute(q("llm_failed_jobs"), {"limit": failed}))
+        status = _dicts(conn, "llm_job_status")
+        failures = _dicts(conn, "llm_failed_jobs", {"limit": failed})
     if as_json:
         print(json.dumps(jsonable({"status": status, "failed": failures}), indent=2))
         return
@@ -128,11 +130,9 @@ def jobs(failed: Annotated[int, typer.Option(help="How many failed jobs to list.
 def usage(tenant: TenantOpt = None, since: Annotated[str, typer.Option(help="Window, e.g. 1h, 1d, 30d.")] = "1d",
           as_json: JsonOpt = False) -> None:
     """Tokens used per tenant and operation (recorded per job; local models are estimated)."""
-    from neuron_tasks.sql import q
-
     start = datetime.now(UTC) - timedelta(seconds=parse_duration(since) or 86400)
     with pool().connection() as conn:
-        rows = _dicts(conn.execute(q("usage_by_tenant"), {"since": start, "tenant": tenant}))
+        rows = _dicts(conn, "usage_by_tenant", {"since": start, "tenant": tenant})
     emit(rows, ["tenant", "operation", "jobs", "tokens", "prompt_tokens", "completion_tokens", "cached",
                 "estimated"], as_json=as_json, title=f"LLM token usage since {start:%Y-%m-%d %H:%M} UTC")
 
@@ -140,10 +140,8 @@ def usage(tenant: TenantOpt = None, since: Annotated[str, typer.Option(help="Win
 @app.command()
 def providers(as_json: JsonOpt = False) -> None:
     """Shared provider state: rate-limit window, Retry-After block, circuit breaker, 429 count."""
-    from neuron_tasks.sql import q
-
     with pool().connection() as conn:
-        rows = _dicts(conn.execute(q("provider_states")))
+        rows = _dicts(conn, "provider_states")
     emit(rows, ["provider", "requests_remaining", "requests_reset_at", "tokens_remaining", "blocked_until",
                 "failures", "open_until", "trips", "calls", "throttled", "last_error"],
          as_json=as_json, title="LLM providers")
@@ -199,9 +197,10 @@ def cache_rotate(as_json: JsonOpt = False) -> None:
         f"expired {out['expired']}, evicted {out['evicted']} (LRU), purged {out['results_purged']} job results")
 
 
-def _dicts(cur: Any) -> list[dict[str, Any]]:
-    names = [d.name for d in cur.description or []]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+def _dicts(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of the named query, by column name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(q(name), params).fetchall()
 
 
 def demo_phase(url: str, settings: Any, console: Any) -> bool:

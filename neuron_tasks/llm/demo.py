@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import dramatiq
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -37,8 +38,8 @@ def run(url: str, settings: Settings, console: Console) -> bool:
     log_path = os.path.join(tempfile.gettempdir(), f"neuron-tasks-demo-llm-{os.getpid()}.log")
     env = {**os.environ, db.URL_ENV: url, "NEURON_TASKS_LLM_HTTP_BASE_URL": base}
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "neuron_tasks.llm.actors",
-                                   "-p", "1", "-t", "8"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen([sys.executable, "-m", "neuron_tasks.cli", "worker", "-p", "1", "-t", "8"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
     from neuron_tasks.llm import actors as actors
@@ -106,13 +107,14 @@ def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool) 
     rr = done[3]
     console.print(f"rerank ({rr['method']}): " + "; ".join(f"{x['document']} ({x['score']:.2f})"
                                                           for x in rr["results"]), highlight=False)
-    with broker.pool.connection() as conn:
-        status = conn.execute(q("llm_job_status")).fetchall()
-    table = Table(title="neuron_tasks.llm_job_status (the seed's view)")
+    with broker.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        status = cur.execute(q("llm_job_status")).fetchall()
+    table = Table(title="neuron_tasks.llm_job_status (the LLM job view)")
     for c in ("operation", "status", "count", "avg seconds"):
         table.add_column(c)
-    for op, st, n, avg in status:
-        table.add_row(op, st, str(n), "-" if avg is None else f"{avg:.2f}")
+    for row in status:
+        avg = row["avg_seconds"]
+        table.add_row(row["operation"], row["status"], str(row["count"]), "-" if avg is None else f"{avg:.2f}")
     console.print(table)
     console.print("Try: neuron-tasks llm jobs | llm usage | llm providers | llm cache stats")
     return all(r["dims"] == 384 for r in results) and again["cached"] == 100 and done[2]["cached"]

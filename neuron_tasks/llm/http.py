@@ -166,6 +166,8 @@ class HttpProvider:
         payload = {"model": model, "query": query, "documents": documents, "top_n": top_n}
         body = self.post(self.rerank_url, payload, tokens=tokens)
         items = body.get("results") if isinstance(body, dict) else body
+        if items is None:
+            raise self._malformed("rerank", body)
         try:
             pairs = [(int(r["index"]), float(r.get("relevance_score", r.get("score")))) for r in items]
         except (KeyError, TypeError, ValueError):

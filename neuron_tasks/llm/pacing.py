@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks import db
@@ -100,6 +101,15 @@ class RateLimits:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The shared state's answer before a call: go, probe (the one call let through an open
+    circuit), open (circuit open) or wait, and for how long (seconds)."""
+
+    decision: str
+    wait_s: float
+
+
 class Pacer:
     """Shared rate-limit and circuit-breaker state of providers (no-op without a pool)."""
 
@@ -107,15 +117,22 @@ class Pacer:
         self.pool = pool
         self.settings = settings
 
-    def _run(self, name: str, params: dict[str, Any]) -> Any:
-        assert self.pool is not None
-        pool = self.pool
+    def _acquire(self, pool: ConnectionPool, params: dict[str, Any]) -> Admission:
+        def run() -> Admission:
+            with pool.connection() as conn, conn.cursor(row_factory=class_row(Admission)) as cur:
+                row = cur.execute(q("provider_acquire"), params).fetchone()
+            if row is None:
+                raise RuntimeError("provider_acquire answered no row")
+            return row
 
-        def run() -> Any:
+        return db.retrying(run, what="provider state (provider_acquire)")
+
+    def _observe(self, pool: ConnectionPool, params: dict[str, Any]) -> None:
+        def run() -> None:
             with pool.connection() as conn:
-                return conn.execute(q(name), params).fetchone()
+                conn.execute(q("provider_observe"), params)
 
-        return db.retrying(run, what=f"provider state ({name})")
+        db.retrying(run, what="provider state (provider_observe)")
 
     def before(self, provider: str, tokens: int = 0) -> str:
         """Wait for room under the provider's limits; 'go' or 'probe'.
@@ -128,14 +145,15 @@ class Pacer:
             return "go"
         s = self.settings
         while True:
-            decision, wait_s = self._run(
-                "provider_acquire",
+            answer = self._acquire(
+                self.pool,
                 {"provider": provider, "tokens": tokens, "threshold": s.llm_breaker_failures,
                  "probe_s": max(s.llm_timeout_ms / 1000.0, 1.0)},
             )
+            decision = answer.decision
             if decision in ("go", "probe"):
                 return str(decision)
-            wait_s = float(wait_s)
+            wait_s = float(answer.wait_s)
             if decision == "open":
                 raise CircuitOpen(
                     f"circuit open for {provider}: it failed {s.llm_breaker_failures} times in a row; "
@@ -159,8 +177,8 @@ class Pacer:
         lim = limits or RateLimits()
         s = self.settings
         try:
-            self._run(
-                "provider_observe",
+            self._observe(
+                self.pool,
                 {"provider": provider, "req_limit": lim.req_limit, "req_remaining": lim.req_remaining,
                  "req_reset_s": lim.req_reset_s, "tok_limit": lim.tok_limit, "tok_remaining": lim.tok_remaining,
                  "tok_reset_s": lim.tok_reset_s, "retry_after_s": retry_after_s, "outcome": outcome,

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks.llm.base import Provider, Usage
@@ -32,12 +33,21 @@ class EmbedRequest:
     store: bool = True  # write what was computed to the cache
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshCandidate:
+    """A cache entry about to expire: its key, "provider:model" label and stored input."""
+
+    key: bytes
+    model: str
+    input: Any
+
+
 def _vector_json(vectors: Any) -> list[list[float]]:
     """Rows as lists of floats rounded to 7 decimals (float32 holds about 7 digits): a third of
     the JSON of full float64 reprs, for results that travel through Postgres."""
     import numpy as np
 
-    return np.round(vectors.astype(np.float64), 7).tolist()  # type: ignore[no-any-return]
+    return np.round(vectors.astype(np.float64), 7).tolist()
 
 
 class LlmService:
@@ -209,19 +219,20 @@ class LlmService:
         stored input, with the same provider and model; returns how many were refreshed."""
         if operation not in ("embed", "complete", "rerank"):
             raise InvalidRequest(f"cache_refresh: unknown operation {operation!r}; use embed, complete or rerank")
-        with self.pool.connection() as conn:
-            rows = conn.execute(q("cache_refresh_candidates"),
-                                {"operation": operation, "within_s": within_s, "limit": limit}).fetchall()
+        with self.pool.connection() as conn, conn.cursor(row_factory=class_row(RefreshCandidate)) as cur:
+            rows = cur.execute(q("cache_refresh_candidates"),
+                               {"operation": operation, "within_s": within_s, "limit": limit}).fetchall()
         if operation == "embed":
             by_model: dict[str, list[str]] = {}
-            for _key, label, inp in rows:
-                by_model.setdefault(label, []).append(inp["text"])
+            for row in rows:
+                by_model.setdefault(row.model, []).append(row.input["text"])
             for label, texts in by_model.items():
                 pname, _, model = label.partition(":")
                 self.embed_many([EmbedRequest(texts, model, pname, None, None, use_cache=False)])
             return len(rows)
-        for _key, label, inp in rows:
-            pname, _, model = label.partition(":")
+        for row in rows:
+            inp = row.input
+            pname, _, model = row.model.partition(":")
             if operation == "complete":
                 self.complete(messages=inp["messages"], model=model, provider=pname, cache=True, refresh=True,
                               max_tokens=inp["max_tokens"], temperature=inp["temperature"], **inp["extra"])

@@ -1,7 +1,6 @@
-"""Settings of the LLM and queue jobs (env NEURON_TASKS_LLM_*), with the seed's neuranllm defaults.
+"""Settings of the LLM and queue jobs (env NEURON_TASKS_LLM_*).
 
-neurondb.neuranllm_batch_size -> llm_batch_size, neuranllm_timeout -> llm_timeout_ms,
-neuranllm_max_retries -> the broker's max_retries (shared).
+Retries of LLM jobs follow the broker's max_retries, shared with every other job.
 """
 
 from __future__ import annotations
@@ -43,9 +42,9 @@ class LlmSettings(NeuronSettings):
     llm_http_rerank_url: str | None = Field(
         default=None, description="rerank endpoint (TEI/Jina/Cohere shape); default: <base URL>/rerank"
     )
-    llm_timeout_ms: int = Field(default=30_000, ge=1, description="provider request timeout (neuranllm_timeout)")
+    llm_timeout_ms: int = Field(default=30_000, ge=1, description="provider request timeout")
     llm_batch_size: int = Field(
-        default=10, ge=1, le=10_000, description="embed messages merged into one model call (neuranllm_batch_size)"
+        default=10, ge=1, le=10_000, description="embed messages merged into one model call"
     )
     llm_batch_linger_ms: float = Field(
         default=5.0, ge=0, le=1000, description="how long an embed batch waits for more messages"

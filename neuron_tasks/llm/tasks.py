@@ -19,6 +19,7 @@ from neuron_tasks.llm.errors import (
 )
 from neuron_tasks.llm.pacing import parse_retry_after
 from neuron_tasks.llm.settings import LlmSettings
+from neuron_tasks.sql import q
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
 
@@ -106,8 +107,8 @@ def sql_task(pool: ConnectionPool, statement: str, params: Any = None, *, timeou
         raise InvalidRequest("sql_task: statement must be a non-empty string")
     try:
         with pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(int(timeout_ms)),))
-            cur = conn.execute(statement, params)  # type: ignore[arg-type]  # trusted callers only
+            conn.execute(q("sql_task_timeout"), {"ms": str(int(timeout_ms))})
+            cur = conn.execute(statement, params)  # trusted callers only
             result: dict[str, Any] = {"rowcount": cur.rowcount}
             if fetch and cur.description:
                 result["rows"] = [[_plain(v) for v in r] for r in cur.fetchmany(fetch)]

@@ -35,7 +35,7 @@ def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow], *, wait_fl
         return
     names = [f.name for f in fields(UsageRow)]
     columns = list(zip(*(astuple(r) for r in rows), strict=True))
-    params = {name: list(col) for name, col in zip(names, columns, strict=True)}
+    params: dict[str, Any] = {name: list(col) for name, col in zip(names, columns, strict=True)}
     params["synchronous_commit"] = "on" if wait_flush else "off"
     conn.execute(q("usage_insert"), params)
 

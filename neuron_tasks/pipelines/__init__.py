@@ -1,4 +1,4 @@
-"""Pipelines (issue 8, after EDB AIDB): keep embeddings of a Postgres table in sync.
+"""Pipelines (after EDB AIDB): keep embeddings of a Postgres table in sync.
 
     from neuron_tasks import pipelines
     pipelines.create_pipeline(url, "docs", source="docs", key="id", data="body", mode="background")

@@ -2,8 +2,7 @@
 neuron_tasks.pipelines.sync. Live-mode triggers enqueue it from SQL in the writer's transaction;
 `pipeline_tick()` enqueues the background pipelines and folders that are due (the scheduler's
 leader does this itself every second, as its builtin `pipeline_tick`; the actor is for setups
-without the scheduler process). Run with
-`neuron-tasks worker neuron_tasks.pipelines.actors`.
+without the scheduler process). Every worker loads them (`neuron-tasks worker`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ def _broker_pool() -> ConnectionPool:
     global _pool
     pool = getattr(dramatiq.get_broker(), "pool", None)
     if pool is not None:
-        return pool  # type: ignore[no-any-return]
+        return pool
     with _lock:
         if _pool is None:
             from neuron_tasks.config import Settings
@@ -40,16 +39,15 @@ def run_pipeline_sync(name: str, pool: ConnectionPool | None = None,
                       embedder: Embedder | None = None) -> dict[str, Any]:
     """Sync `name` (a table pipeline, or a scan of a folder pipeline), waiting for a sync of it
     already running (so no change is left behind)."""
-    from neuron_tasks.core.runtime import overlay
-    from neuron_tasks.pipelines import PipelineSettings, scan_volume, sync
+    from neuron_tasks.pipelines import scan_volume, sync
+    from neuron_tasks.pipelines.engine import runtime_settings
+    from neuron_tasks.pipelines.volume import is_volume
     from neuron_tasks.sql import q
 
     pool = pool or _broker_pool()
-    with pool.connection() as conn:
-        is_volume = conn.execute("SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %s", [name]).fetchone()
-    if is_volume:
+    if is_volume(pool, name):
         return scan_volume(pool, name, wait=True, embedder=embedder)
-    settings = overlay(PipelineSettings(), pool.conninfo)  # with `neuron-tasks config set` values
+    settings = runtime_settings(pool)  # with `neuron-tasks config set` values
     res = sync(pool, name, wait=True, embedder=embedder, settings=settings,
                max_seconds=settings.pipelines_sync_slice_s)
     if res.more:

@@ -140,13 +140,11 @@ def run(
 
     from neuron_tasks.db import make_pool
     from neuron_tasks.pipelines import PipelineError, scan_volume, sync
+    from neuron_tasks.pipelines.volume import is_volume
 
     pool = make_pool(database_url(), max_size=4, name="neuron_tasks.pipeline_run")
     try:
-        with pool.connection() as conn:
-            is_volume = conn.execute("SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %s",
-                                     [name]).fetchone()
-        if is_volume:
+        if is_volume(pool, name):
             scan = scan_volume(pool, name, wait=True)
             if as_json:
                 print(json.dumps(scan))
@@ -252,14 +250,15 @@ def demo_phase(url: str, settings: Any, console: Any) -> bool:
 
     from neuron_tasks.db import make_pool
     from neuron_tasks.pipelines import create_pipeline, drop_pipeline, list_pipelines, search, sync
+    from neuron_tasks.sql import q
+    from neuron_tasks.vectors import store
 
     drop_pipeline(url, "demo_docs", drop_destination=True)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT neuron_tasks.drop_vector_index('demo_docs')")
-        conn.execute("DROP TABLE IF EXISTS public.demo_pipeline_docs")
-        conn.execute("CREATE TABLE public.demo_pipeline_docs (id int PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO demo_pipeline_docs SELECT i, t FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, i)",
-                     [DEMO_CORPUS])
+        store.drop_index(conn, "demo_docs")
+        conn.execute(q("pipeline_demo_drop_table"))
+        conn.execute(q("pipeline_demo_create_table"))
+        conn.execute(q("pipeline_demo_fill"), {"texts": DEMO_CORPUS})
         create_pipeline(url, "demo_docs", source="demo_pipeline_docs", key="id", data="body", batch_size=4,
                         destination="index:demo_docs")
         console.print("pipeline demo_docs: public.demo_pipeline_docs.body -> vector index demo_docs (HNSW)")
@@ -267,8 +266,8 @@ def demo_phase(url: str, settings: Any, console: Any) -> bool:
         try:
             first = sync(pool, "demo_docs")
             console.print(f"backfill: {first.embedded} rows embedded in {first.batches} batches ({first.seconds:.1f}s)")
-            conn.execute("UPDATE demo_pipeline_docs SET body = 'Refunds go back to the original card.' WHERE id = 1")
-            conn.execute("DELETE FROM demo_pipeline_docs WHERE id = 6")
+            conn.execute(q("pipeline_demo_change"))
+            conn.execute(q("pipeline_demo_delete"))
             again = sync(pool, "demo_docs")
             console.print(f"catch-up: {again.embedded} embedded, {again.deleted} deleted")
             query = "how do I get my money back?"

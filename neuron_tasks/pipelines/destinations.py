@@ -9,21 +9,26 @@ processed backlog entries, so a batch is all or nothing.
   the text is stored as the item's body, so hybrid (vector + full-text) search works on it.
   The index is created at the first write with the model's dimension (cosine, the vector
   settings' m / ef); an existing index of another dimension fails the sync with a clear error.
-  Searching processes see the items after their next refresh (`vectors_sync_s`).
+  Searching processes see the items after their next refresh (`vectors_sync_s`). The index is
+  created, read and written through the vector part's own functions (neuron_tasks.vectors.store).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row, dict_row
 
 from neuron_tasks.pgarray import Float4Array
 from neuron_tasks.pipelines.manage import PipelineError
 from neuron_tasks.sql import q
+from neuron_tasks.vectors import store
 
 INDEX_PREFIX = "index:"
 
@@ -58,7 +63,9 @@ class TableDestination:
         self._delete = sql.SQL("DELETE FROM {dst} WHERE key = ANY(%s)").format(dst=dst)
 
     def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-        return dict(conn.execute(self._hashes, [keys]).fetchall()), {}
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(self._hashes, [keys]).fetchall()
+        return {r["key"]: r["source_hash"] for r in rows}, {}
 
     def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
               texts: list[str], model: str) -> None:
@@ -67,6 +74,21 @@ class TableDestination:
 
     def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
         conn.execute(self._delete, [keys])
+
+
+@dataclass(frozen=True, slots=True)
+class _ItemId:
+    """The vector index item id of a source key."""
+
+    key: str
+    id: int
+
+
+def _text(value: Any) -> str | None:
+    """A metadata value as text, as jsonb's ->> gives it."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 class IndexDestination:
@@ -78,11 +100,16 @@ class IndexDestination:
     def current(self, conn: psycopg.Connection[Any], keys: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         have: dict[str, str] = {}
         errors: dict[str, str] = {}
-        self._ids = {}  # the ids of this window's keys (write and delete come after, same window)
-        rows = conn.execute(q("pipeline_index_current"),
-                            {"index": self.index, "key_type": self.key_type, "keys": keys}).fetchall()
-        for key, item_id, owner, source_hash in rows:
-            self._ids[key] = int(item_id)
+        with conn.cursor(row_factory=class_row(_ItemId)) as cur:
+            ids = cur.execute(q("pipeline_item_ids"), {"key_type": self.key_type, "keys": keys}).fetchall()
+        # The ids of this window's keys (write and delete come after, same window).
+        self._ids = {r.key: int(r.id) for r in ids}
+        live = store.live_metadata(conn, self.index, [int(r.id) for r in ids])
+        for r in ids:
+            key, item_id = r.key, int(r.id)
+            meta = live.get(item_id)
+            fields = meta if isinstance(meta, dict) else {}  # not live, or metadata that is no object
+            owner, source_hash = _text(fields.get("key")), _text(fields.get("source_hash"))
             if item_id < 0:
                 errors[key] = f"key {key} is negative: vector index ids must be >= 0"
             elif owner is not None and owner != key:
@@ -95,33 +122,23 @@ class IndexDestination:
     def _ensure_index(self, conn: psycopg.Connection[Any], dim: int) -> None:
         if self._dim == dim:
             return
-        row = conn.execute(q("pipeline_index_dim"), {"index": self.index}).fetchone()
-        if row is None:
-            from neuron_tasks.vectors.settings import VectorSettings
-
-            s = VectorSettings()
-            conn.execute(q("vec_create_index"), {
-                "name": self.index, "space": "cosine", "dim": dim, "m": s.vectors_default_m,
-                "ef_construction": s.vectors_default_ef_construction, "ef_search": s.vectors_default_ef,
-                "text_config": "english"})
-        elif int(row[0]) != dim:
-            raise PipelineError(f"vector index {self.index} has dimension {row[0]} but the pipeline's model "
+        have = store.index_dim(conn, self.index)
+        if have is None:
+            store.create_index(conn, self.index, dim, space="cosine", text_config="english")
+        elif have != dim:
+            raise PipelineError(f"vector index {self.index} has dimension {have} but the pipeline's model "
                                 f"gives {dim}: use another index, or drop and recreate it")
         self._dim = dim
 
     def write(self, conn: psycopg.Connection[Any], keys: list[str], vectors: np.ndarray, hashes: list[str],
               texts: list[str], model: str) -> None:
-        from neuron_tasks.vectors.client import write_items
-
         mat = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
         self._ensure_index(conn, int(mat.shape[1]))
         metas: Sequence[dict[str, Any]] = [
             {"pipeline": self.pipeline, "key": k, "source_hash": h, "model": model}
             for k, h in zip(keys, hashes, strict=True)]
-        write_items(conn, self.index, [self._ids[k] for k in keys], mat, metas, texts)
+        store.write_items(conn, self.index, [self._ids[k] for k in keys], mat, metas, texts)
 
     def delete(self, conn: psycopg.Connection[Any], keys: list[str]) -> None:
-        from neuron_tasks.vectors.client import delete_items
-
         # Only keys found live in the index (by current()) are deleted, so the index exists.
-        delete_items(conn, self.index, [self._ids[k] for k in keys])
+        store.delete_items(conn, self.index, [self._ids[k] for k in keys])

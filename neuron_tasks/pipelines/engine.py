@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.rows import class_row, dict_row, scalar_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks.core.runtime import overlay
@@ -54,6 +55,30 @@ class SyncResult:
         return {k: v for k, v in self.__dict__.items() if k != "errors"} | {"errors": self.errors[:5]}
 
 
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """A backlog entry taken by a sync."""
+
+    key: str
+    seq: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceRow:
+    """A source row as a sync reads it: key and text as text, and the text's md5."""
+
+    key: str
+    data: str | None  # None: the row's text is NULL (nothing to embed)
+    md5: str | None
+
+
+def runtime_settings(pool: ConnectionPool) -> PipelineSettings:
+    """The pipeline settings with this database's runtime values (`neuron-tasks config set`) on top."""
+    conninfo = pool.conninfo
+    return overlay(PipelineSettings(), conninfo() if callable(conninfo) else conninfo)
+
+
 def service_embedder(pool: ConnectionPool, step: dict[str, Any], *, cache: bool = True) -> Embedder:
     """The default embedder: the LLM service (usage, pacing, rate limits) with the step's
     provider/model. `cache`: read and write the LLM cache (syncs leave it off by default:
@@ -65,14 +90,14 @@ def service_embedder(pool: ConnectionPool, step: dict[str, Any], *, cache: bool 
     def embed(texts: list[str]) -> list[list[float]]:
         res = service.embed_many([EmbedRequest(texts, step.get("model"), step.get("provider"),
                                                use_cache=cache, store=cache)])[0]
-        return res["embeddings"]  # type: ignore[no-any-return]
+        return res["embeddings"]
 
     return embed
 
 
-def _read_statement(p: dict[str, Any]) -> sql.Composable:
+def _read_statement(p: dict[str, Any]) -> sql.Composed:
     key, data = sql.Identifier(p["key_column"]), sql.Identifier(p["data_column"])
-    return sql.SQL("SELECT ({key})::text, {data}::text, md5({data}::text) FROM {src} "
+    return sql.SQL("SELECT ({key})::text AS key, {data}::text AS data, md5({data}::text) AS md5 FROM {src} "
                    "WHERE {key} = ANY(%s::{ktype}[])").format(key=key, data=data, src=sql.SQL(p["source_table"]),
                                                               ktype=sql.SQL(p["key_type"]))
 
@@ -103,8 +128,9 @@ def _embed_isolating(embedder: Embedder, texts: list[str]) -> tuple[list[Sequenc
 def locked(conn: psycopg.Connection[Any], name: str, *, wait: bool, ok: str, failed: str) -> Iterator[bool]:
     """Hold pipeline `name`'s advisory lock for one sync or scan (False: another holds it and
     `wait` is off), then record the outcome with the named query `ok`, or `failed` and the error."""
-    got = conn.execute(q("pipeline_lock" if wait else "pipeline_try_lock"), {"name": name}).fetchone()
-    if not wait and not (got and got[0]):
+    with conn.cursor(row_factory=scalar_row) as cur:
+        got = cur.execute(q("pipeline_lock" if wait else "pipeline_try_lock"), {"name": name}).fetchone()
+    if not wait and not got:
         yield False
         return
     try:
@@ -126,7 +152,7 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
     `wait`: wait for a running sync of the same pipeline instead of returning skipped.
     `progress(done, remaining)` is called after each batch.
     """
-    settings = settings or overlay(PipelineSettings(), pool.conninfo)
+    settings = settings or runtime_settings(pool)
     result = SyncResult(name)
     start = time.monotonic()
     with pool.connection() as conn, locked(conn, name, wait=wait, ok="pipeline_sync_ok",
@@ -134,7 +160,8 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
         if not got:
             result.skipped = True
             return result
-        p = conn.cursor(row_factory=psycopg.rows.dict_row).execute(q("pipeline_get"), {"name": name}).fetchone()
+        with conn.cursor(row_factory=dict_row) as cur:
+            p = cur.execute(q("pipeline_get"), {"name": name}).fetchone()
         if p is None:
             raise PipelineError(f"no pipeline named {name!r}")
         step = p["steps"][0]
@@ -155,8 +182,9 @@ def sync(pool: ConnectionPool, name: str, *, embedder: Embedder | None = None, w
                     done += _embed_batch(conn, p, dest, embed, model, w, keys, settings, result)
                     result.batches += 1
                 if progress is not None:
-                    left = conn.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
-                    progress(done, int(left[0]) if left else 0)
+                    with conn.cursor(row_factory=scalar_row) as cur:
+                        left = cur.execute(q("pipeline_backlog_size"), {"name": name}).fetchone()
+                    progress(done, int(left) if left is not None else 0)
                 if ((max_batches is not None and result.batches >= max_batches)
                         or (max_seconds is not None and time.monotonic() - start >= max_seconds)):
                     result.more = True  # the rest of the window stays in the backlog
@@ -177,14 +205,16 @@ class _Window:
     blocked: dict[str, str]  # the destination cannot take the key (error)
 
 
-def _claim_window(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Composable, dest: Destination,
+def _claim_window(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Composed, dest: Destination,
                   limit: int) -> _Window | None:
-    with conn.transaction():
-        claimed = conn.execute(q("pipeline_claim"), {"name": p["name"], "limit": limit}).fetchall()
+    with conn.transaction(), conn.cursor(row_factory=class_row(_Claimed)) as cur:
+        claimed = cur.execute(q("pipeline_claim"), {"name": p["name"], "limit": limit}).fetchall()
     if not claimed:
         return None
-    keys = [k for k, _, _ in claimed]
-    rows = {k: (d, h) for k, d, h in conn.execute(read, [keys]).fetchall() if d is not None}
+    keys = [c.key for c in claimed]
+    with conn.cursor(row_factory=class_row(_SourceRow)) as cur:
+        found = cur.execute(read, [keys]).fetchall()
+    rows = {r.key: (r.data, r.md5) for r in found if r.data is not None and r.md5 is not None}
     have, blocked = dest.current(conn, keys)
     # A key the destination cannot take fails only if its row exists (nothing to do otherwise).
     blocked = {k: e for k, e in blocked.items() if k in rows}
@@ -193,7 +223,7 @@ def _claim_window(conn: psycopg.Connection[Any], p: dict[str, Any], read: sql.Co
     gone = [k for k in keys if k not in rows and k in have]
     busy = {*todo, *gone, *blocked}
     unchanged = [k for k in keys if k not in busy]  # same text, or a row that came and went
-    return _Window({k: (s, a) for k, s, a in claimed}, rows, todo, gone, unchanged, blocked)
+    return _Window({c.key: (c.seq, c.attempts) for c in claimed}, rows, todo, gone, unchanged, blocked)
 
 
 def _settle(conn: psycopg.Connection[Any], p: dict[str, Any], dest: Destination, w: _Window,

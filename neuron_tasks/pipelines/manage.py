@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 
 from neuron_tasks.sql import q
 
@@ -69,12 +69,14 @@ def _index_dim(url: str, destination: str | None) -> int | None:
     """The dimension of an existing index destination (None: a table, or not created yet)."""
     if not destination or not destination.startswith("index:"):
         return None
-    with _conn(url) as conn:
-        row = conn.execute(q("pipeline_index_dim"), {"index": destination.removeprefix("index:")}).fetchone()
-    return int(row[0]) if row else None
+    from neuron_tasks.vectors import store
+
+    with connect(url) as conn:
+        return store.index_dim(conn, destination.removeprefix("index:"))
 
 
-def _conn(url: str) -> psycopg.Connection[Any]:
+def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection for one pipeline operation."""
     return psycopg.connect(url, autocommit=True)
 
 
@@ -104,11 +106,11 @@ def create_pipeline(url: str, name: str, *, source: str, key: str, data: str, de
                                 f"but the model gives {dim}: use another index, or drop and recreate it")
     params = {"name": name, "source": source, "key": key, "data": data, "destination": destination,
               "steps": json.dumps([st]), "mode": mode, "interval": sync_interval, "batch_size": batch_size}
-    with _conn(url) as conn:
+    with connect(url) as conn:
         try:
             conn.execute(q("pipeline_create"), params)
         except psycopg.Error as exc:
-            raise PipelineError(_message(exc)) from None
+            raise PipelineError(error_message(exc)) from None
     return get_pipeline(url, name)
 
 
@@ -120,14 +122,15 @@ def default_batch_size(url: str) -> int:
     return overlay(PipelineSettings(), url).pipelines_default_batch_size
 
 
-def _message(exc: psycopg.Error) -> str:
+def error_message(exc: psycopg.Error) -> str:
+    """The server's message of a failed statement, with its hint."""
     diag = exc.diag
     text = diag.message_primary or str(exc).splitlines()[0]
     return f"{text} ({diag.message_hint})" if diag.message_hint else text
 
 
 def get_pipeline(url: str, name: str) -> dict[str, Any]:
-    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("pipeline_get"), {"name": name}).fetchone()
     if row is None:
         raise PipelineError(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
@@ -140,37 +143,36 @@ def update_pipeline(url: str, name: str, *, mode: str | None = None, sync_interv
     disabled catches up on the kept backlog: at once for live, at the next tick for background."""
     if mode is not None and mode not in MODES:
         raise PipelineError(f"mode must be live, background or disabled, got {mode!r}")
-    with _conn(url) as conn:
+    with connect(url) as conn, conn.cursor(row_factory=scalar_row) as cur:
         try:
-            row = conn.execute(q("pipeline_update"), {"name": name, "mode": mode, "interval": sync_interval,
-                                                       "batch_size": batch_size}).fetchone()
+            updated = cur.execute(q("pipeline_update"), {"name": name, "mode": mode, "interval": sync_interval,
+                                                         "batch_size": batch_size}).fetchone()
         except psycopg.Error as exc:
-            raise PipelineError(f"cannot update pipeline {name}: {_message(exc)}") from None
-    if not (row and row[0]):
+            raise PipelineError(f"cannot update pipeline {name}: {error_message(exc)}") from None
+    if not updated:
         raise PipelineError(f"no pipeline named {name!r} (see `neuron-tasks pipeline list`)")
     return get_pipeline(url, name)
 
 
 def drop_pipeline(url: str, name: str, *, drop_destination: bool = False) -> bool:
-    with _conn(url) as conn:
-        row = conn.execute(q("pipeline_drop"), {"name": name, "drop_destination": drop_destination}).fetchone()
-    return bool(row and row[0])
+    with connect(url) as conn, conn.cursor(row_factory=scalar_row) as cur:
+        return bool(cur.execute(q("pipeline_drop"), {"name": name, "drop_destination": drop_destination}).fetchone())
 
 
 def list_pipelines(url: str, name: str | None = None) -> list[dict[str, Any]]:
     """The `pipeline_metrics` rows (AIDB's columns), one per pipeline."""
-    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(q("pipeline_metrics"), {"name": name}).fetchall()
 
 
 def pipeline_errors(url: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
-    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(q("pipeline_errors"), {"name": name, "limit": limit}).fetchall()
 
 
 def enqueue_due(url: str) -> list[str]:
     """Enqueue a sync for every background pipeline and folder scan that is due (the tick)."""
-    with _conn(url) as conn:
+    with connect(url) as conn:
         return enqueue_due_on(conn)
 
 
@@ -182,5 +184,6 @@ def tick(conn: psycopg.Connection[Any]) -> str:
 
 def enqueue_due_on(conn: psycopg.Connection[Any]) -> list[str]:
     """The tick on the caller's connection (the scheduler runs it in its fire's transaction)."""
-    due = [name for name, _ in conn.execute(q("pipeline_enqueue_due")).fetchall()]
-    return due + [name for name, _ in conn.execute(q("volume_enqueue_due")).fetchall()]
+    with conn.cursor(row_factory=dict_row) as cur:
+        due = [r["name"] for r in cur.execute(q("pipeline_enqueue_due")).fetchall()]
+        return due + [r["name"] for r in cur.execute(q("volume_enqueue_due")).fetchall()]

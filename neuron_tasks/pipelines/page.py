@@ -173,9 +173,9 @@ def sync_now(data: PageSource, name: str) -> str | None:
     when there is no table pipeline of that name (then nothing is enqueued)."""
     if not data.exists("neuron_tasks.pipelines"):
         return None
-    with data.pool.connection() as conn:
-        row = conn.execute(q("pipeline_page_sync_now"), {"name": name}).fetchone()
-    return str(row[1]) if row else None
+    with data.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("pipeline_page_sync_now"), {"name": name}).fetchone()
+    return str(row["message_id"]) if row else None
 
 
 def sync_action(source: PageSource, form: dict[str, str]) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks.pipelines.destinations import INDEX_PREFIX
@@ -56,11 +57,11 @@ def _search_index(url: str, index: str, qv: np.ndarray, k: int) -> list[Pipeline
 def _scan_table(pool: ConnectionPool, table: str, qv: np.ndarray, k: int) -> list[PipelineHit]:
     keys: list[str] = []
     blocks: list[np.ndarray] = []
-    with pool.connection() as conn, conn.cursor() as cur:
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql.SQL("SELECT key, embedding FROM {}").format(sql.SQL(table)))
         while rows := cur.fetchmany(5000):
-            keys.extend(r[0] for r in rows)
-            blocks.append(np.asarray([r[1] for r in rows], dtype=np.float32))
+            keys.extend(r["key"] for r in rows)
+            blocks.append(np.asarray([r["embedding"] for r in rows], dtype=np.float32))
     if not keys:
         return []
     mat = np.concatenate(blocks)
@@ -72,11 +73,13 @@ def _scan_table(pool: ConnectionPool, table: str, qv: np.ndarray, k: int) -> lis
 def _with_text(pool: ConnectionPool, p: dict[str, Any], hits: list[PipelineHit]) -> list[PipelineHit]:
     if not hits:
         return hits
-    stmt = sql.SQL("SELECT ({key})::text, ({data})::text FROM {src} WHERE {key} = ANY(%s::{ktype}[])").format(
+    stmt = sql.SQL("SELECT ({key})::text AS key, ({data})::text AS text FROM {src} "
+                   "WHERE {key} = ANY(%s::{ktype}[])").format(
         key=sql.Identifier(p["key_column"]), data=sql.Identifier(p["data_column"]), src=sql.SQL(p["source_table"]),
         ktype=sql.SQL(p["key_type"]))
-    with pool.connection() as conn:
-        texts = dict(conn.execute(stmt, [[h.key for h in hits]]).fetchall())
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(stmt, [[h.key for h in hits]]).fetchall()
+    texts: dict[str, str | None] = {r["key"]: r["text"] for r in rows}
     for h in hits:
         h.text = texts.get(h.key)
     return hits

@@ -12,20 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row, scalar_row
 from psycopg_pool import ConnectionPool
 
-from neuron_tasks.core.runtime import overlay
 from neuron_tasks.pgarray import Float4Array
-from neuron_tasks.pipelines.engine import Embedder, locked, service_embedder
-from neuron_tasks.pipelines.manage import PipelineError, _conn, _message, check_step, default_batch_size, parse_step
-from neuron_tasks.pipelines.settings import PipelineSettings
+from neuron_tasks.pipelines.engine import Embedder, locked, runtime_settings, service_embedder
+from neuron_tasks.pipelines.manage import (
+    PipelineError,
+    check_step,
+    connect,
+    default_batch_size,
+    error_message,
+    parse_step,
+)
 from neuron_tasks.sql import q
 
 _DEST = ("CREATE TABLE {dst} (key text PRIMARY KEY, embedding real[] NOT NULL, source_hash text NOT NULL, "
@@ -37,6 +43,28 @@ _CHECKS = {
     "pipeline_volumes_batch_size_check": "batch size must be between 1 and 10000",
     "pipeline_volumes_chunk_size_check": "chunk size must be between 20 and 100000 characters",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    """What the last scan recorded of a file."""
+
+    path: str
+    mtime: float
+    sha256: str
+    chunks: int
+
+
+def _scalar(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> Any:
+    """The one value the named query answers (None: no row)."""
+    with conn.cursor(row_factory=scalar_row) as cur:
+        return cur.execute(q(name), params).fetchone()
+
+
+def is_volume(pool: ConnectionPool, name: str) -> bool:
+    """Is `name` a folder pipeline (not a table pipeline)?"""
+    with pool.connection() as conn:
+        return bool(_scalar(conn, "volume_exists", {"name": name}))
 
 
 def chunk_text(text: str, size: int, overlap: int) -> list[str]:
@@ -64,30 +92,30 @@ def create_volume_pipeline(url: str, name: str, *, folder: str | Path, pattern: 
     if dest.startswith("index:"):
         raise PipelineError("folder pipelines write a destination table; index:NAME destinations are for "
                             "table sources (give a table name, or leave --destination out)")
-    with _conn(url) as conn:
+    with connect(url) as conn:
         try:
             with conn.transaction():
-                if conn.execute("SELECT 1 FROM neuron_tasks.pipelines WHERE name = %s", [name]).fetchone():
+                if _scalar(conn, "pipeline_exists", {"name": name}):
                     raise PipelineError(f"pipeline {name} already exists (a table pipeline)")
-                if conn.execute("SELECT to_regclass(%s)", [dest]).fetchone()[0] is not None:  # type: ignore[index]
+                if _scalar(conn, "relation_exists", {"name": dest}):
                     raise PipelineError(f"destination {dest} already exists: name a new table (it is created)")
                 parts = dest.split(".")
                 conn.execute(sql.SQL(_DEST).format(dst=sql.Identifier(*parts)))
-                qualified = conn.execute("SELECT %s::regclass::text", [dest]).fetchone()[0]  # type: ignore[index]
+                qualified = _scalar(conn, "relation_name", {"name": dest})
                 conn.execute(q("volume_create"), {
                     "name": name, "folder": str(folder.resolve()), "pattern": pattern, "chunk_size": chunk_size,
                     "chunk_overlap": chunk_overlap, "steps": json.dumps([st]), "destination": qualified,
                     "interval": sync_interval, "batch_size": batch_size})
         except psycopg.errors.CheckViolation as exc:
-            what = _CHECKS.get(exc.diag.constraint_name or "", _message(exc))
+            what = _CHECKS.get(exc.diag.constraint_name or "", error_message(exc))
             raise PipelineError(f"cannot create folder pipeline {name}: {what}") from None
         except psycopg.Error as exc:
-            raise PipelineError(f"cannot create folder pipeline {name}: {_message(exc)}") from None
+            raise PipelineError(f"cannot create folder pipeline {name}: {error_message(exc)}") from None
     return get_volume(url, name)
 
 
 def get_volume(url: str, name: str) -> dict[str, Any]:
-    with _conn(url) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(q("volume_get"), {"name": name}).fetchone()
     if row is None:
         raise PipelineError(f"no folder pipeline named {name!r}")
@@ -95,10 +123,10 @@ def get_volume(url: str, name: str) -> dict[str, Any]:
 
 
 def drop_volume_pipeline(url: str, name: str, *, drop_destination: bool = False) -> bool:
-    with _conn(url) as conn, conn.transaction():
-        row = conn.execute(q("volume_drop"), {"name": name}).fetchone()
+    with connect(url) as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("volume_drop"), {"name": name}).fetchone()
         if row and drop_destination:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(row[0])))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(row["destination"])))
     return row is not None
 
 
@@ -113,10 +141,11 @@ def scan_volume(pool: ConnectionPool, name: str, *, embedder: Embedder | None = 
         if not got:
             out["skipped"] = True
             return out
-        v = conn.cursor(row_factory=dict_row).execute(q("volume_get"), {"name": name}).fetchone()
+        with conn.cursor(row_factory=dict_row) as cur:
+            v = cur.execute(q("volume_get"), {"name": name}).fetchone()
         if v is None:
             raise PipelineError(f"no folder pipeline named {name!r}")
-        cache = overlay(PipelineSettings(), pool.conninfo).pipelines_llm_cache
+        cache = runtime_settings(pool).pipelines_llm_cache
         _scan(conn, pool, v, embedder or service_embedder(pool, v["steps"][0], cache=cache), out)
     out["seconds"] = time.monotonic() - start
     return out
@@ -127,21 +156,22 @@ def _scan(conn: psycopg.Connection[Any], pool: ConnectionPool, v: dict[str, Any]
     name, root = v["name"], Path(v["folder"])
     dst = sql.SQL(v["destination"])
     model = v["steps"][0].get("model") or v["steps"][0].get("provider") or "default"
-    state = {p: (m, h, c) for p, m, h, c in conn.execute(q("volume_files"), {"name": name}).fetchall()}
+    with conn.cursor(row_factory=class_row(_FileState)) as cur:
+        state = {f.path: f for f in cur.execute(q("volume_files"), {"name": name}).fetchall()}
     seen: set[str] = set()
     for path in sorted(p for p in root.glob(v["pattern"]) if p.is_file()):
         rel = path.relative_to(root).as_posix()
         seen.add(rel)
         mtime = path.stat().st_mtime
         old = state.get(rel)
-        if old is not None and old[0] == mtime:
+        if old is not None and old.mtime == mtime:
             out["unchanged"] += 1
             continue
         raw = path.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
-        if old is not None and old[1] == digest:
+        if old is not None and old.sha256 == digest:
             conn.execute(q("volume_file_put"), {"name": name, "path": rel, "mtime": mtime, "sha256": digest,
-                                                "chunks": old[2]})
+                                                "chunks": old.chunks})
             out["unchanged"] += 1
             continue
         chunks = chunk_text(raw.decode("utf-8", "replace"), v["chunk_size"], v["chunk_overlap"])
@@ -151,7 +181,7 @@ def _scan(conn: psycopg.Connection[Any], pool: ConnectionPool, v: dict[str, Any]
         with conn.transaction():
             if old is not None:
                 conn.execute(sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(dst),
-                             [[f"{rel}#{i}" for i in range(old[2])]])
+                             [[f"{rel}#{i}" for i in range(old.chunks)]])
             if chunks:
                 flat = Float4Array(np.asarray(vecs, dtype=np.float32))
                 conn.execute(sql.SQL("INSERT INTO {} (key, embedding, source_hash, model) "
@@ -165,10 +195,10 @@ def _scan(conn: psycopg.Connection[Any], pool: ConnectionPool, v: dict[str, Any]
                                                 "chunks": len(chunks)})
         out["changed" if old is not None else "new"] += 1
         out["chunks"] += len(chunks)
-    for rel, (_m, _h, n) in state.items():
+    for rel, gone in state.items():
         if rel not in seen:
             with conn.transaction():
                 conn.execute(sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(dst),
-                             [[f"{rel}#{i}" for i in range(n)]])
+                             [[f"{rel}#{i}" for i in range(gone.chunks)]])
                 conn.execute(q("volume_file_forget"), {"name": name, "path": rel})
             out["removed"] += 1

@@ -1,8 +1,16 @@
 """The scheduler process: APScheduler on an elected leader fires periodic jobs exactly once.
 
 `neuron-tasks scheduler [MODULES...]` runs one node; run several for failover (a Postgres
-advisory lock elects the leader). Declare periodic actors with `@periodic(every=N)` or
-`@periodic(cron="...")`, or in a TOML file (`--config`). See scheduler/node.py.
+advisory lock elects the leader). The leader fires every part's periodic jobs (`Part.ticks`)
+and the user's periodic actors, declared in MODULES or in a TOML file (`--config`):
+
+    from neuron_tasks import periodic
+
+    @periodic(every=60)            # or @periodic(cron="*/5 * * * *")
+    @dramatiq.actor
+    def report() -> None: ...
+
+See scheduler/node.py.
 """
 
 from neuron_tasks.scheduler.jobs import ScheduledJob, periodic

@@ -10,10 +10,16 @@ import typer
 from neuron_tasks.commandline import database_url, fail, settings
 
 app = typer.Typer(
-    help="Run a scheduler process: APScheduler on the elected leader fires the lease sweeper, retention, "
-    "the vector tuner and your @periodic actors, each tick exactly once. Start several for failover; "
-    "a standby takes over within about a second of the leader's death. It only enqueues: workers run the jobs "
-    "(add neuron_tasks.vectors.tuner_actors to their modules for the tuner).",
+    help="Run a scheduler process: APScheduler on the elected leader fires every part's periodic jobs "
+    "(the lease sweeper, retention and the maintenance of each installed part) and your periodic actors, "
+    "each tick exactly once. Start several for failover; a standby takes over within about a second of the "
+    "leader's death. It only enqueues: workers run the jobs, and every worker loads every part's actors "
+    "by itself.\n\n"
+    "Declare your periodic actors in MODULES:\n\n"
+    "    from neuron_tasks import periodic\n\n"
+    "    @periodic(every=60)   # or cron=\"*/5 * * * *\"\n"
+    "    @dramatiq.actor\n"
+    "    def report() -> None: ...",
     invoke_without_command=True,
 )
 
@@ -21,11 +27,12 @@ app = typer.Typer(
 @app.callback(invoke_without_command=True)
 def scheduler(
     ctx: typer.Context,
-    modules: Annotated[list[str] | None, typer.Argument(help="Modules declaring @periodic actors.")] = None,
+    modules: Annotated[list[str] | None, typer.Argument(
+        help="Your modules declaring @periodic actors (from neuron_tasks import periodic).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of jobs (actor, every or cron, "
                                                 "queue, args, kwargs).")] = None,
-    no_builtins: Annotated[bool, typer.Option("--no-builtins", help="Only your jobs: no sweeper, retention, "
-                                              "tuner.")] = False,
+    no_builtins: Annotated[bool, typer.Option("--no-builtins", help="Only your jobs: none of the parts' "
+                                              "periodic jobs (sweeper, retention, ...).")] = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return

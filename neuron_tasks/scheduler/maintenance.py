@@ -9,6 +9,7 @@ import psycopg
 
 from neuron_tasks.core import parts
 from neuron_tasks.core.runtime import effective, runtime_values
+from neuron_tasks.scheduler.node import scalar
 from neuron_tasks.scheduler.settings import SchedulerSettings
 from neuron_tasks.sql import q
 
@@ -21,7 +22,7 @@ def retention(conn: psycopg.Connection[Any]) -> str:
     done = []
     for part in parts.parts():
         for r in part.retention:
-            if not conn.execute(q("sched_table_exists"), {"name": r.table}).fetchone()[0]:  # type: ignore[index]
+            if not scalar(conn, "sched_table_exists", {"name": r.table}):
                 continue
             name = r.table.removeprefix("neuron_tasks.")
             try:

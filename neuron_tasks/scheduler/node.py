@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import scalar_row
 from psycopg.types.json import Jsonb
 
 from neuron_tasks.config import Settings
@@ -48,7 +49,7 @@ class SchedulerNode:
         self.node_id = node_id or uuid.uuid4()
         self.stop_event = threading.Event()
         self.leading = threading.Event()
-        self._lock_conn: psycopg.Connection | None = None
+        self._lock_conn: psycopg.Connection[Any] | None = None
         self._aps: Any = None
         self._triggers = {j.name: j.trigger() for j in jobs}
         self._fire_lock = threading.Lock()
@@ -90,28 +91,25 @@ class SchedulerNode:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _execute(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def _execute(self, name: str, params: dict[str, Any]) -> None:
         with psycopg.connect(self.url, autocommit=True, application_name="neuron_tasks-scheduler") as conn:
-            cur = conn.execute(q(name), params)
-            return cur.fetchall() if cur.description else []
+            conn.execute(q(name), params)
 
     # -- leadership ---------------------------------------------------------------------------
     def _try_lead(self) -> None:
         if self._lock_conn is None or self._lock_conn.closed:
             conn = psycopg.connect(self.url, autocommit=True, application_name="neuron_tasks-scheduler-leader")
-            # A leader whose host vanishes (no FIN) is noticed by the server within seconds.
-            for setting, value in (("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 1),
-                                   ("tcp_keepalives_count", 3)):
-                conn.execute(f"SET {setting} = {value}")
+            conn.execute(q("sched_leader_keepalives"))
             self._lock_conn = conn
-        row = self._lock_conn.execute(q("sched_try_lead"), {"key": LEADER_LOCK_KEY}).fetchone()
-        if row and row[0]:
+        with self._lock_conn.cursor(row_factory=scalar_row) as cur:
+            leading = cur.execute(q("sched_try_lead"), {"key": LEADER_LOCK_KEY}).fetchone()
+        if leading:
             self._lead()
 
     def _check_lock(self) -> None:
         try:
             assert self._lock_conn is not None
-            self._lock_conn.execute("SELECT 1")
+            self._lock_conn.execute(q("sched_check_lock"))
         except (psycopg.Error, AssertionError):
             log.warning("scheduler: lost the leader connection; standing down")
             self._demote()
@@ -183,7 +181,7 @@ class SchedulerNode:
         try:
             with self._fire_lock, psycopg.connect(self.url, autocommit=True,
                                                   application_name="neuron_tasks-scheduler") as conn:
-                last = conn.execute(q("sched_last_fire"), {"job": name}).fetchone()[0]
+                last = scalar(conn, "sched_last_fire", {"job": name})
                 now = datetime.now(UTC)
                 due, nxt, skipped = due_times(trigger, last, now, grace_s=s.scheduler_misfire_grace_s,
                                               limit=s.scheduler_max_catchup, since=self._lead_since)
@@ -193,8 +191,9 @@ class SchedulerNode:
                     due = due[-1:]
                 for t in due:
                     with conn.transaction():
-                        if conn.execute(q("sched_record_fire"), {"job": name, "fire_time": t,
-                                                                 "node_id": self.node_id, "note": None}).fetchone():
+                        recorded = scalar(conn, "sched_record_fire", {"job": name, "fire_time": t,
+                                                                      "node_id": self.node_id, "note": None})
+                        if recorded is not None:  # else another node fired this tick
                             self._run(conn, job, t)
                             fired += 1
                 if due:
@@ -207,24 +206,30 @@ class SchedulerNode:
             log.warning("scheduler: firing %s failed (%s); will retry", name, exc)
         return fired
 
-    def _run(self, conn: psycopg.Connection, job: ScheduledJob, t: datetime) -> None:
+    def _run(self, conn: psycopg.Connection[Any], job: ScheduledJob, t: datetime) -> None:
         note: str | None = None
         message_id: str | None = None
-        if job.requires and not conn.execute(q("sched_table_exists"), {"name": job.requires}).fetchone()[0]:
-            note = f"skipped: {job.requires} does not exist (feature not installed)"
-        elif job.skip_unless and not conn.execute(q(job.skip_unless), {}).fetchone()[0]:
+        if job.requires and not scalar(conn, "sched_table_exists", {"name": job.requires}):
+            note = f"skipped: {job.requires} does not exist (its part is not installed)"
+        elif job.skip_unless and not scalar(conn, job.skip_unless, {}):
             note = f"skipped: nothing to do ({job.skip_unless} is false)"
         elif job.kind == "builtin":
             note = builtin(conn, job.target)
         else:
-            message_id = conn.execute(q("sched_enqueue"), {
+            message_id = scalar(conn, "sched_enqueue", {
                 "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),
-                "options": Jsonb(job.options)}).fetchone()[0]
+                "options": Jsonb(job.options)})
         conn.execute(q("sched_fire_message"), {"job": job.name, "fire_time": t, "message_id": message_id,
                                                "note": note})
 
 
-def builtin(conn: psycopg.Connection, target: str) -> str:
+def scalar(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> Any:
+    """The one value the named statement answers (None when it answers no row)."""
+    with conn.cursor(row_factory=scalar_row) as cur:
+        return cur.execute(q(name), params).fetchone()
+
+
+def builtin(conn: psycopg.Connection[Any], target: str) -> str:
     """Run one part's maintenance ("module:function") in the fire's transaction; returns a note
     for the fire log."""
     return str(parts.loader(target)(conn))

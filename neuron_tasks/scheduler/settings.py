@@ -21,7 +21,7 @@ class SchedulerSettings(NeuronSettings):
     )
     scheduler_max_catchup: int = Field(default=300, ge=1, description="most ticks of one job fired in one go")
     scheduler_builtins: bool = restart_only(
-        default=True, description="run the parts' periodic jobs (lease sweeper, retention, tuner, defrag, ...)"
+        default=True, description="run every part's periodic jobs (lease sweeper, retention, each part's maintenance)"
     )
     scheduler_sweeper_every_s: float = restart_only(default=10.0, ge=1, description="lease sweeper interval")
     scheduler_retention_every_s: float = restart_only(default=60.0, ge=1, description="retention interval")

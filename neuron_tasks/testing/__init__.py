@@ -29,6 +29,9 @@ Not applied in memory (accepted and validated only): tenant QPS and token budget
 concurrency and the delay between a topic's starts, leases, poison-message detection and fair
 dequeue across tenants. Test those against the Postgres broker.
 
+Against a real PostgreSQL, `truncate(url, "queue", "llm", ...)` empties the tables those parts
+declare (`Part.tables`) between tests.
+
 The pytest fixtures (`nt_settings`, `nt_topics`, `nt_broker`, `nt_worker`, `nt_join`) are in
 `neuron_tasks.testing.pytest_plugin`, loaded automatically once neuron_tasks is installed.
 """
@@ -70,8 +73,9 @@ from neuron_tasks.core.middleware import Deadlines, MessageOptions, Retries
 from neuron_tasks.core.options import prepare_for
 from neuron_tasks.core.policies import TenantLimits, TopicSettings
 from neuron_tasks.errors import DuplicateJob, QueueFull
+from neuron_tasks.testing.tables import truncate
 
-__all__ = ["InMemoryBroker", "MemoryPolicies", "default_middleware", "join_all", "use_broker"]
+__all__ = ["InMemoryBroker", "MemoryPolicies", "default_middleware", "join_all", "truncate", "use_broker"]
 
 
 class MemoryPolicies:
@@ -125,7 +129,7 @@ def default_middleware(settings: Settings) -> list[Middleware]:
     ]
 
 
-class _PriorityQueue(Queue):  # type: ignore[type-arg]
+class _PriorityQueue(Queue):
     """A queue.Queue (join, task_done) that hands out the lowest (priority, order) first.
 
     Items go in as (priority, order, payload) and come out as the payload, as in the stub's Queue.
@@ -157,7 +161,7 @@ class _Live:
 class _Consumer(_StubConsumer):
     """The stub's consumer, telling the broker when a message is acked or dead-lettered."""
 
-    def __init__(self, broker: InMemoryBroker, queue: Queue, dead_letters: list[MessageProxy],  # type: ignore[type-arg]
+    def __init__(self, broker: InMemoryBroker, queue: Queue, dead_letters: list[MessageProxy],
                  prefetch: int, timeout: int) -> None:
         super().__init__(queue, dead_letters, prefetch, timeout)
         self.broker = broker
@@ -363,7 +367,7 @@ def join_all(broker: Any, *, timeout: int | None = None, fail_fast: bool | None 
       the exception of a dead-lettered message, with `fail_fast` (the broker's default when None).
     """
     deadline = None if timeout is None else time.monotonic() + timeout / 1000.0
-    delay_queues = getattr(broker, "delay_queues", set())
+    delay_queues: set[str] = getattr(broker, "delay_queues", set())
     while True:
         names = sorted(n for n in broker.get_declared_queues() if n not in delay_queues)
         for name in names:

@@ -1,9 +1,9 @@
 """Vector jobs: `embed_and_index` (texts -> embeddings -> index) and `index_vectors`.
 
-Thin shells over `neuron_tasks.vectors`; run with
-`neuron-tasks worker neuron_tasks.vectors.actors`. Embedding uses the LLM service
-(neuron_tasks.llm, the llm extra) when it can be imported; without it, `embed_and_index`
-fails with TextEmbeddingUnavailable (not retried) and `index_vectors` takes vectors directly.
+Thin shells over `neuron_tasks.vectors`; every worker loads them (`neuron-tasks worker`).
+Embedding uses the LLM service (neuron_tasks.llm, the llm extra) when it can be imported;
+without it, `embed_and_index` fails with TextEmbeddingUnavailable (not retried) and
+`index_vectors` takes vectors directly.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,104 +27,19 @@ from psycopg_pool import ConnectionPool
 from neuron_tasks import db
 from neuron_tasks.errors import NeuronTasksError
 from neuron_tasks.sql import q
+from neuron_tasks.vectors import store
+from neuron_tasks.vectors.base import Hit, IndexState, SearchResult, UnknownIndex, decode, encode
 from neuron_tasks.vectors.graph import Graph, as_matrix, normalise
+from neuron_tasks.vectors.hybrid import POOL, candidates, rank
 from neuron_tasks.vectors.metrics import MetricsRecorder, QueryRecord
 from neuron_tasks.vectors.settings import VectorSettings
+from neuron_tasks.vectors.store import SPACES, delete_items, write_items
+
+# The pieces shared with other modules (base.py, store.py) can be imported from here too.
+__all__ = ["SPACES", "Hit", "IndexState", "SearchResult", "UnknownIndex", "Vectors", "decode", "delete_items",
+           "encode", "write_items"]
 
 log = logging.getLogger(__name__)
-SPACES = ("l2", "ip", "cosine")
-
-
-class UnknownIndex(NeuronTasksError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no vector index named {name!r}; create it with `neuron-tasks index create {name} --dim N`")
-
-
-@dataclass
-class Hit:
-    id: int
-    distance: float
-    score: float | None = None
-    metadata: dict[str, Any] | None = None
-    text: str | None = None
-
-
-@dataclass
-class SearchResult:
-    query_id: uuid.UUID
-    index: str
-    k: int
-    ef: int
-    latency_ms: float
-    hits: list[Hit]
-    mode: str = "vector"
-    alpha: float | None = None
-
-    @property
-    def ids(self) -> list[int]:
-        return [h.id for h in self.hits]
-
-
-@dataclass
-class IndexState:
-    """One index as this process holds it."""
-
-    name: str
-    space: str
-    dim: int
-    m: int
-    ef_construction: int
-    text_config: str
-    graph: Graph
-    seq: int
-    ef: int
-    alpha: float
-    params_version: int
-    loaded_from: str
-    checked_at: float = 0.0
-    graph_version: int | None = None  # None: not known (a graph being built beside the served one)
-    changed_since_snapshot: int = 0
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-
-def encode(vec: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
-
-
-def decode(data: bytes, dim: int) -> np.ndarray:
-    return np.frombuffer(data, dtype="<f4").reshape(-1, dim)
-
-
-def write_items(conn: Any, name: str, ids: list[int], mat: np.ndarray,
-                metas: Sequence[dict[str, Any] | None], bodies: Sequence[str | None]) -> int:
-    """Upsert items of index `name` inside the caller's transaction (`conn`): takes the index's
-    row lock and next data sequence, writes the rows, keeps the counters. Returns the sequence.
-    Searching processes replay the write once it commits. `mat` must have the index's dim."""
-    row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
-    if row is None:
-        raise UnknownIndex(name)
-    seq, text_config = int(row[0]), row[1]
-    distinct = sorted(set(ids))
-    live_before = conn.execute(q("vec_count_live"), {"name": name, "ids": distinct}).fetchone()[0]
-    conn.execute(q("vec_upsert_items"), {
-        "name": name, "seq": seq, "text_config": text_config, "ids": ids,
-        "embeddings": [encode(v) for v in mat],
-        "metadata": [Jsonb(m) if m is not None else None for m in metas], "bodies": list(bodies)})
-    new = len(distinct) - int(live_before)
-    conn.execute(q("vec_update_counts"), {"name": name, "live_delta": new, "deleted": 0, "reused": new})
-    return seq
-
-
-def delete_items(conn: Any, name: str, ids: list[int]) -> tuple[int, list[int]]:
-    """Tombstone items of index `name` inside the caller's transaction; returns (sequence, the
-    ids that were live)."""
-    row = conn.execute(q("vec_begin_write"), {"name": name}).fetchone()
-    if row is None:
-        raise UnknownIndex(name)
-    seq = int(row[0])
-    gone = [int(r[0]) for r in conn.execute(q("vec_delete_items"), {"name": name, "seq": seq, "ids": ids}).fetchall()]
-    conn.execute(q("vec_update_counts"), {"name": name, "live_delta": -len(gone), "deleted": len(gone), "reused": 0})
-    return seq, gone
 
 
 class Vectors:
@@ -140,6 +54,10 @@ class Vectors:
         self._lock = threading.RLock()
         self._states: dict[str, IndexState] = {}
         self._recorder: MetricsRecorder | None = None
+        #: The graph version this process serves per index, as last adopted (defrag.adopt).
+        self.graph_versions: dict[str, int] = {}
+        #: The settings before runtime values (`neuron-tasks config set`) were laid over them.
+        self.base_settings: VectorSettings | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     @property
@@ -169,10 +87,21 @@ class Vectors:
                     self._recorder = rec
         return self._recorder
 
-    def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run the named query on this client's pool; its rows by column name (none for a
+        statement that returns none)."""
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(q(name), params)
             return cur.fetchall() if cur.description else []
+
+    def follow_runtime_settings(self) -> None:
+        """Lay the runtime settings (`neuron-tasks config set`) over the settings this client
+        started with (the tuner does it at every cycle)."""
+        from neuron_tasks.core.runtime import overlay
+
+        if self.base_settings is None:
+            self.base_settings = self.settings
+        self.settings = overlay(self.base_settings, self.url)
 
     def flush_metrics(self, timeout: float = 10.0) -> bool:
         return self._recorder.flush(timeout) if self._recorder is not None else True
@@ -194,28 +123,32 @@ class Vectors:
             else:
                 self._states.pop(name, None)
 
+    def install(self, name: str, st: IndexState, graph_version: int | None = None) -> None:
+        """Make `st` this process's graph of `name` (searches already running finish on the old
+        one); `graph_version`: the published version it is, when known."""
+        with self._lock:
+            self._states[name] = st
+            if graph_version is not None:
+                self.graph_versions[name] = graph_version
+
     # -- registry -----------------------------------------------------------------------------
     def create_index(self, name: str, dim: int, *, space: str = "cosine", m: int | None = None,
                      ef_construction: int | None = None, ef_search: int | None = None,
                      text_config: str = "english") -> dict[str, Any]:
-        if space not in SPACES:
-            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
-        s = self.settings
-        rows = self._rows("vec_create_index", {
-            "name": name, "space": space, "dim": dim, "m": m or s.vectors_default_m,
-            "ef_construction": ef_construction or s.vectors_default_ef_construction,
-            "ef_search": ef_search or s.vectors_default_ef, "text_config": text_config})
-        return rows[0]
+        with self.pool.connection() as conn:
+            return store.create_index(conn, name, dim, space=space, m=m, ef_construction=ef_construction,
+                                      ef_search=ef_search, text_config=text_config, settings=self.settings)
 
     def drop_index(self, name: str) -> bool:
         self.forget(name)
-        return bool(self._rows("vec_drop_index", {"name": name})[0]["count"])
+        with self.pool.connection() as conn:
+            return store.drop_index(conn, name)
 
     def indexes(self) -> list[dict[str, Any]]:
-        return self._rows("vec_list_indexes", {})
+        return self.rows("vec_list_indexes", {})
 
     def info(self, name: str) -> dict[str, Any]:
-        rows = self._rows("vec_get_index", {"name": name})
+        rows = self.rows("vec_get_index", {"name": name})
         if not rows:
             raise UnknownIndex(name)
         return rows[0]
@@ -228,15 +161,17 @@ class Vectors:
             with self._lock:
                 st = self._states.get(name)
                 if st is None:
-                    st = self._load(name)
+                    st = self.load(name)
                     self._states[name] = st
         if sync and time.monotonic() - st.checked_at >= self.settings.vectors_sync_s:
             self.refresh(st)
         return st
 
-    def _load(self, name: str) -> IndexState:
+    def load(self, name: str) -> IndexState:
+        """Load the graph of `name` afresh (latest snapshot, or a rebuild from the rows, then the
+        changes after it), without making it this process's graph (see `install`)."""
         info = self.info(name)
-        snap = self._rows("vec_load_snapshot", {"name": name})
+        snap = self.rows("vec_load_snapshot", {"name": name})
         started = time.perf_counter()
         if snap:
             s = snap[0]
@@ -262,44 +197,40 @@ class Vectors:
         """Build the graph from every live row (one consistent snapshot of the table)."""
         name, dim = info["name"], info["dim"]
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = conn.execute(q("vec_params"), {"name": name}).fetchone()
-            seq = int(row[3]) if row else 0
+            store.repeatable_read(conn)
+            p = store.published(conn, name)
+            seq = int(p.data_seq) if p else 0
             graph = Graph.new(info["space"], dim, info["m"], info["ef_construction"],
                               capacity=int(info["live_count"]) + 1024)
-            with conn.cursor(name=f"nt_rebuild_{uuid.uuid4().hex[:8]}") as cur:
-                cur.execute(q("vec_live_vectors"), {"name": name, "upto": seq})
-                while batch := cur.fetchmany(5000):
-                    ids = [int(r[0]) for r in batch]
-                    vecs = decode(b"".join(bytes(r[1]) for r in batch), dim)
-                    graph.upsert(ids, vecs, num_threads=self.settings.vectors_num_threads)
+            for batch in store.live_batches(conn, name, seq, 5000, label="rebuild"):
+                ids = [int(r.id) for r in batch]
+                vecs = decode(b"".join(bytes(r.embedding) for r in batch), dim)
+                graph.upsert(ids, vecs, num_threads=self.settings.vectors_num_threads)
         return graph, seq
 
     def refresh(self, st: IndexState) -> int:
         """Re-read published parameters; replay rows changed since our sequence. Returns rows replayed."""
-        row = self._rows("vec_params", {"name": st.name})
-        if not row:
+        with self.pool.connection() as conn:
+            p = store.published(conn, st.name)
+        if p is None:
             self.forget(st.name)
             raise UnknownIndex(st.name)
-        p = row[0]
-        published = int(p.get("graph_version") or 0)
+        published = int(p.graph_version or 0)
         if st.graph_version is not None and published != st.graph_version:
             # Defrag published a rebuilt graph: load it (snapshot + replay) beside the one serving
             # searches, then swap; searches already running finish on the old graph.
-            fresh = self._load(st.name)
-            with self._lock:
-                self._states[st.name] = fresh
+            self.install(st.name, self.load(st.name))
             return 0
         replayed = 0
         with st.lock:
-            st.ef, st.alpha, st.params_version = int(p["ef_search"]), float(p["alpha"]), int(p["params_version"])
-            if int(p["data_seq"]) > st.seq:
+            st.ef, st.alpha, st.params_version = int(p.ef_search), float(p.alpha), int(p.params_version)
+            if int(p.data_seq) > st.seq:
                 replayed = self._replay(st)
             st.checked_at = time.monotonic()
         return replayed
 
     def _replay(self, st: IndexState) -> int:
-        rows = self._rows("vec_changes_since", {"name": st.name, "seq": st.seq, "upto": 2**62})
+        rows = self.rows("vec_changes_since", {"name": st.name, "seq": st.seq, "upto": 2**62})
         if not rows:
             return 0
         dead = [int(r["id"]) for r in rows if r["deleted"]]
@@ -382,7 +313,7 @@ class Vectors:
         if flt is None:
             return None
         if isinstance(flt, dict):
-            return {int(r["id"]) for r in self._rows("vec_filter_ids", {"name": name, "filter": Jsonb(flt)})}
+            return {int(r["id"]) for r in self.rows("vec_filter_ids", {"name": name, "filter": Jsonb(flt)})}
         return {int(i) for i in flt}
 
     def search(self, index: str, query: Any, k: int = 10, ef: int | None = None,
@@ -412,7 +343,7 @@ class Vectors:
         return result
 
     def attach_details(self, index: str, hits: list[Hit]) -> None:
-        rows = {int(r["id"]): r for r in self._rows("vec_item_details", {"name": index, "ids": [h.id for h in hits]})}
+        rows = {int(r["id"]): r for r in self.rows("vec_item_details", {"name": index, "ids": [h.id for h in hits]})}
         for h in hits:
             if h.id in rows:
                 h.metadata, h.text = rows[h.id]["metadata"], rows[h.id]["body"]
@@ -433,34 +364,46 @@ class Vectors:
                       include_metadata: bool = False) -> SearchResult:
         """alpha * vector similarity + (1 - alpha) * full-text rank (both min-max scaled over the
         candidates); alpha defaults to the index's published (tuned) alpha."""
-        from neuron_tasks.vectors.hybrid import hybrid_search
-
-        return hybrid_search(self, index, text, k, vector=vector, alpha=alpha, ef=ef, flt=filter,
-                             include_metadata=include_metadata)
+        st = self.state(index)
+        vec, _ = self.query_vector(st, text if vector is None else vector)
+        allowed = self.filter_ids(index, filter)
+        a = float(st.alpha if alpha is None else alpha)
+        ef_used = max(int(ef or st.ef), k)
+        started = time.perf_counter()
+        cand = candidates(self.pool, st, text, vec, ef_used, allowed, size=max(POOL, k))
+        ids, scores = rank(cand, a, k)
+        latency_ms = (time.perf_counter() - started) * 1000
+        hits = [Hit(int(i), float(1 - s), score=float(s)) for i, s in zip(ids, scores, strict=True)]
+        result = SearchResult(uuid.uuid4(), index, k, ef_used, latency_ms, hits, mode="hybrid", alpha=a)
+        if include_metadata:
+            self.attach_details(index, hits)
+        # Hybrid queries are always kept (vector + text) so feedback on them can tune alpha.
+        self.record(result, vec, text, filtered=allowed is not None, sample=False, force_sample=True)
+        return result
 
     def feedback(self, query_id: uuid.UUID | str, relevant_ids: Sequence[int], *, index: str | None = None) -> None:
         """Record which results of a query were relevant (the tuner's alpha uses it)."""
         self.flush_metrics()
         qid = uuid.UUID(str(query_id))
         if index is None:
-            rows = self._rows("vec_sample_index", {"query_id": qid})
+            rows = self.rows("vec_sample_index", {"query_id": qid})
             if not rows:
                 raise NeuronTasksError(f"unknown query id {qid}: only hybrid and sampled searches take feedback")
             index = rows[0]["index_name"]
-        self._rows("vec_insert_feedback", {"query_id": qid, "index_name": index,
+        self.rows("vec_insert_feedback", {"query_id": qid, "index_name": index,
                                            "relevant_ids": [int(i) for i in relevant_ids]})
 
     # -- stats --------------------------------------------------------------------------------
     def stats(self, name: str | None = None, window_s: float = 600) -> list[dict[str, Any]]:
         """Per index: counters, ef, alpha, alert, and P50/P90/P95/P99 and recall over the window."""
         self.flush_metrics()
-        perf = {r["index_name"]: r for r in self._rows("vec_query_stats", {"name": name, "window_s": window_s})}
+        perf = {r["index_name"]: r for r in self.rows("vec_query_stats", {"name": name, "window_s": window_s})}
         out = []
         for info in ([self.info(name)] if name else self.indexes()):
             row = {k: info[k] for k in ("name", "space", "dim", "m", "ef_construction", "ef_search", "alpha",
                                         "live_count", "deleted_count", "data_seq", "alert", "params_version")}
             row.update({k: v for k, v in perf.get(info["name"], {}).items() if k not in ("index_name", "ef_search")})
-            snap = self._rows("vec_snapshot_info", {"name": info["name"]})
+            snap = self.rows("vec_snapshot_info", {"name": info["name"]})
             row["snapshot_seq"] = snap[0]["seq"] if snap else None
             row["snapshot_bytes"] = snap[0]["bytes"] if snap else None
             st = self._states.get(info["name"])

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail, json_arg, jsonable, parse_duration
 
+if TYPE_CHECKING:
+    from neuron_tasks.vectors.client import Vectors
+
 app = typer.Typer(help="Vector indexes: HNSW graphs (hnswlib) whose vectors live in PostgreSQL; "
                   "searches are measured and an auto-tuner sets ef per index.", no_args_is_help=True)
 
 
-def _client() -> Any:
+def _client() -> Vectors:
     from neuron_tasks.vectors import Vectors, VectorSettings
 
     return Vectors(database_url(), settings=VectorSettings())
@@ -141,9 +144,10 @@ def stats(
     """Counters, ef/alpha, P50/P90/P95/P99 latency and recall@10/@100 over a window, tuner decisions."""
     client = _client()
     rows = client.stats(name, parse_duration(window) or 600)
-    hist = client._rows("vec_decisions", {"name": name, "limit": decisions})
-    # Defrag runs, with the progress of one in flight (rows done / total, phase); none before issue 7's table.
-    runs = client._rows("dfg_runs", {"name": name, "limit": 3}) if _has_defrag(client) else []
+    hist = client.rows("vec_decisions", {"name": name, "limit": decisions})
+    # Defrag runs, with the progress of one in flight (rows done / total, phase); none while the
+    # defrag table is not installed.
+    runs = client.rows("dfg_runs", {"name": name, "limit": 3}) if _has_defrag(client) else []
     client.close()
     if as_json:
         print(json.dumps(jsonable({"indexes": rows, "decisions": hist, "defrag_runs": runs}), indent=2))
@@ -158,9 +162,13 @@ def stats(
                     "finished_at"], as_json=False, title="Defrag runs (progress)")
 
 
-def _has_defrag(client: Any) -> bool:
-    with client.pool.connection() as conn:
-        return bool(conn.execute("SELECT to_regclass('neuron_tasks.defrag_runs') IS NOT NULL").fetchone()[0])
+def _has_defrag(client: Vectors) -> bool:
+    from psycopg.rows import scalar_row
+
+    from neuron_tasks.sql import q
+
+    with client.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+        return bool(cur.execute(q("dfg_installed")).fetchone())
 
 
 @app.command()

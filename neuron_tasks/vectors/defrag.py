@@ -1,5 +1,5 @@
-"""Index maintenance (the seed's neurandefrag): measure fragmentation, do cheap upkeep below the
-threshold, rebuild above it (inside the maintenance window, or when forced), VACUUM (ANALYZE).
+"""Index maintenance: measure fragmentation, do cheap upkeep below the threshold, rebuild above
+it (inside the maintenance window, or when forced), VACUUM (ANALYZE).
 
 Fragmentation of an index = its tombstone ratio, deleted / (live + deleted) from the counters every
 writer keeps (hnswlib `mark_deleted` slots not yet reused by an insert or rebuilt away; or this
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +36,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from neuron_tasks.sql import q
-from neuron_tasks.vectors.client import IndexState, Vectors, decode
+from neuron_tasks.vectors import store
+from neuron_tasks.vectors.base import IndexState, decode
+from neuron_tasks.vectors.client import Vectors
 from neuron_tasks.vectors.defrag_settings import DefragSettings
 from neuron_tasks.vectors.graph import MIN_CAPACITY, Graph, exact_knn, normalise
 
@@ -93,8 +94,9 @@ class Measurement:
 
 
 def probe_queries(name: str, graph: Graph, n: int) -> np.ndarray:
-    """A fixed probe set: a seed fixed per index name, drawn around the live data (per-dimension
-    mean and spread of up to 5,000 live vectors chosen by the same seed)."""
+    """A fixed probe set: random draws, the same for every run on an index (the generator starts
+    from its name), around the live data (per-dimension mean and spread of up to 5,000 live
+    vectors picked by the same generator)."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     ids = sorted(graph.live)
     pick = sorted(rng.choice(len(ids), size=min(len(ids), 5000), replace=False).tolist())
@@ -145,20 +147,20 @@ def measure(vectors: Vectors, name: str, settings: DefragSettings, *, now: datet
     info = vectors.info(name)
     dead = int(info["deleted_count"])
     ratio = dead / (int(info["live_count"]) + dead) if dead else 0.0
-    rows = vectors._rows("dfg_tombstone_rows", {"name": name})
+    tombstone_rows = int(vectors.rows("dfg_tombstone_rows", {"name": name})[0]["n"])
     # The first measurement of an index is its baseline until a rebuild sets a new one.
-    baseline = baseline or not vectors._rows("dfg_maintenance", {"name": name})
-    params = {"name": name, "live": live, "deleted": dead, "tombstone_rows": int(rows[0]["n"]),
-              "tombstone_ratio": max(ratio, graph_dead / elements if elements else 0.0),
-              "memory_ratio": memory_ratio, "ef": ef,
-              "recall": recall, "baseline_recall": recall if baseline else None, "recall_drift": None,
-              "next_window": next_window(now, settings.defrag_maintenance_window, settings.defrag_timezone)}
-    vectors._rows("dfg_save_measure", params)
-    stored = vectors._rows("dfg_maintenance", {"name": name})[0]
-    return Measurement(name, live, dead, graph_dead, elements, params["tombstone_rows"], params["tombstone_ratio"],
+    baseline = baseline or not vectors.rows("dfg_maintenance", {"name": name})
+    tombstone_ratio = max(ratio, graph_dead / elements if elements else 0.0)
+    upcoming = next_window(now, settings.defrag_maintenance_window, settings.defrag_timezone)
+    vectors.rows("dfg_save_measure", {
+        "name": name, "live": live, "deleted": dead, "tombstone_rows": tombstone_rows,
+        "tombstone_ratio": tombstone_ratio, "memory_ratio": memory_ratio, "ef": ef,
+        "recall": recall, "baseline_recall": recall if baseline else None, "recall_drift": None,
+        "next_window": upcoming})
+    stored = vectors.rows("dfg_maintenance", {"name": name})[0]
+    return Measurement(name, live, dead, graph_dead, elements, tombstone_rows, tombstone_ratio,
                        memory_ratio, ef, recall, stored["baseline_recall"], stored["recall_drift"],
-                       in_window(now, settings.defrag_maintenance_window, settings.defrag_timezone),
-                       params["next_window"])
+                       in_window(now, settings.defrag_maintenance_window, settings.defrag_timezone), upcoming)
 
 
 def fragmented(m: Measurement, settings: DefragSettings) -> bool:
@@ -179,7 +181,7 @@ def prune_tombstones(vectors: Vectors, name: str, settings: DefragSettings) -> i
 def analyze_items(vectors: Vectors) -> None:
     """Refresh the planner statistics of the vector tables."""
     with vectors.pool.connection() as conn:
-        conn.execute("ANALYZE neuron_tasks.vector_items")
+        conn.execute(q("dfg_analyze_items"))
 
 
 # -- rebuild ------------------------------------------------------------------------------------
@@ -190,17 +192,18 @@ def rebuild(vectors: Vectors, name: str, settings: DefragSettings, progress: Pro
     dim, total, started = info["dim"], int(info["live_count"]), time.perf_counter()
     report("build", 0, total)
     with vectors.pool.connection() as conn, conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        seq = int(conn.execute(q("vec_params"), {"name": name}).fetchone()[3])  # type: ignore[index]
+        store.repeatable_read(conn)
+        p = store.published(conn, name)
+        if p is None:
+            raise RebuildRefused(f"index {name} was dropped during the rebuild")
+        seq = int(p.data_seq)
         graph = Graph.new(info["space"], dim, info["m"], info["ef_construction"], capacity=total + MIN_CAPACITY)
         done = 0
-        with conn.cursor(name=f"nt_defrag_{uuid.uuid4().hex[:8]}") as cur:
-            cur.execute(q("vec_live_vectors"), {"name": name, "upto": seq})
-            while batch := cur.fetchmany(settings.defrag_build_batch):
-                vecs = decode(b"".join(bytes(r[1]) for r in batch), dim)
-                graph.upsert([int(r[0]) for r in batch], vecs, num_threads=vectors.settings.vectors_num_threads)
-                done += len(batch)
-                report("build", done, max(total, done))
+        for batch in store.live_batches(conn, name, seq, settings.defrag_build_batch, label="defrag"):
+            vecs = decode(b"".join(bytes(r.embedding) for r in batch), dim)
+            graph.upsert([int(r.id) for r in batch], vecs, num_threads=vectors.settings.vectors_num_threads)
+            done += len(batch)
+            report("build", done, max(total, done))
     build_s = time.perf_counter() - started
     new = IndexState(name=name, space=info["space"], dim=dim, m=info["m"], ef_construction=info["ef_construction"],
                      text_config=info["text_config"], graph=graph, seq=seq, ef=info["ef_search"],
@@ -208,48 +211,45 @@ def rebuild(vectors: Vectors, name: str, settings: DefragSettings, progress: Pro
     report("replay", done, total)
     replayed = vectors.refresh(new)
     report("swap", done, total)
-    with vectors.pool.connection() as conn, conn.transaction():
-        row = conn.execute(q("dfg_lock_index"), {"name": name}).fetchone()  # writers wait from here
+    with vectors.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(q("dfg_lock_index"), {"name": name}).fetchone()  # writers wait from here
         if row is None:
             raise RebuildRefused(f"index {name} was dropped during the rebuild")
         replayed += vectors.refresh(new)
         g = new.graph
-        conn.execute(q("dfg_replace_snapshot"), {
+        cur.execute(q("dfg_replace_snapshot"), {
             "name": name, "seq": new.seq, "graph": g.to_bytes(), "live": len(g.live), "elements": g.elements,
             "capacity": g.capacity, "tombstones": g.tombstone_bytes()})
-        version = conn.execute(q("dfg_publish_graph"), {"name": name, "deleted": len(g.tombstones)}).fetchone()[0]  # type: ignore[index]
+        published = cur.execute(q("dfg_publish_graph"), {"name": name, "deleted": len(g.tombstones)}).fetchone()
+        if published is None:
+            raise RebuildRefused(f"index {name} was dropped during the rebuild")
+        version = published["graph_version"]
         new.changed_since_snapshot = 0
     swap(vectors, name, new, int(version))
     return {"rows": done, "replayed": replayed, "seq": new.seq, "graph_version": int(version),
             "build_s": round(build_s, 3), "total_s": round(time.perf_counter() - started, 3)}
 
 
-def _versions(vectors: Vectors) -> dict[str, int]:
-    return vectors.__dict__.setdefault("graph_versions", {})  # type: ignore[no-any-return]
-
-
 def swap(vectors: Vectors, name: str, new: IndexState, version: int) -> None:
     """Make `new` this process's graph of `name` (searches already running finish on the old one)."""
     new.graph_version = version
-    with vectors._lock:
-        vectors._states[name] = new
-        _versions(vectors)[name] = version
+    vectors.install(name, new, version)
 
 
 def adopt(vectors: Vectors, name: str) -> bool:
     """In a searching process: if a rebuilt graph was published since the previous call,
     load it beside the old one (snapshot + replay) and swap. Returns True when swapped."""
-    rows = vectors._rows("dfg_graph_version", {"name": name})
+    rows = vectors.rows("dfg_graph_version", {"name": name})
     if not rows:
         return False
     version = int(rows[0]["graph_version"])
-    known = _versions(vectors).get(name)
+    known = vectors.graph_versions.get(name)
     if known is None or known == version:
         # First call: the graph this process holds (or will load: the latest snapshot) counts as
         # current. Call adopt() once when the process starts searching, then every few seconds.
-        _versions(vectors)[name] = version
+        vectors.graph_versions[name] = version
         return False
-    swap(vectors, name, vectors._load(name), version)
+    swap(vectors, name, vectors.load(name), version)
     return True
 
 
@@ -261,10 +261,17 @@ def defrag_index(vectors: Vectors, name: str, settings: DefragSettings | None = 
     settings = settings or DefragSettings()
     now = now or datetime.now(UTC)
     with psycopg.connect(vectors.url, autocommit=True, row_factory=dict_row) as lock:
-        if not lock.execute(q("dfg_try_lock"), {"name": name}).fetchone()["ok"]:  # type: ignore[index]
+
+        def one(query: str, params: dict[str, Any]) -> dict[str, Any]:
+            row = lock.execute(q(query), params).fetchone()
+            if row is None:
+                raise RuntimeError(f"{query} answered no row")
+            return row
+
+        if not one("dfg_try_lock", {"name": name})["ok"]:
             return {"index": name, "action": "busy", "reason": "another defrag of this index is running"}
         abandoned = lock.execute(q("dfg_abandon_runs"), {"name": name}).fetchall()
-        run_id = lock.execute(q("dfg_start_run"), {"name": name, "forced": force}).fetchone()["id"]  # type: ignore[index]
+        run_id = one("dfg_start_run", {"name": name, "forced": force})["id"]
 
         def progress(phase: str, done: int, total: int) -> None:
             lock.execute(q("dfg_progress"), {"id": run_id, "phase": phase, "rows_done": done, "rows_total": total})
@@ -297,7 +304,7 @@ def defrag_index(vectors: Vectors, name: str, settings: DefragSettings | None = 
             report["analyzed"] = ["vector_items"]
             after = measure(vectors, name, settings, now=now, baseline=action == "rebuild")
             report["after"] = _jsonable(asdict(after))
-            vectors._rows("dfg_mark_maintained", {"name": name, "action": action})
+            vectors.rows("dfg_mark_maintained", {"name": name, "action": action})
             lock.execute(q("dfg_finish_run"), {"id": run_id, "phase": "done", "action": action,
                                                "report": Jsonb(report)})
         except BaseException as exc:

@@ -1,8 +1,8 @@
-"""The defrag actor (the seed's neurandefrag): one maintenance pass over every index (or one).
+"""The defrag actor: one maintenance pass over every index (or one).
 
-The scheduler enqueues `neuron_tasks.defrag_indexes` every `defrag_naptime_s` (300 s) on the
-`maintenance` queue once schema/007_defrag.sql is applied; run workers with
-`neuron-tasks worker neuron_tasks.vectors.defrag_actors`. The work is neuron_tasks.vectors.defrag.
+The scheduler enqueues `neuron_tasks.defrag_indexes` every `scheduler_defrag_every_s` (300 s)
+on the `maintenance` queue once schema/007_defrag.sql is applied; every worker loads the actor
+(`neuron-tasks worker`). The work is neuron_tasks.vectors.defrag.
 """
 
 from __future__ import annotations

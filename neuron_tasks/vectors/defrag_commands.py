@@ -4,18 +4,21 @@ maintenance window, VACUUM/ANALYZE). `neuron-tasks index defrag NAME [--now]` ru
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail, jsonable
+
+if TYPE_CHECKING:
+    from neuron_tasks.vectors.client import Vectors
 
 app = typer.Typer(help="Index maintenance: measure fragmentation (tombstones, recall drift), prune tombstones, "
                   "rebuild inside the maintenance window (or --now) without stopping search, VACUUM (ANALYZE).",
                   no_args_is_help=True)
 
 
-def _client() -> Any:
+def _client() -> Vectors:
     from neuron_tasks.vectors import Vectors, VectorSettings
 
     return Vectors(database_url(), settings=VectorSettings())
@@ -78,8 +81,8 @@ def status(
 ) -> None:
     """Fragmentation measurements per index and recent runs with their phase and progress."""
     client = _client()
-    rows = client._rows("dfg_maintenance", {"name": name})
-    hist = client._rows("dfg_runs", {"name": name, "limit": runs})
+    rows = client.rows("dfg_maintenance", {"name": name})
+    hist = client.rows("dfg_runs", {"name": name, "limit": runs})
     client.close()
     if as_json:
         print(json.dumps(jsonable({"indexes": rows, "runs": hist}), indent=2))

@@ -1,6 +1,6 @@
-"""Settings of index maintenance (env NEURON_TASKS_DEFRAG_*), the seed's neurandefrag GUCs
-under our names: naptime 300 s, compact_threshold 10000, fragmentation_threshold 0.30,
-maintenance_window '02:00-04:00' (in `defrag_timezone`)."""
+"""Settings of index maintenance (env NEURON_TASKS_DEFRAG_*). Defaults: a pass every 300 s,
+tombstone rows pruned above 10000, a rebuild above a tombstone ratio of 0.30, rebuilds only in
+the maintenance window 02:00-04:00 (in `defrag_timezone`)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ class DefragSettings(NeuronSettings):
     database_url: str | None = restart_only(default=None, description="PostgreSQL URL; unset = embedded PostgreSQL")
     defrag_naptime_s: float = Field(
         default=300.0, gt=0,
-        description="seed naptime, for reference only: the scheduler fires the defrag job every "
+        description="for reference only: the scheduler fires the defrag job every "
         "NEURON_TASKS_SCHEDULER_DEFRAG_EVERY_S (same default); this value is not read by it")
     defrag_compact_threshold: int = Field(
         default=10_000, ge=0,
-        description="seed compact_threshold: tombstone rows in PostgreSQL above which the cheap pass prunes them")
+        description="tombstone rows in PostgreSQL above which the cheap pass prunes them")
     defrag_fragmentation_threshold: float = Field(
         default=0.30, gt=0, le=1,
-        description="seed fragmentation_threshold: tombstone ratio (deleted / (live + deleted)) above which "
+        description="tombstone ratio (deleted / (live + deleted)) above which "
         "the index is rebuilt (inside the maintenance window, or when forced)")
     defrag_recall_drift_threshold: float = Field(
         default=0.02, gt=0, le=1,
         description="recall drop on the probe set since the last rebuild that also counts as fragmented")
     defrag_maintenance_window: str = Field(
         default="02:00-04:00", pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$",
-        description="seed maintenance_window: HH:MM-HH:MM (may wrap midnight) when full rebuilds may run")
+        description="HH:MM-HH:MM (may wrap midnight) when full rebuilds may run")
     defrag_timezone: str = Field(default="UTC", description="time zone of the maintenance window (IANA name)")
     defrag_probe_queries: int = Field(default=200, ge=10, description="fixed probe queries for recall measurement")
     defrag_probe_k: int = Field(default=10, ge=1, description="k of the recall measurement (recall@k)")

@@ -25,12 +25,12 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 50) -> np.ndarray
 def workload(v: Vectors, x: np.ndarray, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for i in rng.integers(0, len(x), n):
-        v.search(INDEX, x[i] + rng.normal(size=x.shape[1]).astype(np.float32) * 0.5, k=10)
+        v.search(INDEX, x[i] + rng.normal(size=int(x.shape[1])).astype(np.float32) * 0.5, k=10)
     v.flush_metrics()
 
 
 def latency_by_ef(v: Vectors) -> dict[int, dict[str, Any]]:
-    rows = v._rows("vec_demo_latency", {"name": INDEX})
+    rows = v.rows("vec_demo_latency", {"name": INDEX})
     return {int(r["ef"]): r for r in rows}
 
 

@@ -1,4 +1,4 @@
-"""Text -> vector through the LLM issue's embedding service (`neuron_tasks.llm.service.LlmService`),
+"""Text -> vector through the LLM part's embedding service (`neuron_tasks.llm.service.LlmService`),
 looked up at call time, never at import: with it, text queries and `embed_and_index` work (and
 share its Postgres embedding cache and usage accounting); without it (the llm extra not
 installed), only vectors are accepted and `TextEmbeddingUnavailable` says so.

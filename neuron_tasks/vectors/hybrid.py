@@ -1,20 +1,17 @@
 """Hybrid search (vector similarity + PostgreSQL full-text rank, weight alpha) and the tuning
-of alpha from relevance feedback (NDCG@10)."""
+of alpha from relevance feedback (NDCG@10). `Vectors.hybrid_search` searches with these."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from neuron_tasks.sql import q
+from neuron_tasks.vectors.base import IndexState
 from neuron_tasks.vectors.graph import distances, normalise
-
-if TYPE_CHECKING:
-    from neuron_tasks.vectors.client import IndexState, SearchResult, Vectors
 
 #: Candidates taken from each side (vector neighbours, full-text matches) before re-scoring.
 POOL = 100
@@ -34,22 +31,24 @@ def _scale(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
 
 
-def candidates(client: Vectors, st: IndexState, text: str, vec: np.ndarray, ef: int,
-               allowed: set[int] | None = None, pool: int = POOL) -> Candidates:
-    """The union of the vector top-`pool` and the full-text top-`pool`, with both scores."""
+def candidates(pool: ConnectionPool, st: IndexState, text: str, vec: np.ndarray, ef: int,
+               allowed: set[int] | None = None, size: int = POOL) -> Candidates:
+    """The union of the vector top-`size` and the full-text top-`size`, with both scores
+    (full-text ranks read through `pool`)."""
     with st.lock:
-        labels, _ = st.graph.knn(vec, pool, max(ef, pool), allowed)
+        labels, _ = st.graph.knn(vec, size, max(ef, size), allowed)
     ids = {int(i) for i in labels[0]}
-    with client.pool.connection() as conn:
-        rows = conn.execute(q("vec_text_candidates"), {"name": st.name, "text": text,
-                                                       "text_config": st.text_config, "limit": pool}).fetchall()
-        text_ids = {int(r[0]) for r in rows}
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(q("vec_text_candidates"), {"name": st.name, "text": text,
+                                                      "text_config": st.text_config, "limit": size}).fetchall()
+        text_ids = {int(r["id"]) for r in rows}
         if allowed is not None:
             text_ids &= allowed
         ids |= text_ids
         ordered = sorted(ids)
-        ranks = dict(conn.execute(q("vec_text_ranks"), {"name": st.name, "text": text, "ids": ordered,
-                                                        "text_config": st.text_config}).fetchall())
+        ranked = cur.execute(q("vec_text_ranks"), {"name": st.name, "text": text, "ids": ordered,
+                                                   "text_config": st.text_config}).fetchall()
+        ranks: dict[int, float] = {r["id"]: r["rank"] for r in ranked}
     with st.lock:
         ordered = [i for i in ordered if i in st.graph.live]
         data = st.graph.vectors(ordered)
@@ -64,28 +63,6 @@ def rank(c: Candidates, alpha: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     score = alpha * c.vector + (1 - alpha) * c.text
     order = np.lexsort((c.ids, -score))[:k]
     return c.ids[order], score[order]
-
-
-def hybrid_search(client: Vectors, index: str, text: str, k: int, *, vector: Any, alpha: float | None,
-                  ef: int | None, flt: Any, include_metadata: bool) -> SearchResult:
-    from neuron_tasks.vectors.client import Hit, SearchResult
-
-    st = client.state(index)
-    vec, _ = client.query_vector(st, text if vector is None else vector)
-    allowed = client.filter_ids(index, flt)
-    a = float(st.alpha if alpha is None else alpha)
-    ef_used = max(int(ef or st.ef), k)
-    started = time.perf_counter()
-    cand = candidates(client, st, text, vec, ef_used, allowed, pool=max(POOL, k))
-    ids, scores = rank(cand, a, k)
-    latency_ms = (time.perf_counter() - started) * 1000
-    hits = [Hit(int(i), float(1 - s), score=float(s)) for i, s in zip(ids, scores, strict=True)]
-    result = SearchResult(uuid.uuid4(), index, k, ef_used, latency_ms, hits, mode="hybrid", alpha=a)
-    if include_metadata:
-        client.attach_details(index, hits)
-    # Hybrid queries are always kept (vector + text) so feedback on them can tune alpha.
-    client.record(result, vec, text, filtered=allowed is not None, sample=False, force_sample=True)
-    return result
 
 
 def ndcg_at(ranked: np.ndarray, relevant: set[int], k: int = 10) -> float:

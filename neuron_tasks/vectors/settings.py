@@ -1,7 +1,7 @@
 """Settings of vector search and the tuner (env NEURON_TASKS_VECTORS_* / NEURON_TASKS_TUNER_*).
 
-Defaults follow the seed's neuranmon GUCs: naptime 60 s, sample_size 1000, target_recall 0.95,
-target_latency_ms 10 (000's `neuranmon_target_latency_ms`; 001 quotes 100 ms).
+Tuner defaults: a cycle every 60 s over up to 1000 sampled queries per index, recall target
+0.95, p95 latency target 10 ms for the ANN step.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class VectorSettings(NeuronSettings):
         default=0.1, ge=0.0, le=1.0, description="share of searches whose query vector is kept for recall measurement"
     )
     vectors_sample_size: int = Field(
-        default=1000, ge=1, description="sampled queries kept per index and used per tuning cycle (seed sample_size)"
+        default=1000, ge=1, description="sampled queries kept per index and used per tuning cycle"
     )
     vectors_snapshot_every: int = Field(
         default=10_000, ge=0,
@@ -36,7 +36,7 @@ class VectorSettings(NeuronSettings):
     vectors_metrics_retention_s: int = Field(default=86400, ge=60, description="keep per-query metrics this long")
     vectors_num_threads: int = Field(default=1, ge=1, description="hnswlib threads for bulk inserts")
 
-    tuner_naptime_s: float = Field(default=60.0, gt=0, description="tuning cycle interval (seed neuranmon_naptime)")
+    tuner_naptime_s: float = Field(default=60.0, gt=0, description="tuning cycle interval")
     tuner_target_recall: float = Field(default=0.95, gt=0, le=1, description="recall SLO (per index overridable)")
     tuner_target_latency_ms: float = Field(
         default=10.0, gt=0, description="p95 latency SLO of the ANN step in ms (per index overridable)"
@@ -44,7 +44,7 @@ class VectorSettings(NeuronSettings):
     tuner_strategy: str = Field(
         default="search", pattern="^(search|step)$",
         description="'search': measure candidate ef values and take the cheapest meeting both SLOs; "
-        "'step': the seed's baseline (x1.2 up when recall is low, x0.8 down when latency is high)",
+        "'step': the simple baseline (x1.2 up when recall is low, x0.8 down when latency is high)",
     )
     tuner_max_evaluations: int = Field(default=10, ge=2, le=50, description="ef values measured per tuning cycle")
     tuner_min_ef: int = Field(default=10, ge=1, description="smallest ef the tuner sets (never below k)")

@@ -1,4 +1,4 @@
-"""The SLO auto-tuner (the seed's neuranmon), per index.
+"""The SLO auto-tuner, per index.
 
 Each cycle takes the recent sampled queries, computes their exact neighbours by brute force
 (numpy, cached while the index does not change), fills in the recall each sample got at the ef
@@ -10,7 +10,7 @@ Strategies:
   search  bracket the current ef by doubling/halving, then bisect to 5 %: the cheapest ef whose
           recall meets target (+ margin); if its p95 misses the latency target, keep recall
           and raise the alert (no cheaper ef can meet recall); at most `tuner_max_evaluations`.
-  step    the seed's baseline: one measurement at the current ef; x1.2 when recall is below
+  step    the simple baseline: one measurement at the current ef; x1.2 when recall is below
           target and latency within it, x0.8 when latency is above target and recall meets it.
 """
 
@@ -26,10 +26,12 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from neuron_tasks.sql import q
-from neuron_tasks.vectors.graph import Graph, exact_knn
+from neuron_tasks.vectors.base import IndexState, decode
+from neuron_tasks.vectors.graph import Graph, exact_knn, normalise
+from neuron_tasks.vectors.hybrid import best_alpha, candidates
 
 if TYPE_CHECKING:
-    from neuron_tasks.vectors.client import IndexState, Vectors
+    from neuron_tasks.vectors.client import Vectors
 
 
 @dataclass
@@ -83,13 +85,13 @@ def measure(graph: Graph, work: Workload, ef: int, latency_queries: int) -> Meas
             truth = truth[truth >= 0]
             hits[r] = len(set(got.tolist()) & set(truth.tolist())) / max(len(truth), 1)
     times = []
-    for r in range(min(latency_queries, len(work.ks))):
+    for n in range(min(latency_queries, len(work.ks))):
         started = time.perf_counter()
-        graph.knn(work.queries[r:r + 1], int(work.ks[r]), ef)
+        graph.knn(work.queries[n:n + 1], int(work.ks[n]), ef)
         times.append((time.perf_counter() - started) * 1000)
-    p = np.percentile(times, [50, 90, 95, 99]) if times else np.zeros(4)
+    p50, p90, p95, p99 = (float(x) for x in (np.percentile(times, [50, 90, 95, 99]) if times else np.zeros(4)))
     sem = float(hits.std(ddof=1) / np.sqrt(len(hits))) if len(hits) > 1 else 0.0
-    return Measurement(ef, float(hits.mean()), *(float(x) for x in p), recall_sem=sem)
+    return Measurement(ef, float(hits.mean()), p50, p90, p95, p99, recall_sem=sem)
 
 
 def choose_search(evaluate: Callable[[int], Measurement], current: int, *, target_recall: float,
@@ -141,7 +143,7 @@ def choose_search(evaluate: Callable[[int], Measurement], current: int, *, targe
 
 def choose_step(evaluate: Callable[[int], Measurement], current: int, *, target_recall: float,
                 target_latency_ms: float, lo: int, hi: int) -> tuple[int, str, str | None, dict[int, Measurement]]:
-    """The seed's strategy: one measurement, x1.2 up / x0.8 down."""
+    """The step strategy: one measurement, x1.2 up / x0.8 down."""
     m = evaluate(current)
     seen = {current: m}
     low_recall, slow = m.recall < target_recall, m.p95_ms > target_latency_ms
@@ -166,8 +168,6 @@ def ground_truth(st: IndexState, queries: np.ndarray, kmax: int) -> np.ndarray:
         ids = np.asarray(sorted(st.graph.live), dtype=np.int64)
         _EXACT_CACHE[key] = (ids, st.graph.vectors(ids.tolist()))
     ids, data = _EXACT_CACHE[key]
-    from neuron_tasks.vectors.graph import normalise
-
     pos, _ = exact_knn(st.space, data, normalise(st.space, queries), kmax)
     out = np.full((len(queries), kmax), -1, dtype=np.int64)
     out[:, :pos.shape[1]] = ids[pos]
@@ -176,12 +176,10 @@ def ground_truth(st: IndexState, queries: np.ndarray, kmax: int) -> np.ndarray:
 
 def load_workload(client: Vectors, st: IndexState) -> tuple[Workload, list[dict[str, Any]]]:
     s = client.settings
-    rows = client._rows("vec_recent_samples", {"name": st.name, "window_s": s.tuner_window_s,
-                                               "limit": s.vectors_sample_size})
+    rows = client.rows("vec_recent_samples", {"name": st.name, "window_s": s.tuner_window_s,
+                                              "limit": s.vectors_sample_size})
     if not rows:
         return Workload(np.zeros((0, st.dim), np.float32), np.zeros(0, np.int64), np.zeros((0, 0), np.int64)), rows
-    from neuron_tasks.vectors.client import decode
-
     queries = decode(b"".join(bytes(r["embedding"]) for r in rows), st.dim)
     ks = np.asarray([min(int(r["k"]), 100) for r in rows], dtype=np.int64)
     kmax = max(100, int(ks.max()))
@@ -277,19 +275,17 @@ def record(client: Vectors, d: Decision, *, alpha: float, old_alert: str | None)
 
 def tune_alpha(client: Vectors, name: str, *, min_feedback: int = 5) -> dict[str, Any] | None:
     """Set the index's hybrid alpha to the value maximising NDCG@10 over recent feedback."""
-    from neuron_tasks.vectors.client import decode
-    from neuron_tasks.vectors.hybrid import best_alpha, candidates
-
     s = client.settings
     st = client.state(name)
-    rows = client._rows("vec_feedback_queries", {"name": name, "window_s": s.tuner_window_s,
-                                                 "limit": s.vectors_sample_size})
+    rows = client.rows("vec_feedback_queries", {"name": name, "window_s": s.tuner_window_s,
+                                                "limit": s.vectors_sample_size})
     if len(rows) < min_feedback:
         return None
     pools = []
     for r in rows:
         vec = decode(bytes(r["embedding"]), st.dim)
-        pools.append((candidates(client, st, r["query_text"], vec, st.ef), {int(i) for i in r["relevant_ids"]}))
+        pools.append((candidates(client.pool, st, r["query_text"], vec, st.ef),
+                      {int(i) for i in r["relevant_ids"]}))
     alpha, ndcg, ndcg_before, curve = best_alpha(pools, s.tuner_alpha_grid, float(st.alpha))
     info = client.info(name)
     with client.pool.connection() as conn, conn.transaction():

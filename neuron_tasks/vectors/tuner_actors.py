@@ -1,9 +1,8 @@
-"""The tuner actor (the seed's neuranmon): one tuning cycle over every index, or one index.
+"""The tuner actor: one tuning cycle over every index, or one index.
 
 The scheduler enqueues `neuron_tasks.tune_vector_indexes` every `scheduler_tuner_every_s`
-(seed naptime 60 s) on the `maintenance` queue; run workers with
-`neuron-tasks worker neuron_tasks.vectors.tuner_actors` (plus your modules). The worker process keeps
-the indexes' graphs loaded between cycles (snapshot + replay of changes).
+(60 s) on the `maintenance` queue; every worker loads the actor (`neuron-tasks worker`). The
+worker process keeps the indexes' graphs loaded between cycles (snapshot + replay of changes).
 """
 
 from __future__ import annotations
@@ -18,13 +17,11 @@ QUEUE = "maintenance"
 
 def tune(index: str | None = None) -> list[dict[str, Any]]:
     from neuron_tasks import vectors
-    from neuron_tasks.core.runtime import overlay
     from neuron_tasks.vectors.tuner import tune_all, tune_alpha, tune_index
 
     client = vectors.client()
     # Tuner settings (targets, strategy, evaluations) follow `neuron-tasks config set` at every cycle.
-    base = client.__dict__.setdefault("base_settings", client.settings)
-    client.settings = overlay(base, client.url)
+    client.follow_runtime_settings()
     if index is None:
         decisions = tune_all(client)
     else:

@@ -28,6 +28,7 @@ class QueueCollector:
     def collect(self) -> Iterator[Any]:
         import psycopg
         from prometheus_client.core import GaugeMetricFamily
+        from psycopg.rows import dict_row
 
         from neuron_tasks.sql import q
 
@@ -38,18 +39,14 @@ class QueueCollector:
         workers = GaugeMetricFamily("neuron_tasks_workers", "Worker processes by status.", labels=["status"])
         try:
             with psycopg.connect(self.url, autocommit=True, application_name="neuron_tasks-metrics",
-                                 connect_timeout=5) as conn:
-                for queue_name, pending, running, retrying, failed, oldest_at in conn.execute(q("queue_counts")):
-                    for state, value in (("pending", pending), ("running", running), ("retrying", retrying),
-                                         ("failed", failed)):
-                        depth.add_metric([queue_name, state], value)
-                    if oldest_at is not None:
-                        (age,) = conn.execute("SELECT extract(epoch FROM now() - %s)::float8", (oldest_at,)).fetchone()
-                        oldest.add_metric([queue_name], age)
-                for status, n in conn.execute(
-                    "SELECT status, count(*) FROM neuron_tasks.worker_status() GROUP BY status"
-                ):
-                    workers.add_metric([status], n)
+                                 connect_timeout=5) as conn, conn.cursor(row_factory=dict_row) as cur:
+                for row in cur.execute(q("exporter_queue_depth")).fetchall():
+                    for state in ("pending", "running", "retrying", "failed"):
+                        depth.add_metric([row["queue_name"], state], row[state])
+                    if row["oldest_pending_s"] is not None:
+                        oldest.add_metric([row["queue_name"]], row["oldest_pending_s"])
+                for row in cur.execute(q("exporter_workers_by_status")).fetchall():
+                    workers.add_metric([row["status"]], row["n"])
         except Exception as exc:
             log.warning("metrics: could not read queue depth: %s", exc)
         yield depth
@@ -64,7 +61,7 @@ def serve(port: int, url: str, host: str = "127.0.0.1") -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    registry.register(QueueCollector(url))  # type: ignore[arg-type]
+    registry.register(QueueCollector(url))
     start_http_server(port, addr=host, registry=registry)
     log.info("metrics on http://%s:%d/metrics", host, port)
 

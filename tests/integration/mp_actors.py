@@ -7,8 +7,10 @@ The tests enqueue these by name (queue QUEUE), without importing this module.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 
 import dramatiq
@@ -58,3 +60,19 @@ def nap(key: str, ms: int) -> None:
 def explode(key: str) -> None:
     """Always fails: a dead letter."""
     raise RuntimeError(f"{key} exploded")
+
+
+# Libraries and modules only the dashboard needs: a worker process must not load them.
+DASHBOARD_ONLY = ("starlette", "jinja2", "uvicorn", "multipart")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def loaded_modules(key: str) -> None:
+    """Records KEY:{json} with what this worker process has imported (tests/integration/test_layout.py)."""
+    seen = {
+        "dashboard_libraries": sorted(m for m in sys.modules if m.split(".")[0] in DASHBOARD_ONLY),
+        "dashboard_app": "neuron_tasks.dashboard.app" in sys.modules,
+        "dashboard_modules": sorted(m for m in sys.modules if m.startswith("neuron_tasks.dashboard")),
+        "llm_actors": "neuron_tasks.llm.actors" in sys.modules,
+    }
+    record_run(f"{key}:{json.dumps(seen)}")

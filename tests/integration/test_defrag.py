@@ -16,6 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from neuron_tasks.testing import truncate
 from neuron_tasks.vectors import Vectors, VectorSettings
 from neuron_tasks.vectors.defrag import (
     adopt,
@@ -32,16 +33,13 @@ from neuron_tasks.vectors.graph import Graph
 
 pytest.importorskip("hnswlib")
 
-TABLES = ("vector_indexes", "vector_items", "vector_snapshots", "vector_queries", "vector_query_samples",
-          "vector_feedback", "vector_tuner_decisions", "index_maintenance", "defrag_runs")
 NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)       # outside 02:00-04:00 UTC
 NIGHT = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)       # inside it
 
 
 @pytest.fixture
 def ddb(clean_db: str) -> str:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(f"neuron_tasks.{t}" for t in TABLES) + " RESTART IDENTITY CASCADE")
+    truncate(clean_db, "vectors")
     return clean_db
 
 

@@ -21,15 +21,13 @@ from neuron_tasks.llm.errors import CircuitOpen, MalformedReply, ProviderRejecte
 from neuron_tasks.llm.service import LlmService
 from neuron_tasks.llm.settings import LlmSettings
 from neuron_tasks.llm.usage import record_usage
+from neuron_tasks.testing import truncate
 from neuron_tasks.testing.fake_llm import FakeProvider
-
-LLM_TABLES = "neuron_tasks.results, neuron_tasks.llm_cache, neuron_tasks.llm_usage, neuron_tasks.llm_provider_state"
 
 
 @pytest.fixture
 def llm_db(clean_db: str) -> str:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {LLM_TABLES}")
+    truncate(clean_db, "llm")  # clean_db emptied the queue's tables (results among them)
     return clean_db
 
 

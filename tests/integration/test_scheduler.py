@@ -21,6 +21,7 @@ import pytest
 from neuron_tasks.scheduler.jobs import REGISTRY, ScheduledJob, due_times, load_config, periodic
 from neuron_tasks.scheduler.node import SchedulerNode, builtin
 from neuron_tasks.scheduler.settings import SchedulerSettings
+from neuron_tasks.testing import truncate
 from tests.conftest import ROOT
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -28,8 +29,7 @@ T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 @pytest.fixture
 def sdb(clean_db: str) -> str:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute("TRUNCATE neuron_tasks.scheduler_fires, neuron_tasks.scheduler_jobs, neuron_tasks.scheduler_nodes")
+    truncate(clean_db, "scheduler")
     return clean_db
 
 

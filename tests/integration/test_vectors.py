@@ -11,19 +11,16 @@ import numpy as np
 import psycopg
 import pytest
 
+from neuron_tasks.testing import truncate
 from neuron_tasks.vectors import Vectors, VectorSettings
 from neuron_tasks.vectors.tuner import tune_alpha
 
 pytest.importorskip("hnswlib")
 
-VECTOR_TABLES = ("vector_indexes", "vector_items", "vector_snapshots", "vector_queries", "vector_query_samples",
-                 "vector_feedback", "vector_tuner_decisions")
-
 
 @pytest.fixture
 def vdb(clean_db: str) -> str:
-    with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(f"neuron_tasks.{t}" for t in VECTOR_TABLES) + " RESTART IDENTITY CASCADE")
+    truncate(clean_db, "vectors")
     return clean_db
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from dramatiq import Middleware
+from dramatiq.broker import Broker, MessageProxy
 
 from neuron_tasks.errors import DeadlineExceeded
 
@@ -15,7 +15,7 @@ class Deadlines(Middleware):
     def actor_options(self) -> set[str]:
         return {"deadline"}
 
-    def before_process_message(self, broker: Any, message: Any) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         deadline = message.options.get("deadline")
         if not isinstance(deadline, int | float) or isinstance(deadline, bool):
             return

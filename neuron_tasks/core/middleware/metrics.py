@@ -11,6 +11,9 @@ from functools import cache
 from typing import Any
 
 from dramatiq import Middleware
+from dramatiq.broker import Broker, MessageProxy
+
+from neuron_tasks.core.middleware.context import claimed
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
@@ -44,7 +47,7 @@ class Metrics(Middleware):
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
 
-    def before_process_message(self, broker: Any, message: Any) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         m = metrics()
         labels = (message.queue_name, message.actor_name)
         m.in_progress.labels(*labels).inc()
@@ -52,7 +55,7 @@ class Metrics(Middleware):
         m.wait.labels(*labels).observe(max(time.time() - message.message_timestamp / 1000.0, 0.0))
 
     def after_process_message(
-        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         m = metrics()
         labels = (message.queue_name, message.actor_name)
@@ -64,16 +67,18 @@ class Metrics(Middleware):
         if exception is not None:
             m.errors.labels(*labels).inc()
 
-    def after_skip_message(self, broker: Any, message: Any) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         m = metrics()
         if self._started.pop(message.message_id, None) is not None:
             m.in_progress.labels(message.queue_name, message.actor_name).dec()
-        if getattr(message, "deferred", None) is not None:
+        proxy = claimed(message)
+        if proxy is not None and proxy.deferred is not None:
             m.throttled.labels(message.options.get("tenant") or "", message.options.get("topic") or "").inc()
 
-    def after_ack(self, broker: Any, message: Any) -> None:
-        if getattr(message, "_retry", None) is not None:
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        proxy = claimed(message)
+        if proxy is not None and proxy.scheduled_retry is not None:
             metrics().retries.labels(message.queue_name, message.actor_name).inc()
 
-    def after_nack(self, broker: Any, message: Any) -> None:
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         metrics().dead.labels(message.queue_name, message.actor_name).inc()

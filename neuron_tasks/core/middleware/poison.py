@@ -3,15 +3,19 @@ second death counts against it and not against messages merely prefetched beside
 
 from __future__ import annotations
 
-from typing import Any
-
 from dramatiq import Middleware
+from dramatiq.broker import Broker, MessageProxy
 
+from neuron_tasks.core.middleware.context import claimed, postgres
 from neuron_tasks.sql import q
 
 
 class PoisonGuard(Middleware):
-    def before_process_message(self, broker: Any, message: Any) -> None:
-        if getattr(message, "deaths", 0) > 0:
-            with broker.soft_pool.connection() as conn:
-                conn.execute(q("mark_started"), {"id": message.row_id, "owner": broker.owner})
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        proxy = claimed(message)
+        if proxy is None or proxy.deaths <= 0:
+            return
+        pg = postgres(broker)
+        if pg is not None:
+            with pg.soft_pool.connection() as conn:
+                conn.execute(q("mark_started"), {"id": proxy.row_id, "owner": pg.owner})

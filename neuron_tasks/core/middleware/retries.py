@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import dramatiq.middleware
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import Retry
 
+from neuron_tasks.core.middleware.context import policies
 from neuron_tasks.errors import NonRetryable
 
 _non_retryable: set[type[BaseException]] = set()
@@ -35,7 +37,7 @@ def retry_after_ms(exc: BaseException) -> int | None:
 
 class Retries(dramatiq.middleware.Retries):
     def after_process_message(
-        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         if exception is None:
             return
@@ -45,9 +47,9 @@ class Retries(dramatiq.middleware.Retries):
             message.fail()
             return
         topic = message.options.get("topic")
-        policies = getattr(broker, "policies", None)
-        if topic and policies is not None and "max_retries" not in message.options:
-            settings = policies.topic(topic)
+        source = policies(broker)
+        if topic and source is not None and "max_retries" not in message.options:
+            settings = source.topic(topic)
             if settings is not None and settings.max_retries is not None:
                 message.options["max_retries"] = settings.max_retries
         delay = retry_after_ms(exception)

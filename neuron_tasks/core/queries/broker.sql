@@ -39,7 +39,7 @@ WHERE fingerprint = %(fingerprint)s AND state IN ('pending', 'running', 'retryin
 
 -- name: waiting_count
 -- Waiting messages of a queue, counted no further than the queue depth.
-SELECT count(*) FROM (
+SELECT count(*) AS waiting FROM (
     SELECT 1 FROM neuron_tasks.messages
     WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
     LIMIT %(limit)s) AS w;
@@ -120,9 +120,9 @@ RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths,
 -- name: next_eta
 -- Seconds until the next message of a queue is due (NULL when none waits), and until the first
 -- rate-limited tenant may run again (a due message may be waiting for that).
-SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8,
+SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8 AS due_s,
        (SELECT extract(epoch FROM (min(b.blocked_until) - clock_timestamp()))::float8
-        FROM neuron_tasks.tenant_buckets b WHERE b.blocked_until > now())
+        FROM neuron_tasks.tenant_buckets b WHERE b.blocked_until > now()) AS blocked_s
 FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
 
@@ -217,6 +217,14 @@ WHERE holder = ANY(%(ids)s);
 -- Wake workers listening on a queue.
 SELECT pg_notify('neuron_tasks', %(queue_name)s);
 
+-- name: listen_queues
+-- A worker's listener: NOTIFY payloads on this channel are the names of queues with new messages.
+LISTEN neuron_tasks;
+
+-- name: listen_settings
+-- A worker's listener: a runtime setting changed (`neuron-tasks config set`).
+LISTEN neuron_tasks_settings;
+
 -- name: renew_leases
 -- Heartbeat: extend the leases of every message this worker holds.
 UPDATE neuron_tasks.messages
@@ -296,12 +304,12 @@ WHERE state = 'failed' AND failed_at < now() - %(retention_s)s * interval '1 sec
 
 -- name: live_count
 -- Messages of a queue not yet finished or dead (join).
-SELECT count(*) FROM neuron_tasks.messages
+SELECT count(*) AS live FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying', 'running');
 
 -- name: dead_letter_errors_since
 -- The newest error of each message dead-lettered on a queue since a time (join fail_fast).
-SELECT message_id, errors -> -1 FROM neuron_tasks.messages
+SELECT message_id, errors -> -1 AS error FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state = 'failed' AND failed_at >= %(since)s
 ORDER BY failed_at, id;
 
@@ -334,7 +342,7 @@ FROM neuron_tasks.messages_history
 GROUP BY queue_name;
 
 -- name: list_workers
--- Worker processes (the seed's worker_status() plus host, pid, queues, heartbeat age), newest first.
+-- Worker processes (worker_status(): status, counters, host, pid, queues, heartbeat age), newest first.
 SELECT * FROM neuron_tasks.worker_status()
 WHERE status <> 'stopped' OR heartbeat_at > now() - interval '1 hour';
 

@@ -52,10 +52,10 @@ SET blocked_until = greatest(coalesce(neuron_tasks.tenant_buckets.blocked_until,
 
 -- name: tenant_usage_now
 -- Tokens a tenant used this minute and today, and when the next minute and day start.
-SELECT coalesce(sum(tokens) FILTER (WHERE minute = date_trunc('minute', now())), 0)::bigint,
-       coalesce(sum(tokens), 0)::bigint,
-       date_trunc('minute', now()) + interval '1 minute',
-       date_trunc('day', now()) + interval '1 day'
+SELECT coalesce(sum(tokens) FILTER (WHERE minute = date_trunc('minute', now())), 0)::bigint AS minute_used,
+       coalesce(sum(tokens), 0)::bigint AS day_used,
+       date_trunc('minute', now()) + interval '1 minute' AS next_minute,
+       date_trunc('day', now()) + interval '1 day' AS next_day
 FROM neuron_tasks.tenant_usage
 WHERE tenant = %(tenant)s AND minute >= date_trunc('day', now());
 
@@ -117,4 +117,5 @@ RETURNING name;
 
 -- name: topic_next_start
 -- When a delayed topic may start its next task.
-SELECT extract(epoch FROM (next_start_at - now()))::float8 FROM neuron_tasks.topics WHERE name = %(topic)s;
+SELECT extract(epoch FROM (next_start_at - now()))::float8 AS wait_s FROM neuron_tasks.topics
+WHERE name = %(topic)s;

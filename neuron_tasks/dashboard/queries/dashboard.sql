@@ -63,6 +63,11 @@ CROSS JOIN LATERAL (  -- the split by state, read only below the cap (above it: 
 ) w
 ORDER BY q.queue_name;
 
+-- name: dash_state_estimate
+-- The planner's row estimate of one (queue, state) cell of the message table (no scan).
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM neuron_tasks.messages WHERE queue_name = %(queue)s AND state = %(state)s;
+
 -- name: dash_table_estimate
 -- The planner's row estimate of a table (pg_class.reltuples), -1 when never analysed.
 SELECT c.reltuples::bigint AS estimate
@@ -183,7 +188,7 @@ LIMIT %(limit)s;
 DELETE FROM neuron_tasks.messages WHERE id = ANY(%(ids)s) AND state = 'failed';
 
 -- name: dash_workers_table
--- Worker processes with a status from their heartbeat (used when worker_status() is absent).
+-- Worker processes with a status from their heartbeat.
 SELECT worker_name, host, pid, queues, started_at, heartbeat_at, stopped_at,
        CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
             WHEN heartbeat_at < now() - %(stale_s)s * interval '1 second' THEN 'stale'
@@ -208,7 +213,7 @@ SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronames
                WHERE n.nspname = 'neuron_tasks' AND p.proname = %(name)s) AS present;
 
 -- name: dash_table_columns
--- Columns of a table, in order (generic pages for parts that land later).
+-- Columns of a table, in order (the generic table sections of part pages).
 SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
 FROM pg_attribute a
 WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
@@ -220,6 +225,31 @@ SELECT a.attname AS name
 FROM pg_index i
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 WHERE i.indrelid = to_regclass(%(table)s) AND i.indisprimary AND i.indnkeyatts = 1;
+
+-- name: dash_table_exists
+-- Whether a table (schema-qualified) exists.
+SELECT to_regclass(%(table)s) IS NOT NULL AS present;
+
+-- name: dash_table_rows_by_key
+-- The first rows of any table in the order of its one-column primary key {key}; `_cursor` is the
+-- key as text (the next page's start). {key} and {table} are identifiers quoted by the caller.
+SELECT *, {key}::text AS _cursor FROM {table} ORDER BY {key} LIMIT %(limit)s;
+
+-- name: dash_table_rows_by_key_after
+-- The rows after a key value (keyset paging on the primary key).
+SELECT *, {key}::text AS _cursor FROM {table} WHERE {key} > %(after)s ORDER BY {key} LIMIT %(limit)s;
+
+-- name: dash_table_rows_by_ctid
+-- The first rows of a table without a one-column primary key, in physical order.
+SELECT *, ctid::text AS _cursor FROM {table} ORDER BY ctid LIMIT %(limit)s;
+
+-- name: dash_table_rows_by_ctid_after
+-- The rows after a ctid (keyset paging in physical order).
+SELECT *, ctid::text AS _cursor FROM {table} WHERE ctid > %(after)s::tid ORDER BY ctid LIMIT %(limit)s;
+
+-- name: dash_worker_status
+-- Rows of neuron_tasks.worker_status() (shown when the function exists).
+SELECT * FROM neuron_tasks.worker_status() LIMIT 500;
 
 -- name: dash_ping
 -- Health check.

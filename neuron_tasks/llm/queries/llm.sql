@@ -1,29 +1,6 @@
 -- LLM and queue jobs: results backend, result cache, usage, provider state (schema/003_llm.sql).
 -- Parameters are psycopg named placeholders; nothing here is built from user input.
 
--- name: results_store
--- Store Dramatiq results (arrays of equal length); a later result for a key replaces it.
--- Committed without waiting for the WAL flush (synchronous_commit off for this transaction
--- only): the job's ack, committed later with a flush, makes this earlier commit durable too.
-WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO neuron_tasks.results (key, value, expires_at)
-SELECT r.key, r.value, now() + r.ttl_ms * interval '1 millisecond'
-FROM unnest(%(keys)s::text[], %(values)s::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms), async
-ON CONFLICT (key) DO UPDATE
-SET value = excluded.value, stored_at = now(), expires_at = excluded.expires_at;
-
--- name: results_get
--- A result that has not expired.
-SELECT value FROM neuron_tasks.results WHERE key = %(key)s AND expires_at > now();
-
--- name: results_purge
--- Delete up to `limit` expired results; returns how many.
-WITH gone AS (
-    DELETE FROM neuron_tasks.results
-    WHERE key IN (SELECT key FROM neuron_tasks.results WHERE expires_at <= now() LIMIT %(limit)s)
-    RETURNING 1)
-SELECT count(*) FROM gone;
-
 -- name: cache_lookup
 -- Cache hits among `keys`: counts the hit and the access time (no WAL flush wait: a lost
 -- hit count after a crash does not matter).
@@ -141,11 +118,11 @@ FROM neuron_tasks.llm_provider_state
 ORDER BY provider;
 
 -- name: llm_job_status
--- The seed's monitoring: jobs per operation and status, with average seconds.
+-- The LLM job view: jobs per operation and status, with average seconds.
 SELECT operation, status, count, avg_seconds FROM neuron_tasks.llm_job_status ORDER BY operation, status;
 
 -- name: llm_failed_jobs
--- The seed's monitoring: the latest failed jobs with their error and retry count.
+-- The LLM job view: the latest failed jobs with their error and retry count.
 SELECT job_id, operation, model_name, tenant, error_message, retry_count, created_at
 FROM neuron_tasks.llm_jobs
 WHERE status = 'failed'
@@ -156,3 +133,7 @@ LIMIT %(limit)s;
 -- Retention of token usage rows already charged to their tenant (uncharged rows are kept).
 DELETE FROM neuron_tasks.llm_usage
 WHERE at < now() - make_interval(secs => %(retention_s)s) AND charged_at IS NOT NULL;
+
+-- name: sql_task_timeout
+-- statement_timeout (milliseconds) for the rest of a sql_task's transaction.
+SELECT set_config('statement_timeout', %(ms)s, true);

@@ -1,5 +1,7 @@
--- Named statements of the pipelines (issue 8); the per-table statements are built in
--- neuron_tasks/pipelines/sync.py with psycopg.sql (table and column names are identifiers).
+-- Named statements of the pipelines. The statements on a pipeline's own source and destination
+-- tables are built with psycopg.sql where they run (engine.py, destinations.py, volume.py,
+-- search.py): their table and column names are identifiers. Vector index destinations are read
+-- and written through neuron_tasks.vectors.store.
 
 -- name: pipeline_create
 -- Create a pipeline through the SQL function (all checks and the backfill queueing are there).
@@ -156,18 +158,26 @@ WHERE (v.last_sync_at IS NULL OR v.last_sync_at + v.background_sync_interval <= 
                     AND convert_from(m.payload, 'UTF8')::jsonb -> 'args' ->> 0 = v.name)
 ORDER BY v.name
 
--- name: pipeline_index_current
--- For an index destination: each key's item id, and the key and source hash its live item holds.
-SELECT k.key, neuron_tasks.pipeline_item_id_v1(k.key, %(key_type)s) AS id,
-       v.metadata->>'key' AS owner, v.metadata->>'source_hash' AS source_hash
+-- name: pipeline_item_ids
+-- For an index destination: each key's item id (the key for integer keys, else a 63-bit hash).
+SELECT k.key, neuron_tasks.pipeline_item_id_v1(k.key, %(key_type)s) AS id
 FROM unnest(%(keys)s::text[]) AS k(key)
-LEFT JOIN neuron_tasks.vector_items v
-       ON v.index_name = %(index)s AND NOT v.deleted
-      AND v.id = neuron_tasks.pipeline_item_id_v1(k.key, %(key_type)s)
 
--- name: pipeline_index_dim
--- The dimension of a pipeline's destination index (no row: not created yet).
-SELECT dim FROM neuron_tasks.vector_indexes WHERE name = %(index)s
+-- name: pipeline_exists
+-- Is there a table pipeline of this name?
+SELECT EXISTS (SELECT 1 FROM neuron_tasks.pipelines WHERE name = %(name)s)
+
+-- name: volume_exists
+-- Is there a folder pipeline of this name?
+SELECT EXISTS (SELECT 1 FROM neuron_tasks.pipeline_volumes WHERE name = %(name)s)
+
+-- name: relation_exists
+-- Does a table (or another relation) of this name exist?
+SELECT to_regclass(%(name)s) IS NOT NULL
+
+-- name: relation_name
+-- A relation's name as Postgres prints it (schema-qualified and quoted where needed).
+SELECT %(name)s::regclass::text
 
 -- name: pipeline_continue
 -- A sync job that stopped at its time slice hands the rest of the backlog to a new job.

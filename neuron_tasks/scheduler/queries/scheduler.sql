@@ -1,8 +1,18 @@
--- Scheduler: leader registry, job list, fire log (schema/004_vectors.sql).
+-- Scheduler: leader election, node registry, job list, fire log.
 
 -- name: sched_try_lead
 -- Leader election: a session advisory lock held by the leader's own connection.
-SELECT pg_try_advisory_lock(%(key)s);
+SELECT pg_try_advisory_lock(%(key)s) AS leading;
+
+-- name: sched_leader_keepalives
+-- The leader's lock connection: a leader whose host vanishes (no FIN) is noticed by the server
+-- within seconds, which releases the lock for a standby.
+SELECT set_config('tcp_keepalives_idle', '5', false), set_config('tcp_keepalives_interval', '1', false),
+       set_config('tcp_keepalives_count', '3', false);
+
+-- name: sched_check_lock
+-- The leader's lock connection still answers.
+SELECT 1 AS alive;
 
 -- name: sched_unlead
 -- Give leadership back (clean shutdown).
@@ -55,7 +65,7 @@ ORDER BY j.name;
 
 -- name: sched_last_fire
 -- The latest recorded fire of a job (where the next leader resumes).
-SELECT max(fire_time) FROM neuron_tasks.scheduler_fires WHERE job = %(job)s;
+SELECT max(fire_time) AS last_fire FROM neuron_tasks.scheduler_fires WHERE job = %(job)s;
 
 -- name: sched_record_fire
 -- Record one fire; the (job, fire_time) key makes a tick happen once whichever node fires it.
@@ -65,8 +75,8 @@ ON CONFLICT (job, fire_time) DO NOTHING
 RETURNING job;
 
 -- name: sched_enqueue
--- Enqueue the job's actor in the fire's transaction (neuron_tasks.enqueue from 001).
-SELECT neuron_tasks.enqueue(%(queue)s, %(actor)s, %(args)s, %(kwargs)s, %(options)s);
+-- Enqueue the job's actor in the fire's transaction; answers the message id.
+SELECT neuron_tasks.enqueue(%(queue)s, %(actor)s, %(args)s, %(kwargs)s, %(options)s) AS message_id;
 
 -- name: sched_fire_message
 -- Link a fire to the message it enqueued.
@@ -82,5 +92,5 @@ DELETE FROM neuron_tasks.scheduler_fires WHERE fired_at < now() - make_interval(
 DELETE FROM neuron_tasks.scheduler_nodes WHERE heartbeat_at < now() - interval '1 day';
 
 -- name: sched_table_exists
--- Is a feature's table installed (a scheduled job that needs it is skipped until it is)?
-SELECT to_regclass(%(name)s) IS NOT NULL;
+-- Is a part's table installed (a scheduled job that needs it is skipped until it is)?
+SELECT to_regclass(%(name)s) IS NOT NULL AS present;

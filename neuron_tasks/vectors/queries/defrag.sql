@@ -103,10 +103,18 @@ RETURNING graph_version;
 SELECT graph_version FROM neuron_tasks.vector_indexes WHERE name = %(name)s;
 
 -- name: dfg_dead_tuples
--- The project's tables with their dead-tuple ratio (the seed's pg_stat_user_tables query).
+-- The project's tables with their dead-tuple ratio (from pg_stat_user_tables).
 SELECT relname AS table_name, n_live_tup, n_dead_tup,
        n_dead_tup::float / NULLIF(n_live_tup + n_dead_tup, 0) AS dead_ratio,
        pg_relation_size(relid) AS bytes, last_vacuum, last_autovacuum, last_analyze
 FROM pg_stat_user_tables
 WHERE schemaname = 'neuron_tasks'
 ORDER BY dead_ratio DESC NULLS LAST, relname;
+
+-- name: dfg_analyze_items
+-- Refresh the planner statistics of the vector items.
+ANALYZE neuron_tasks.vector_items;
+
+-- name: dfg_installed
+-- Does the defrag runs table exist (schema/007_defrag.sql applied)?
+SELECT to_regclass('neuron_tasks.defrag_runs') IS NOT NULL;

@@ -266,3 +266,16 @@ SELECT i.name, i.ef_search, NULL::float8 AS recall,
 FROM neuron_tasks.vector_indexes i
 ORDER BY i.name
 LIMIT 1000;
+
+-- name: vec_index_dim
+-- The dimension of an index (no row: no such index).
+SELECT dim FROM neuron_tasks.vector_indexes WHERE name = %(name)s;
+
+-- name: vec_item_metadata
+-- Metadata of the live items among some ids.
+SELECT id, metadata FROM neuron_tasks.vector_items
+WHERE index_name = %(name)s AND id = ANY(%(ids)s) AND NOT deleted;
+
+-- name: vec_repeatable_read
+-- The caller's transaction (just begun) reads one consistent snapshot (rebuilds).
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;

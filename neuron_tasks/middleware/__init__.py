@@ -1,0 +1,5 @@
+"""Moved to neuron_tasks.core.middleware (this path works for one more release)."""
+
+from neuron_tasks._moved import alias
+
+alias(__name__, "neuron_tasks.core.middleware")
