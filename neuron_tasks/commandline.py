@@ -81,13 +81,13 @@ def emit(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool, title
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(col)) for col in columns))
+        table.add_row(*(cell(row.get(col)) for col in columns))
     if not rows:
         table.caption = "(none)"
     console.print(table)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):

@@ -1,2 +1,2 @@
--- Retention of token usage: the leader deletes charged rows by age, so it needs an index on `at`.
-CREATE INDEX IF NOT EXISTS llm_usage_at_idx ON neuron_tasks.llm_usage (at) WHERE charged_at IS NOT NULL;
+-- Retention of token usage: the leader deletes old rows by age, so it needs an index on `at`.
+CREATE INDEX IF NOT EXISTS llm_usage_at_idx ON neuron_tasks.llm_usage (at);

@@ -13,7 +13,7 @@ import typer
 from neuron_tasks import db
 from neuron_tasks.commandline import (
     JsonOpt,
-    _cell,
+    cell,
     console,
     database_url,
     emit,
@@ -225,7 +225,7 @@ def dl_show(key: Annotated[str, typer.Argument(help="Row id or message id.")], a
         return
     for key_ in ("id", "message_id", "queue_name", "actor_name", "state", "tenant", "priority", "attempts",
                  "retries", "deaths", "enqueued_at", "failed_at", "last_error"):
-        console.print(f"[bold]{key_}[/]: {_cell(row.get(key_))}", highlight=False)
+        console.print(f"[bold]{key_}[/]: {cell(row.get(key_))}", highlight=False)
     console.print("[bold]message[/]:", json.dumps(jsonable(row["message"]), indent=2)[:4000], highlight=False)
     for entry in row.get("errors") or []:
         console.print(f"\n[bold]attempt {entry.get('attempt')}[/] {entry.get('type')}: {entry.get('message')}",

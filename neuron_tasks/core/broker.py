@@ -414,6 +414,13 @@ class PostgresBroker(BrokerTestAPI, Broker):
         assert self._completer is not None
         return self._completer
 
+    @property
+    def keeper(self) -> Keeper:
+        """This process's heartbeat and sweeper thread (started on first use)."""
+        self._start_runtime()
+        assert self._keeper is not None
+        return self._keeper
+
     def reload_settings(self, *, force: bool = True) -> dict[str, tuple[Any, Any]]:
         """Apply runtime settings (`neuron-tasks config set`) to this running process.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -141,10 +141,8 @@ class Completer(threading.Thread):
     def retry(self, result: RetryResult) -> None:
         self._add(lambda b: b.retries.append(result))
 
-    def nack(self, result: DeadLetter | Mapping[str, Any]) -> None:
-        """A dead letter; a mapping of DeadLetter's fields is accepted too."""
-        dead = result if isinstance(result, DeadLetter) else DeadLetter(**result)
-        self._add(lambda b: b.nacks.append(dead))
+    def nack(self, result: DeadLetter) -> None:
+        self._add(lambda b: b.nacks.append(result))
 
     def defer(self, result: Deferral) -> None:
         self._add(lambda b: b.defers.append(result))

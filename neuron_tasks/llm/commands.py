@@ -152,14 +152,9 @@ def fake_provider(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 =
                   limit: Annotated[int | None, typer.Option(help="Requests allowed per window.")] = None,
                   window: Annotated[float, typer.Option(help="Window length, seconds.")] = 60.0) -> None:
     """Serve a FAKE OpenAI-compatible provider on 127.0.0.1 until Ctrl-C (tests and demos)."""
-    from http.server import ThreadingHTTPServer
-
     from neuron_tasks.testing.fake_llm import FakeProvider
 
-    fake = FakeProvider(limit=limit, window_s=window)
-    if port:
-        fake.server.server_close()
-        fake.server = ThreadingHTTPServer(("127.0.0.1", port), fake._handler())
+    fake = FakeProvider(limit=limit, window_s=window, port=port)
     console.print(f"fake provider (canned replies) at {fake.base_url}; set NEURON_TASKS_LLM_HTTP_BASE_URL to it")
     try:
         fake.server.serve_forever()

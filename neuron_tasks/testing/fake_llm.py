@@ -30,9 +30,9 @@ def fake_vector(text: str, dims: int = 8) -> list[float]:
 
 class FakeProvider:
     def __init__(self, *, limit: int | None = None, window_s: float = 60.0, timeout_sleep_s: float = 5.0,
-                 models: set[str] | None = None) -> None:
+                 models: set[str] | None = None, port: int = 0) -> None:
         """`models`: the model names it knows (others get OpenAI's 404 "model does not exist");
-        None knows every name."""
+        None knows every name. `port` on 127.0.0.1 (0: any free port)."""
         self.limit = limit
         self.models = models
         self.window_s = window_s
@@ -42,7 +42,7 @@ class FakeProvider:
         self.requests: list[tuple[str, int]] = []  # (path, status)
         self._window_start = time.monotonic()
         self._window_count = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-provider", daemon=True)
 

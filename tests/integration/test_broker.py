@@ -11,6 +11,7 @@ from dramatiq.errors import QueueJoinTimeout
 from psycopg.types.json import Jsonb
 
 from neuron_tasks import MessageTooLarge, PostgresBroker, QueueFull, Settings
+from neuron_tasks.core.completer import DeadLetter
 from neuron_tasks.errors import DeadLettered, InvalidOption
 
 
@@ -376,7 +377,7 @@ def test_a_result_that_cannot_be_written_does_not_block_the_others(broker: Postg
     assert first is not None and second is not None
     completer = broker.completer
     completer.ack(first.row_id)
-    completer.nack({"id": second.row_id, "error": "x", "entry": object()})  # cannot be encoded as JSON
+    completer.nack(DeadLetter(id=second.row_id, error="x", entry=object()))  # type: ignore[arg-type]  # cannot be encoded as JSON
     deadline = time.monotonic() + 10
     while completer.pending() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -72,13 +72,15 @@ def seed_tenant_usage(conn: Conn, old: int) -> tuple[int, int]:
 
 
 def seed_llm_usage(conn: Conn, old: int) -> tuple[int, int]:
-    # Charged and old: deleted. Uncharged and old (not yet counted against its tenant): kept.
+    # Charged and old: deleted. Old with no tenant (nothing to charge): deleted. Uncharged and old
+    # (not yet counted against its tenant): kept.
     conn.execute(
         """INSERT INTO neuron_tasks.llm_usage (tenant, tokens, operation, at, charged_at)
            VALUES ('acme', 5, 'embed', now() - %(old)s * interval '1 second', now() - %(old)s * interval '1 second'),
+                  (NULL, 5, 'embed', now() - %(old)s * interval '1 second', NULL),
                   ('acme', 5, 'embed', now() - %(old)s * interval '1 second', NULL),
                   ('acme', 5, 'embed', now(), now())""", {"old": old})
-    return 1, 2
+    return 2, 2
 
 
 def seed_fires(conn: Conn, old: int) -> tuple[int, int]:
@@ -216,7 +218,7 @@ def test_llm_usage_keeps_uncharged_rows_whatever_their_age(rdb: str) -> None:
             note = builtin(conn, RETENTION_TICK)
         rows = conn.execute("SELECT charged_at IS NULL, at < now() - interval '1 day' FROM neuron_tasks.llm_usage "
                             "ORDER BY 1, 2").fetchall()
-    assert "llm_usage=1" in note.split()
+    assert "llm_usage=2" in note.split()
     assert rows == [(False, False), (True, True)]
 
 

@@ -332,8 +332,7 @@ def test_worker_status_and_monitoring_views(broker: PostgresBroker, worker: dram
     for i in range(6):
         maybe.send_with_options(args=(i == 0,), tenant="acme")
     broker.join(maybe.queue_name, timeout=10_000, fail_fast=False)
-    assert broker._keeper is not None
-    broker._keeper.beat()
+    broker.keeper.beat()
     [ws] = rows(broker.url, "SELECT worker_name, status, jobs_processed, jobs_failed, avg_runtime_ms IS NOT NULL "
                 "FROM neuron_tasks.worker_status()")
     assert ws[1:] == ("running", 6, 1, True)

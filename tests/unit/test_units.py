@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import typer
@@ -80,3 +81,22 @@ def test_parse_duration() -> None:
     assert parse_duration(None) is None
     with pytest.raises(typer.BadParameter):
         parse_duration("ten minutes")
+
+
+def test_config_file_with_top_level_keys_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuron_tasks.config import Settings
+
+    path = tmp_path / "neuron_tasks.toml"
+    path.write_text("batch_size = 7\n")
+    monkeypatch.setenv("NEURON_TASKS_CONFIG", str(path))
+    assert Settings().batch_size == 7
+    path.write_text("batch_size = 7\n[neuron_tasks]\nbatch_size = 9\n")
+    assert Settings().batch_size == 9  # the [neuron_tasks] table wins over top-level keys
+
+
+def test_token_budgets_are_live_settings_and_tokens_are_secret() -> None:
+    from neuron_tasks.core import runtime
+
+    defs = runtime.definitions()
+    assert defs["default_tenant_tokens_per_minute"].live and not defs["default_tenant_tokens_per_minute"].secret
+    assert defs["dashboard_token"].secret and not defs["dashboard_token"].live

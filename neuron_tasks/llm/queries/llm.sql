@@ -130,9 +130,10 @@ ORDER BY created_at DESC
 LIMIT %(limit)s;
 
 -- name: llm_trim_usage
--- Retention of token usage rows already charged to their tenant (uncharged rows are kept).
+-- Retention of token usage rows already charged to their tenant, and of rows with no tenant
+-- (nothing to charge); rows still to be charged are kept.
 DELETE FROM neuron_tasks.llm_usage
-WHERE at < now() - make_interval(secs => %(retention_s)s) AND charged_at IS NOT NULL;
+WHERE at < now() - make_interval(secs => %(retention_s)s) AND (charged_at IS NOT NULL OR tenant IS NULL);
 
 -- name: sql_task_timeout
 -- statement_timeout (milliseconds) for the rest of a sql_task's transaction.
