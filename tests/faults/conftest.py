@@ -55,7 +55,8 @@ def fdb(pg: PrivateCluster) -> Iterator[str]:
     url = make_conninfo(pg.url, dbname=name)
     migrate.upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.test_runs (key text NOT NULL, pid int, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute("CREATE TABLE public.test_runs (key text NOT NULL, pid int,"
+                     " at timestamptz DEFAULT clock_timestamp())")
     yield url
     if not pg.running():
         pg.start()
