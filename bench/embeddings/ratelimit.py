@@ -1,4 +1,4 @@
-"""Shared rate limit (issue 5, item 6): 2 worker processes x 2 threads against a fake provider
+"""Shared rate limit: 2 worker processes x 2 threads against a fake provider
 enforcing 60 requests per minute (fixed window, x-ratelimit-* headers, 429 + Retry-After).
 
   python bench/embeddings/ratelimit.py [--calls 150] [--limit 60] [--window 60]

@@ -1,4 +1,4 @@
-"""Embedding jobs vs one direct model.encode(), in one run (issue 5, item 9).
+"""Embedding jobs vs one direct model.encode(), in one run.
 
   python bench/embeddings/run.py [--texts 2000] [--threads 8] [--batch-sizes 10,32] [--json out.json]
 

@@ -1,4 +1,4 @@
-"""Pipelines (issue 8, item 9): backfill, catch-up and live latency vs one direct model.encode.
+"""Pipelines: backfill, catch-up and live latency vs one direct model.encode.
 
   python bench/pipelines/run.py [--rows 10000] [--updates 1000] [--live 200] [--batch-sizes 100]
                                 [--destination table|index|both] [--rounds 3] [--profile 1000]

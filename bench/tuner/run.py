@@ -1,4 +1,4 @@
-"""bench/tuner: the ef auto-tuner against the oracle sweep, the seed's step strategy and fixed defaults.
+"""bench/tuner: the ef auto-tuner against the oracle sweep, the original extension's step strategy and fixed defaults.
 
     python bench/tuner/run.py [--n 100000] [--dim 128] [--minilm 0] [--out bench/tuner/results.json]
 

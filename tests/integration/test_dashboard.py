@@ -248,7 +248,7 @@ def test_metrics_export_tuner_gauges_when_indexes_exist(clean_db: str) -> None:
     pool = make_pool(clean_db, max_size=2)
     try:
         if not DashboardData(pool).exists("neuron_tasks.vector_indexes"):
-            pytest.skip("neuron_tasks.vector_indexes (issue 6) is not installed in this database")
+            pytest.skip("neuron_tasks.vector_indexes is not installed in this database")
     finally:
         pool.close()
     with psycopg.connect(clean_db, autocommit=True) as conn:

@@ -1,4 +1,4 @@
-"""The dashboard's pipelines page (issue 8) on a real PostgreSQL: pipeline_metrics per pipeline,
+"""The dashboard's pipelines page on a real PostgreSQL: pipeline_metrics per pipeline,
 per-record errors (escaped), bounded reads of large pipelines, and "Sync now" (CSRF-protected)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pipelines on a real Postgres (issue 8).
+"""Pipelines on a real Postgres.
 
 Embeddings here come from a deterministic test embedder (sha256 of the text -> 8 floats,
 `neuron_tasks.testing.fake_llm.fake_vector`, called in-process: no model, no HTTP), so the tests measure

@@ -42,7 +42,7 @@ def test_raises_ef_when_recall_below_target(hard: tuple[Vectors, np.ndarray], vd
     v, _ = hard
     d = tune_index(v, "t", strategy="step")
     assert d.before is not None and d.before.recall < 0.95
-    assert d.new_ef == 12  # the seed's x1.2
+    assert d.new_ef == 12  # the original step strategy's x1.2
     d = tune_index(v, "t")  # the measured search
     assert d.new_ef > 12 and d.after is not None and d.after.recall >= 0.95
     assert d.alert is None and d.evaluations <= 10
