@@ -98,7 +98,11 @@ class Settings(NeuronSettings):
     min_backoff_ms: int = Field(default=1000, ge=1, description="first retry delay (doubles, with jitter)")
     max_backoff_ms: int = Field(default=3_600_000, ge=1, description="longest retry delay")
     lease_s: float = Field(default=30.0, gt=0.2, description="how long a claimed message stays with a silent worker")
-    ack_linger_ms: float = Field(default=2.0, ge=0, le=1000, description="how long acks wait to be batched")
+    ack_linger_ms: float = Field(
+        default=2.0, ge=0, le=1000,
+        description="no longer used (results are written at once, grouped while a write is in flight); kept so "
+        "existing configuration still loads",
+    )
     max_message_bytes: int = Field(default=1_048_576, ge=256, description="largest encoded message accepted")
     history_retention_s: int = Field(default=7 * 86400, ge=0, description="keep finished-message history this long")
     dead_letter_retention_s: int = Field(default=30 * 86400, ge=0, description="keep dead letters this long")
@@ -123,6 +127,21 @@ class Settings(NeuronSettings):
     )
     idle_in_transaction_timeout_ms: int = restart_only(
         default=60_000, ge=0, description="idle_in_transaction_session_timeout of our connections (0 = none)"
+    )
+    hard_timeout_grace_s: float = Field(
+        default=10.0, ge=0,
+        description="`neuron-tasks worker`: a job still running this long after its time limit (stuck in C "
+        "code, where the limit cannot interrupt it) is ended by replacing its worker process; it counts a death",
+    )
+    enqueue_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="how long send() and enqueue_many() wait for PostgreSQL before raising DatabaseUnavailable",
+    )
+    ack_wait: bool = Field(
+        default=True,
+        description="a worker thread waits until its message's result is written before taking another (a "
+        "killed worker re-runs at most one finished job per thread); off: more throughput for jobs of a few "
+        "milliseconds, a few more re-runs per kill",
     )
 
     @property

@@ -97,6 +97,8 @@ def worker(
     """Run worker processes; a child that dies is restarted; SIGTERM drains gracefully.
 
     Every installed part's actors load automatically in each worker; MODULES are your own.
+    The supervisor renews its children's leases, returns a dead child's messages at once, and
+    replaces a child whose job outlives its time limit by hard_timeout_grace_s.
     """
     from neuron_tasks.worker.supervisor import Supervisor, python_command
 
@@ -117,6 +119,8 @@ def worker(
         on_exit = exporter.child_died
     level = logging.getLevelName(logging.getLogger().level)
     logging.getLogger("neuron_tasks").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:  # restarts and kills are read with their time
+        handler.setFormatter(logging.Formatter("%(asctime)s [supervisor] %(levelname)s %(name)s: %(message)s"))
 
     def command(index: int) -> list[str]:
         args = ["-m", "neuron_tasks.worker.process", *(modules or []), "--threads", str(threads)]
@@ -129,7 +133,7 @@ def worker(
         f"starting {processes} worker process(es) x {threads} threads on {db.redact(os.environ[db.URL_ENV])}"
     )
     sup = Supervisor(command, processes, shutdown_timeout_s=settings().shutdown_timeout_s, env=dict(os.environ),
-                     on_child_exit=on_exit)
+                     on_child_exit=on_exit, url=url, settings=settings())
     code = sup.run()
     if metrics_dir:
         from neuron_tasks.worker import exporter
@@ -151,17 +155,30 @@ def enqueue(
     delay: Annotated[int | None, typer.Option(help="Milliseconds before it may run.", min=0)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue one message by actor name (through SQL, as an application could)."""
+    """Enqueue one message by actor name (through SQL, as an application could).
+
+    Checked first by the rules every enqueue applies (neuron_tasks.core.options), so a bad value
+    is refused with the same words as from Python; SQL enqueue then checks them again."""
     import psycopg
     from psycopg.rows import scalar_row
     from psycopg.types.json import Jsonb
 
+    from neuron_tasks.core.options import check_actor_name, check_options, check_payload, check_queue_name
+    from neuron_tasks.errors import InvalidOption
     from neuron_tasks.sql import q
 
     options = {k: v for k, v in {"tenant": tenant, "topic": topic, "priority": priority, "delay": delay}.items()
                if v is not None}
-    params = {"queue": queue, "actor": actor, "args": Jsonb(json_arg(args, "--args", list)),
-              "kwargs": Jsonb(json_arg(kwargs, "--kwargs", dict)), "options": Jsonb(options)}
+    parsed_args, parsed_kwargs = json_arg(args, "--args", list), json_arg(kwargs, "--kwargs", dict)
+    try:
+        check_queue_name(queue)
+        check_actor_name(actor)
+        check_payload(parsed_args, parsed_kwargs)
+        check_options(options)
+    except InvalidOption as exc:
+        fail(str(exc))
+    params = {"queue": queue, "actor": actor, "args": Jsonb(parsed_args), "kwargs": Jsonb(parsed_kwargs),
+              "options": Jsonb(options)}
     message_id = None
     with psycopg.connect(database_url(), autocommit=True) as conn, conn.cursor(row_factory=scalar_row) as cur:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,10 +107,14 @@ class Repo:
 
 
 def without_failures(payload: bytes) -> bytes:
-    """The payload without Dramatiq's record of past failures (retries, traceback)."""
+    """The payload without Dramatiq's record of past failures (retries, traceback), so a requeued
+    message gets its full retries again."""
     try:
         message = Message.decode(payload)
     except Exception:
         return payload  # an undecodable payload is requeued as it is; it fails the same way
+    if not isinstance(message.options, dict):
+        return payload  # dead-lettered for its options: requeued as it is, it fails the same way
     options = {k: v for k, v in message.options.items() if k not in FAILURE_OPTIONS}
-    return message.copy(options=options).encode()
+    # Not message.copy(options=...): Dramatiq 2 merges the given options into the old ones.
+    return dataclasses.replace(message, options=options).encode()

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,13 +38,22 @@ from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.core.broker_test_api import BrokerTestAPI
 from neuron_tasks.core.completer import Completer
-from neuron_tasks.core.consumer import PgConsumer, PgMessageProxy
+from neuron_tasks.core.consumer import PgConsumer, PgMessageProxy, Room
 from neuron_tasks.core.keeper import Keeper, Stats
 from neuron_tasks.core.listener import Listener
-from neuron_tasks.core.middleware import Deadlines, MessageOptions, PoisonGuard, Retries, Tenancy, Topics, WorkerStats
-from neuron_tasks.core.options import prepare_for
+from neuron_tasks.core.middleware import (
+    Deadlines,
+    MessageGuard,
+    MessageOptions,
+    PoisonGuard,
+    Retries,
+    Tenancy,
+    Topics,
+    WorkerStats,
+)
+from neuron_tasks.core.options import bounded_delay_ms, prepare_for
 from neuron_tasks.core.policies import Policies
-from neuron_tasks.errors import DuplicateJob, QueueFull
+from neuron_tasks.errors import ConfigurationError, DuplicateJob, QueueFull
 from neuron_tasks.sql import q
 
 if TYPE_CHECKING:
@@ -76,8 +85,10 @@ if not any(isinstance(f, _QuietDeferrals) for f in _worker_log.filters):
 def default_middleware(settings: Settings, stats: Stats) -> list[Middleware]:
     """Dramatiq's defaults (time limit and retries from the settings) with neuron_tasks' own:
     deadlines, tenant limits and topic limits run first, so a message that must wait or fail
-    does so before anything else starts."""
+    does so before anything else starts. MessageGuard comes first of all: a message no enqueue would
+    accept is dead-lettered before any other middleware reads its options."""
     return [
+        MessageGuard(),
         Deadlines(),
         Tenancy(),
         Topics(),
@@ -147,6 +158,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
       settings: a `Settings`; built from the environment when omitted.
       middleware: the full middleware list (Dramatiq's convention); defaults to
         Dramatiq's defaults configured from settings plus neuron_tasks' own.
+      owner: this process's worker id (the lease owner of what it claims); by default
+        $NEURON_TASKS_WORKER_OWNER (set by the supervisor of `neuron-tasks worker`, which renews
+        the leases of that id while the process lives), else a new random id.
     """
 
     def __init__(
@@ -155,6 +169,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
         *,
         settings: Settings | None = None,
         middleware: list[Middleware] | None = None,
+        owner: uuid.UUID | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._base_settings = self.settings.model_copy()  # defaults < file < environment
@@ -168,11 +183,14 @@ class PostgresBroker(BrokerTestAPI, Broker):
         self._pid = -1
         self._pool: ConnectionPool | None = None
         self._soft_pool: ConnectionPool | None = None
-        self._owner = uuid.uuid4()
+        owner = owner or worker_owner_from_env()
+        self._owner = owner or uuid.uuid4()
+        self._owner_pid = os.getpid() if owner else None  # a given owner holds in this process only
         self._completer: Completer | None = None
         self._keeper: Keeper | None = None
         self._listener: Listener | None = None
         self._events: dict[str, threading.Event] = {}
+        self._rooms: dict[str, Room] = {}
         self._depth: dict[str, tuple[int, float]] = {}
         self._depth_lock = threading.Lock()
         self._epoch = datetime.now(UTC)
@@ -197,7 +215,8 @@ class PostgresBroker(BrokerTestAPI, Broker):
                     # A forked child must not share its parent's sockets or threads.
                     self._pool = self._soft_pool = None
                     self._completer = self._keeper = self._listener = None
-                    self._owner = uuid.uuid4()
+                    if self._owner_pid != os.getpid():
+                        self._owner = uuid.uuid4()
                     self._pid = os.getpid()
 
     @property
@@ -218,6 +237,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
             durable=durable,
             statement_timeout_ms=s.statement_timeout_ms,
             idle_in_transaction_timeout_ms=s.idle_in_transaction_timeout_ms,
+            open_timeout_s=s.enqueue_timeout_s,  # a producer fails within enqueue_timeout_s
         )
 
     @property
@@ -232,24 +252,35 @@ class PostgresBroker(BrokerTestAPI, Broker):
                     self._soft_pool = self._open_pool("neuron_tasks-soft", durable=False)
         return self._soft_pool
 
-    def _fetch(self, name: str, params: Mapping[str, Any], row: RowFactory[R], *, what: str) -> list[R]:
-        """The rows of a named query, made by `row` (retried on a lost connection)."""
+    def _deadline(self) -> float:
+        """When an enqueue (or a release) started now must give up: enqueue_timeout_s from now."""
+        return time.monotonic() + self.settings.enqueue_timeout_s
 
-        def run() -> list[R]:
-            with self.pool.connection() as conn, conn.cursor(row_factory=row) as cur:
+    def _within(self, fn: Callable[[float], R], *, what: str, deadline: float | None) -> R:
+        """`fn(seconds left)`, retried on lost connections until the deadline (enqueue_timeout_s
+        from now when None); then DatabaseUnavailable."""
+        left = (deadline if deadline is not None else self._deadline()) - time.monotonic()
+        return db.within(fn, timeout_s=max(left, 0.01), what=what, where=db.redact(self.url))
+
+    def _fetch(self, name: str, params: Mapping[str, Any], row: RowFactory[R], *, what: str,
+               deadline: float | None = None) -> list[R]:
+        """The rows of a named query, made by `row` (retried on a lost connection until the deadline)."""
+
+        def run(timeout: float) -> list[R]:
+            with self.pool.connection(timeout=timeout) as conn, conn.cursor(row_factory=row) as cur:
                 cur.execute(q(name), params)
                 return cur.fetchall() if cur.description else []
 
-        return db.retrying(run, what=what)
+        return self._within(run, what=what, deadline=deadline)
 
-    def _run(self, name: str, params: Mapping[str, Any], *, what: str) -> None:
-        """Run a named statement whose rows are not needed (retried on a lost connection)."""
+    def _run(self, name: str, params: Mapping[str, Any], *, what: str, deadline: float | None = None) -> None:
+        """Run a named statement whose rows are not needed (retried on a lost connection until the deadline)."""
 
-        def run() -> None:
-            with self.pool.connection() as conn:
+        def run(timeout: float) -> None:
+            with self.pool.connection(timeout=timeout) as conn:
                 conn.execute(q(name), params)
 
-        db.retrying(run, what=what)
+        self._within(run, what=what, deadline=deadline)
 
     def migrate(self) -> int:
         """Apply pending schema migrations; returns how many were applied."""
@@ -268,8 +299,31 @@ class PostgresBroker(BrokerTestAPI, Broker):
         return self.queues.copy()
 
     # -- enqueue --------------------------------------------------------------------
+    _overlay: tuple[dict[str, str | None], Settings] | None = None  # (runtime values, settings) of enqueue_settings
+
+    def enqueue_settings(self) -> Settings:
+        """The settings enqueue checks against (queue_depth, tenant_policy, max_message_bytes): this
+        broker's, with the runtime settings (`neuron-tasks config set`) on top. A worker process
+        applies those live (reload_settings); any other process reads them here, re-read at most
+        every two seconds (runtime.values_for)."""
+        if self._listener is not None:
+            return self.settings
+        from neuron_tasks.core import runtime
+
+        values = runtime.values_for(self.url)
+        overlay = self._overlay
+        if overlay is not None and overlay[0] is values:
+            return overlay[1]
+        try:
+            merged = runtime.effective(self.settings, values)
+        except ConfigurationError as exc:
+            log.warning("enqueue goes on without the runtime settings: %s", exc)
+            merged = self.settings
+        self._overlay = (values, merged)
+        return merged
+
     def _row(self, message: Message[Any], delay: int | float | None) -> NewMessage:
-        p = prepare_for(self, message, delay)
+        p = prepare_for(self, message, delay, settings=self.enqueue_settings())
         return NewMessage(
             message_id=message.message_id,
             queue_name=q_name(message.queue_name),
@@ -292,28 +346,31 @@ class PostgresBroker(BrokerTestAPI, Broker):
         """
         if isinstance(message, PgMessageProxy) and message.is_in_flight():
             self.emit_before("enqueue", message, delay)
-            message.schedule_retry(message.message.encode(), int(delay or 0))
+            message.schedule_retry(message.message.encode(), bounded_delay_ms(delay))
             self.emit_after("enqueue", message, delay)
             return message.message
+        deadline = self._deadline()  # DatabaseUnavailable after enqueue_timeout_s, whatever happens
         row = self._row(message, delay)
         self.emit_before("enqueue", message, delay)
-        self._reserve_depth(row.queue_name, 1)
-        if not self._fetch("insert_message", row.params(), scalar_row, what="enqueue"):
-            existing = self._existing(row.unique_key)
+        self._reserve_depth(row.queue_name, 1, deadline)
+        if not self._fetch("insert_message", row.params(), scalar_row, what="enqueue", deadline=deadline):
+            existing = self._existing(row.unique_key, deadline)
             if row.on_duplicate == "existing" and existing is not None:
                 return message.copy(message_id=existing)
             raise DuplicateJob(row.unique_key, existing)
         self.emit_after("enqueue", message, delay)
         return message
 
-    def _existing(self, fingerprint: str) -> str | None:
-        found = self._fetch("live_by_fingerprint", {"fingerprint": fingerprint}, scalar_row, what="unique job")
+    def _existing(self, fingerprint: str, deadline: float | None = None) -> str | None:
+        found = self._fetch("live_by_fingerprint", {"fingerprint": fingerprint}, scalar_row, what="unique job",
+                            deadline=deadline)
         return str(found[0]) if found else None
 
     def enqueue_many(self, messages: Sequence[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
         """Store many messages in one round trip (one statement, one commit)."""
         if not messages:
             return []
+        deadline = self._deadline()
         rows = [self._row(m, delay) for m in messages]
         hooked = self._enqueue_hooked()
         if hooked:
@@ -323,12 +380,13 @@ class PostgresBroker(BrokerTestAPI, Broker):
         for r in rows:
             per_queue[r.queue_name] = per_queue.get(r.queue_name, 0) + 1
         for queue_name, n in per_queue.items():
-            self._reserve_depth(queue_name, n)
+            self._reserve_depth(queue_name, n, deadline)
         each = [r.params() for r in rows]
         params = {key: [p[key] for p in each] for key in each[0]}  # one array per column
 
-        def insert() -> set[str]:
-            with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=scalar_row) as cur:
+        def insert(timeout: float) -> set[str]:
+            with self.pool.connection(timeout=timeout) as conn, conn.transaction(), \
+                    conn.cursor(row_factory=scalar_row) as cur:
                 inserted = {str(message_id) for message_id in cur.execute(q("insert_messages"), params)}
                 for r in rows:
                     if r.message_id not in inserted and r.on_duplicate != "existing":
@@ -336,7 +394,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
                         raise DuplicateJob(r.unique_key, None)
                 return inserted
 
-        inserted = db.retrying(insert, what="enqueue_many")
+        inserted = self._within(insert, what="enqueue_many", deadline=deadline)
         out: list[Message[Any]] = []
         for m, r in zip(messages, rows, strict=True):
             if r.message_id in inserted:
@@ -344,7 +402,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
                     self.emit_after("enqueue", m, delay)
                 out.append(m)
             else:
-                existing = self._existing(r.unique_key)
+                existing = self._existing(r.unique_key, deadline)
                 out.append(m.copy(message_id=existing) if existing else m)
         return out
 
@@ -357,9 +415,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
             for m in self.middleware
         )
 
-    def _reserve_depth(self, queue_name: str, n: int) -> None:
+    def _reserve_depth(self, queue_name: str, n: int, deadline: float | None = None) -> None:
         """Refuse a queue over `queue_depth`; counts exactly whenever the queue is near it."""
-        depth = self.settings.queue_depth
+        depth = self.enqueue_settings().queue_depth
         now = time.monotonic()
         with self._depth_lock:
             known = self._depth.get(queue_name)
@@ -367,7 +425,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
                 self._depth[queue_name] = (known[0] + n, known[1])
                 return
         counted = self._fetch("waiting_count", {"queue_name": queue_name, "limit": depth}, scalar_row,
-                              what="queue depth")
+                              what="queue depth", deadline=deadline)
         waiting = int(counted[0])
         if waiting + n > depth:
             raise QueueFull(queue_name, depth)
@@ -388,9 +446,8 @@ class PostgresBroker(BrokerTestAPI, Broker):
         self._check_pid()
         with self._lock:
             if self._completer is None:
-                self._completer = Completer(
-                    lambda: self.pool, self.owner, self.settings.ack_linger_ms / 1000.0, lambda: self.wake(None)
-                )
+                # Results are written at once (group commit); ack_linger_ms no longer delays them.
+                self._completer = Completer(lambda: self.pool, self.owner, lambda: self.wake(None))
                 self._completer.start()
             if self._listener is None:
                 self._listener = Listener(self.url, self.wake, self.reload_settings)
@@ -405,6 +462,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
                     self.stats,
                     self.wake,
                     lambda: self.reload_settings(force=False),
+                    abandoned=self._completer.abandoned,
                 )
                 self._keeper.start()
 
@@ -467,6 +525,15 @@ class PostgresBroker(BrokerTestAPI, Broker):
                 ev = self._events[queue_name] = threading.Event()
             return ev
 
+    def room(self, queue_name: str) -> Room:
+        """What this process holds of a queue (claimed, not yet written back), shared by its consumers."""
+        event = self.event(queue_name)
+        with self._lock:
+            room = self._rooms.get(queue_name)
+            if room is None:
+                room = self._rooms[queue_name] = Room(event)
+            return room
+
     def wake(self, queue_name: str | None) -> None:
         """Wake the consumers of a queue (None: of every queue)."""
         with self._lock:
@@ -515,8 +582,69 @@ class PostgresBroker(BrokerTestAPI, Broker):
             self._soft_pool = None
 
 
+#: The environment variable through which the worker supervisor gives a child its worker id.
+WORKER_OWNER_ENV = "NEURON_TASKS_WORKER_OWNER"
+
+
+def worker_owner_from_env() -> uuid.UUID | None:
+    """The worker id the supervisor assigned to this process, if any."""
+    value = os.environ.get(WORKER_OWNER_ENV)
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a UUID; this process uses a random worker id", WORKER_OWNER_ENV, value)
+        return None
+
+
 def set_default_broker(url: str | None = None, settings: Settings | None = None) -> PostgresBroker:
-    """Create a PostgresBroker and make it Dramatiq's global broker."""
+    """Make a PostgresBroker Dramatiq's global broker and return it.
+
+    When a PostgresBroker is already the global broker (a worker process's, or the one that
+    `dramatiq neuron_tasks.boot` installed before importing your modules), that broker is returned,
+    so your actors are declared on the broker that runs them; asking for a different URL or
+    different settings then raises ConfigurationError. Otherwise a new broker is created.
+    """
+    current = dramatiq.broker.global_broker
+    if isinstance(current, PostgresBroker):
+        differs = _differs(current, url, settings)
+        if not differs:
+            return current
+        raise ConfigurationError(
+            f"a different PostgresBroker is already Dramatiq's global broker ({differs}); "
+            "set_default_broker() returns it when called with no arguments or with its URL and settings. "
+            "Configure that broker through NEURON_TASKS_* settings, or call dramatiq.set_broker() yourself"
+        )
     broker = PostgresBroker(url, settings=settings)
     dramatiq.set_broker(broker)
     return broker
+
+
+def _differs(current: PostgresBroker, url: str | None, settings: Settings | None) -> str:
+    """How the broker asked for differs from `current` ("" when it does not)."""
+    wanted = url or (settings.database_url if settings is not None else None)
+    have = current._url or current.settings.database_url
+    if wanted is not None and not _same_url(wanted, have):
+        shown = db.redact(have) if have else "the embedded PostgreSQL"
+        return f"it uses {shown}, not {db.redact(wanted)}"
+    if settings is not None:
+        mine = current._base_settings.model_dump(exclude={"database_url"})
+        theirs = settings.model_dump(exclude={"database_url"})
+        keys = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if keys:
+            return f"its settings differ in {', '.join(keys)}"
+    return ""
+
+
+def _same_url(a: str, b: str | None) -> bool:
+    """Whether two PostgreSQL URLs name the same connection (a URL and its key=value form alike)."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    if b is None:
+        return False
+    try:
+        return conninfo_to_dict(a) == conninfo_to_dict(b)
+    except ProgrammingError:
+        return a == b

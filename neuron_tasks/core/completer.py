@@ -1,9 +1,17 @@
-"""Batches the results of processed messages: one transaction per batch, not per message.
+"""Writes the results of processed messages: acks, retries, dead letters, deferrals.
 
-Worker threads hand over acks, retries and dead letters; this thread writes them a few
-milliseconds later in one round trip. A lost connection keeps the batch for the next try,
+Worker threads hand results over; this thread writes them at once when it is idle, and
+whatever arrived during a write in the next transaction (group commit), so a finished job's
+ack is in the database within a few milliseconds and a SIGKILL re-runs little more than the
+jobs that were running. Each result has a `done` callback, called once the result is written:
+the consumer frees room for a new claim only then, so claimed-plus-unwritten messages stay
+within batch_size (while results cannot be written, the process stops claiming).
+
+A lost connection keeps the results for the next try (retried every quarter second at most),
 so nothing is dropped; if the process dies first, the leases expire and the messages run
-again (at-least-once).
+again (at-least-once). A result that matches no row (another worker took the message over
+after its lease expired) is logged with its message id and counted
+(`neuron_tasks_results_not_recorded_total`, and `Completer.not_recorded`).
 """
 
 from __future__ import annotations
@@ -11,19 +19,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.rows import scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from neuron_tasks import db
 from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 500
+#: How long one write waits for a pooled connection before the batch is tried again.
+CONNECTION_WAIT_S = 1.0
+#: Results that could not be written are left to run again once their lease expires: their rows
+#: are not renewed for this long (then forgotten; by then they ran again elsewhere).
+ABANDONED_KEEP_S = 3600.0
+
+#: Called once a result is written (or can never be): frees the consumer's room for a claim.
+Done = Callable[[], None]
 
 
 #: A one-element JSON array appended to a message's `errors` (see `error_entry`).
@@ -77,15 +96,25 @@ class Deferral:
 
 @dataclass
 class Batch:
-    """Results waiting to be written: acked row ids, retries, dead letters and deferrals."""
+    """Results waiting to be written: acked row ids, retries, dead letters, deferrals and
+    claimed messages given back; with the message id of each row (for logs) and its callback."""
 
     acks: list[int] = field(default_factory=list)
     retries: list[RetryResult] = field(default_factory=list)
     nacks: list[DeadLetter] = field(default_factory=list)
     defers: list[Deferral] = field(default_factory=list)
+    releases: list[int] = field(default_factory=list)
+    labels: dict[int, str] = field(default_factory=dict)
+    done: dict[int, Done] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers)
+        return len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers) + len(self.releases)
+
+    def note(self, row_id: int, message_id: str, done: Done | None) -> None:
+        if message_id:
+            self.labels[row_id] = message_id
+        if done is not None:
+            self.done[row_id] = done
 
     def prepend(self, earlier: Batch) -> None:
         """Put an unwritten batch back in front of this one."""
@@ -93,37 +122,88 @@ class Batch:
         self.retries[:0] = earlier.retries
         self.nacks[:0] = earlier.nacks
         self.defers[:0] = earlier.defers
+        self.releases[:0] = earlier.releases
+        self.labels.update(earlier.labels)
+        self.done.update(earlier.done)
 
     def singles(self) -> list[Batch]:
-        """One batch per result."""
+        """One batch per result (releases stay together: they cannot fail on their content)."""
         out = [Batch(acks=[a]) for a in self.acks] + [Batch(retries=[r]) for r in self.retries]
-        return out + [Batch(nacks=[n]) for n in self.nacks] + [Batch(defers=[d]) for d in self.defers]
+        out += [Batch(nacks=[n]) for n in self.nacks] + [Batch(defers=[d]) for d in self.defers]
+        if self.releases:
+            out.append(Batch(releases=list(self.releases)))
+        for single in out:
+            for row_id in single.row_ids():
+                single.note(row_id, self.labels.get(row_id, ""), self.done.get(row_id))
+        return out
 
     def row_ids(self) -> list[int]:
-        """Every message this batch finishes, retries, dead-letters or defers."""
-        return self.acks + [r.id for r in self.retries] + [n.id for n in self.nacks] + [d.id for d in self.defers]
+        """Every message this batch finishes, retries, dead-letters, defers or gives back."""
+        return (self.acks + [r.id for r in self.retries] + [n.id for n in self.nacks] + [d.id for d in self.defers]
+                + self.releases)
+
+    def kind(self, row_id: int) -> str:
+        """What this batch records for a row, in words."""
+        if row_id in self.acks:
+            return "ack"
+        if any(r.id == row_id for r in self.retries):
+            return "retry"
+        if any(n.id == row_id for n in self.nacks):
+            return "dead letter"
+        if any(d.id == row_id for d in self.defers):
+            return "deferral"
+        return "release"
+
+    def label(self, row_id: int) -> str:
+        message_id = self.labels.get(row_id)
+        return f"message {message_id} (row {row_id})" if message_id else f"message row {row_id}"
+
+    def finish(self) -> None:
+        """Written (or never writable): call every result's callback once."""
+        callbacks, self.done = self.done, {}
+        for done in callbacks.values():
+            try:
+                done()
+            except Exception:
+                log.exception("a result callback failed")
+
+
+@cache
+def _not_recorded_metric() -> Any:
+    """The Prometheus counter of results not recorded (None without prometheus-client)."""
+    try:
+        from prometheus_client import Counter as PromCounter
+    except ImportError:
+        return None
+    return PromCounter("neuron_tasks_results_not_recorded",
+                       "Results of messages that could not be recorded: taken over by another worker after their "
+                       "lease expired (the message may run twice), or not writable (it runs again).",
+                       ("kind", "reason"))
 
 
 class Completer(threading.Thread):
-    """The thread that writes a process's results in batches (see the module's docstring)."""
+    """The thread that writes a process's results (see the module's docstring)."""
 
     def __init__(
         self,
         pool: Callable[[], ConnectionPool],
         owner: UUID,
-        linger_s: float,
         on_slots_freed: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="neuron-tasks-completer", daemon=True)
         self._pool = pool
         self.owner = owner
-        self.linger_s = linger_s
         self.on_slots_freed = on_slots_freed
         self._cond = threading.Condition()
         self._batch = Batch()
         self._in_flight = 0
         self._stopping = False
         self._took_slots = False
+        self._abandoned: dict[int, float] = {}
+        self._abandoned_lock = threading.Lock()
+        #: Results not recorded since start, by (kind, reason): "taken over" or "unwritable".
+        self.not_recorded: Counter[tuple[str, str]] = Counter()
+        self._outage = db.Outage(log, "recording results")
 
     @property
     def took_slots(self) -> bool:
@@ -135,26 +215,53 @@ class Completer(threading.Thread):
         self._took_slots = True
 
     # -- called by worker threads -------------------------------------------------
-    def ack(self, row_id: int) -> None:
-        self._add(lambda b: b.acks.append(row_id))
+    def ack(self, row_id: int, *, message_id: str = "", done: Done | None = None) -> None:
+        self._add(row_id, message_id, done, lambda b: b.acks.append(row_id))
 
-    def retry(self, result: RetryResult) -> None:
-        self._add(lambda b: b.retries.append(result))
+    def retry(self, result: RetryResult, *, message_id: str = "", done: Done | None = None) -> None:
+        self._add(result.id, message_id, done, lambda b: b.retries.append(result))
 
-    def nack(self, result: DeadLetter) -> None:
-        self._add(lambda b: b.nacks.append(result))
+    def nack(self, result: DeadLetter, *, message_id: str = "", done: Done | None = None) -> None:
+        self._add(result.id, message_id, done, lambda b: b.nacks.append(result))
 
-    def defer(self, result: Deferral) -> None:
-        self._add(lambda b: b.defers.append(result))
+    def defer(self, result: Deferral, *, message_id: str = "", done: Done | None = None) -> None:
+        self._add(result.id, message_id, done, lambda b: b.defers.append(result))
 
-    def _add(self, put: Callable[[Batch], None]) -> None:
+    def release(self, row_ids: Iterable[int], *, done: Done | None = None) -> None:
+        """Give claimed messages back to their queues (`done` is called once per message)."""
+        with self._cond:
+            for row_id in row_ids:
+                self._batch.releases.append(row_id)
+                self._batch.note(row_id, "", done)
+            self._cond.notify()
+
+    def _add(self, row_id: int, message_id: str, done: Done | None, put: Callable[[Batch], None]) -> None:
         with self._cond:
             put(self._batch)
+            self._batch.note(row_id, message_id, done)
             self._cond.notify()
 
     def pending(self) -> int:
         with self._cond:
             return len(self._batch) + self._in_flight
+
+    # -- read by the keeper and the consumer --------------------------------------
+    def abandoned(self) -> list[int]:
+        """Rows whose result could not be written: their leases are left to expire, so that
+        they run again (the keeper does not renew them)."""
+        with self._abandoned_lock:
+            if not self._abandoned:
+                return []
+            old = time.monotonic() - ABANDONED_KEEP_S
+            self._abandoned = {i: t for i, t in self._abandoned.items() if t > old}
+            return list(self._abandoned)
+
+    def claimed_again(self, row_ids: Iterable[int]) -> None:
+        """This process claimed these rows anew: renew their leases again."""
+        if self._abandoned:
+            with self._abandoned_lock:
+                for row_id in row_ids:
+                    self._abandoned.pop(row_id, None)
 
     # -- lifecycle ------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
@@ -162,6 +269,11 @@ class Completer(threading.Thread):
             self._stopping = True
             self._cond.notify()
         self.join(timeout)
+        left = self.pending()
+        if left:
+            log.warning("%d results could not be recorded before shutdown (the database did not answer); "
+                        "their messages run again once their leases expire", left)
+            self._count("any", "shutdown", left)
 
     def run(self) -> None:
         while True:
@@ -170,61 +282,109 @@ class Completer(threading.Thread):
                     self._cond.wait(0.5)
                 if not self._batch and self._stopping:
                     return
-            if self.linger_s and not self._stopping and not self._took_slots:
-                # (Topic slots free up only when written: no lingering when this process holds some.)
-                # Let concurrent worker threads add to this batch.
-                deadline = time.monotonic() + self.linger_s
-                with self._cond:
-                    while len(self._batch) < MAX_BATCH and not self._stopping:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-            with self._cond:
+                # Written at once when idle; what arrives during this write goes in the next one.
                 batch, self._batch = self._batch, Batch()
                 self._in_flight = len(batch)
             try:
-                self._write(batch)
-            except psycopg.OperationalError as exc:
-                # The connection is gone (restart, terminated backend): keep the batch and retry.
-                log.warning("could not record %d results (%s); retrying", len(batch), exc)
-                with self._cond:
-                    self._batch.prepend(batch)
-                    self._in_flight = 0
-                time.sleep(0.2)
+                unmatched = self._write(batch)
+            except db.UNAVAILABLE as exc:
+                # The connection is gone (outage, restart, terminated backend): keep the batch and retry.
+                self._put_back(batch)
+                time.sleep(self._outage.failed(exc))
                 continue
             except Exception:
                 # One bad result must not block every other: write them one by one.
                 log.exception("a batch of %d results failed; writing them one by one", len(batch))
-                self._write_singly(batch)
+                if not self._write_singly(batch):
+                    continue
+            else:
+                self._outage.recovered()
+                self._report(batch, unmatched)
+                batch.finish()
             with self._cond:
                 self._in_flight = 0
             if self._took_slots and self.on_slots_freed is not None:
                 self.on_slots_freed()  # consumers waiting for a free topic slot may claim again
 
-    def _write_singly(self, batch: Batch) -> None:
-        for single in batch.singles():
-            try:
-                self._write(single)
-            except Exception:
-                # Its lease will expire and the message runs again: at-least-once, never lost.
-                log.exception("could not record a result (%s); its lease will expire and it runs again", single)
+    def _put_back(self, batch: Batch) -> None:
+        with self._cond:
+            self._batch.prepend(batch)
+            self._in_flight = 0
 
-    def _write(self, batch: Batch) -> None:
+    def _write_singly(self, batch: Batch) -> bool:
+        """Write each result alone; False when the database went away (the rest is kept)."""
+        singles = batch.singles()
+        for n, single in enumerate(singles):
+            try:
+                unmatched = self._write(single)
+            except db.UNAVAILABLE as exc:
+                rest = Batch()
+                for later in reversed(singles[n:]):
+                    rest.prepend(later)
+                self._put_back(rest)
+                time.sleep(self._outage.failed(exc))
+                return False
+            except Exception:
+                for row_id in single.row_ids():
+                    log.exception("could not record the %s of %s; its lease is left to expire and it runs again",
+                                  single.kind(row_id), single.label(row_id))
+                    self._count(single.kind(row_id), "unwritable")
+                    with self._abandoned_lock:
+                        self._abandoned[row_id] = time.monotonic()
+            else:
+                self._report(single, unmatched)
+            single.finish()
+        return True
+
+    def _report(self, batch: Batch, unmatched: list[int]) -> None:
+        """Results that matched no row: the message was no longer this worker's."""
+        for row_id in unmatched:
+            kind = batch.kind(row_id)
+            log.warning("the %s of %s matched no row: another worker took the message over after its lease "
+                        "expired, so it may have run twice", kind, batch.label(row_id))
+            self._count(kind, "taken over")
+
+    def _count(self, kind: str, reason: str, n: int = 1) -> None:
+        self.not_recorded[(kind, reason)] += n
+        metric = _not_recorded_metric()
+        if metric is not None:
+            metric.labels(kind, reason).inc(n)
+
+    def _write(self, batch: Batch) -> list[int]:
+        """Write a batch in one transaction; returns the rows whose result matched no row."""
+        unmatched: list[int] = []
         woken: set[str] = set()
-        with self._pool().connection() as conn, conn.transaction():
-            if batch.acks:
-                conn.execute(q("ack"), {"ids": batch.acks, "owner": self.owner})
-            if self._took_slots:  # this process claimed messages holding topic slots
-                conn.execute(q("free_slots"), {"ids": batch.row_ids()})
-            with conn.cursor() as cur:
-                if batch.retries:
-                    cur.executemany(q("retry"), [r.params(self.owner) for r in batch.retries])
-                if batch.nacks:
-                    cur.executemany(q("nack"), [n.params(self.owner) for n in batch.nacks])
-                if batch.defers:
-                    cur.executemany(q("defer"), [d.params(self.owner) for d in batch.defers])
+        if len(batch.acks) == len(batch) and not self._took_slots:
+            # Only acks (the common case): one statement, one round trip, no BEGIN/COMMIT.
+            with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn, \
+                    conn.cursor(row_factory=scalar_row) as cur:
+                written = set(cur.execute(q("ack"), {"ids": batch.acks, "owner": self.owner}).fetchall())
+            return [i for i in batch.acks if i not in written]
+        with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn, conn.transaction():
+            with conn.cursor(row_factory=scalar_row) as cur:
+                if batch.acks:
+                    written = set(cur.execute(q("ack"), {"ids": batch.acks, "owner": self.owner}).fetchall())
+                    unmatched += [i for i in batch.acks if i not in written]
+                if self._took_slots:  # this process claimed messages holding topic slots
+                    conn.execute(q("free_slots"), {"ids": batch.row_ids()})
+                for name, results in (("retry", batch.retries), ("nack", batch.nacks), ("defer", batch.defers)):
+                    if results:
+                        cur.executemany(q(name), [r.params(self.owner) for r in results], returning=True)
+                        matched = _returned(cur)
+                        unmatched += [r.id for r in results if r.id not in matched]
+                if batch.releases:
+                    woken.update(cur.execute(q("release"), {"ids": batch.releases, "owner": self.owner}).fetchall())
             woken.update(r.queue_name for r in batch.retries)
             woken.update(d.queue_name for d in batch.defers)
-            for queue_name in woken:
+            for queue_name in sorted(woken):
                 conn.execute(q("notify"), {"queue_name": queue_name})
+        return unmatched
+
+
+def _returned(cur: psycopg.Cursor[Any]) -> set[Any]:
+    """Every value returned by the statements of an `executemany(..., returning=True)`."""
+    found: set[Any] = set()
+    while True:
+        found.update(cur.fetchall())
+        if not cur.nextset():
+            return found

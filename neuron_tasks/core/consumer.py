@@ -1,7 +1,19 @@
-"""The consumer Dramatiq's worker iterates: batched claims, woken by NOTIFY."""
+"""The consumer Dramatiq's worker iterates: batched claims, woken by NOTIFY.
+
+A process holds at most batch_size messages of a queue: claimed and not yet written back. Room
+for a new claim is freed when the completer has written a message's result, not when the
+actor returns, so while results cannot be written the process stops claiming. A worker thread
+waits for its message's result to be written before it takes another message (the completer
+writes every waiting thread's result in one transaction: group commit), so a process killed at
+any moment has at most one finished-but-unrecorded message per thread. While the
+database is away the consumer keeps trying every quarter second at most (it never hands
+Dramatiq a connection error, whose consumer restart waits seconds), and claims again as
+soon as the server answers.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -13,19 +25,49 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from dramatiq import get_encoder
 from dramatiq.broker import Consumer, MessageProxy
-from dramatiq.errors import ConnectionClosed
+from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from psycopg.rows import class_row
 
 from neuron_tasks import db
-from neuron_tasks.core.completer import DeadLetter, Deferral, ErrorEntry, RetryResult, error_entry
+from neuron_tasks.core.completer import DeadLetter, Deferral, Done, ErrorEntry, RetryResult, error_entry
+from neuron_tasks.errors import DatabaseUnavailable
 from neuron_tasks.sql import q
 
 if TYPE_CHECKING:
     from neuron_tasks.core.broker import PostgresBroker
 
 log = logging.getLogger(__name__)
+#: How long a claim waits for a pooled connection before it counts as failed (and is tried again).
+CONNECTION_WAIT_S = 1.0
+#: A worker thread waiting this long for its result to be written says so (and keeps waiting).
+RESULT_WAIT_REPORT_S = 10.0
+
+
+class Room:
+    """The messages a process holds on one queue: claimed and not yet written back (shared by
+    every consumer of the queue in the process, so a restarted consumer knows what is held)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            self._held += n
+
+    def free(self, n: int = 1) -> None:
+        """`n` messages were written back (or given back): room for as many; wake the claiming loop."""
+        with self._lock:
+            self._held = max(self._held - n, 0)
+        self.event.set()
 
 
 def exception_type_name(exc: BaseException) -> str:
@@ -102,6 +144,7 @@ class PgMessageProxy(MessageProxy):
         self._retry: RetryPlan | None = None
         self._defer: DeferPlan | None = None
         self.has_slot = False  # holds a topic concurrency slot (taken with the claim)
+        self.written: threading.Event | None = None  # set once its result is written
 
     @property
     def message(self) -> Message[Any]:
@@ -112,7 +155,7 @@ class PgMessageProxy(MessageProxy):
         return self._consumer is not None
 
     def detach(self) -> PgConsumer | None:
-        """Mark the message done with; returns the consumer that held it (None when already done)."""
+        """Mark the message done with; returns the consumer that claimed it (None when already done)."""
         consumer, self._consumer = self._consumer, None
         return consumer
 
@@ -144,7 +187,7 @@ class PgMessageProxy(MessageProxy):
 class PgConsumer(Consumer):
     """Iterates over one queue's messages for Dramatiq's ConsumerThread.
 
-    At most `limit` messages are held (claimed, not yet acked) at once; claims are made
+    At most `limit` messages are held (claimed, not yet written back) at once; claims are made
     in batches when at least a quarter of that room is free, or when nothing is held.
     """
 
@@ -154,11 +197,11 @@ class PgConsumer(Consumer):
         self.timeout_s = timeout_ms / 1000.0
         self.cache: deque[Claim] = deque()
         self.event = broker.event(queue_name)
-        self._held = 0
-        self._held_lock = threading.Lock()
+        self.room = broker.room(queue_name)
         self._next_poll = 0.0
         self._to_free: list[int] = []  # topic slots of finished messages, freed in one statement
         self._free_lock = threading.Lock()
+        self._outage = db.Outage(log, f"claiming messages of queue {queue_name!r}")
         self.closed = False
 
     @property
@@ -185,26 +228,45 @@ class PgConsumer(Consumer):
             if self.event.is_set() or now >= self._next_poll:
                 self.event.clear()
                 self._next_poll = now + self.broker.settings.naptime_ms / 1000.0
-                room = self.limit - self._held
-                if room >= max(1, self.limit // 4) or self._held == 0:
-                    rows = self._claim(room)
-                    if rows:
-                        self.cache.extend(rows)
-                        continue
-                    due = self._next_due()
-                    if due is not None:
-                        self._next_poll = min(self._next_poll, now + max(due, 0.001))
+                held = self.room.held
+                room = self.limit - held
+                if room >= max(1, self.limit // 4) or held == 0:
+                    try:
+                        rows = self._claim(room)
+                        if rows:
+                            self._outage.recovered()
+                            self.cache.extend(rows)
+                            continue
+                        due = self._next_due()
+                        self._outage.recovered()
+                    except db.UNAVAILABLE as exc:
+                        # Try again shortly (the pool reconnects meanwhile); woken earlier by the
+                        # listener when it reconnects.
+                        self._next_poll = time.monotonic() + self._outage.failed(exc)
+                    except psycopg.DataError as exc:
+                        # A row the claim cannot read (it should never get in: the table's checks
+                        # refuse it): say so and try again at the polling pace, never crash-loop.
+                        log.error("claiming from queue %s failed: %s; retrying in %.1fs", self.queue_name,
+                                  db.one_line(exc), self.broker.settings.naptime_ms / 1000.0)
+                    else:
+                        if due is not None:
+                            self._next_poll = min(self._next_poll, now + max(due, 0.001))
             self.event.wait(max(min(self.timeout_s, self._next_poll - time.monotonic()), 0.0))
             return None
 
     def ack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
+        done = self._finish(proxy)
+        if done is None:
+            return
+        done = self._written(proxy, done)
+        completer, mid = self.broker.completer, proxy.message_id
         deferred, retry = proxy.deferred, proxy.scheduled_retry
         if deferred is not None:
-            self.broker.completer.defer(Deferral(proxy.row_id, self.queue_name, deferred.delay_ms))
+            completer.defer(Deferral(proxy.row_id, self.queue_name, deferred.delay_ms), message_id=mid, done=done)
         elif retry is not None:
             failure = proxy.failure()
-            self.broker.completer.retry(
+            completer.retry(
                 RetryResult(
                     id=proxy.row_id,
                     queue_name=self.queue_name,
@@ -212,28 +274,56 @@ class PgConsumer(Consumer):
                     delay_ms=retry.delay_ms,
                     error=failure.summary,
                     entry=failure.entry(proxy.attempt),
-                )
+                ),
+                message_id=mid,
+                done=done,
             )
         else:
-            self.broker.completer.ack(proxy.row_id)
-        self._release_slot(proxy)
+            completer.ack(proxy.row_id, message_id=mid, done=done)
+        self._await_written(proxy)
 
     def nack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
+        done = self._finish(proxy)
+        if done is None:
+            return
+        done = self._written(proxy, done)
         failure = proxy.failure()
-        self.broker.completer.nack(DeadLetter(proxy.row_id, failure.summary, failure.entry(proxy.attempt)))
-        self._release_slot(proxy)
+        self.broker.completer.nack(DeadLetter(proxy.row_id, failure.summary, failure.entry(proxy.attempt)),
+                                   message_id=proxy.message_id, done=done)
+        self._await_written(proxy)
+
+    def _written(self, proxy: PgMessageProxy, free: Done) -> Done:
+        """The completer's callback for this message's result: frees its room, wakes its thread."""
+        event = proxy.written = threading.Event()
+
+        def done() -> None:
+            free()
+            event.set()
+
+        return done
+
+    def _await_written(self, proxy: PgMessageProxy) -> None:
+        """Block the worker thread until its message's result is written (or can never be)."""
+        event = proxy.written
+        if event is None or not self.broker.settings.ack_wait:
+            return
+        started = time.monotonic()
+        while not event.wait(RESULT_WAIT_REPORT_S):
+            log.warning("the result of message %s is not written after %.0fs (the database is away or slow); "
+                        "this worker thread waits for it before taking another message",
+                        proxy.message_id, time.monotonic() - started)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Give messages this process holds but will not run back to the queue."""
         ids = []
         for message in messages:
             proxy = self._own(message)
-            ids.append(proxy.row_id)
-            self._release_slot(proxy)
+            if self._finish(proxy) is not None:
+                ids.append(proxy.row_id)
         ids.extend(claim.id for claim in self.cache)
         self.cache.clear()
-        self.broker.release(ids)
+        self._give_back(ids)
         self._free_slots()
 
     def close(self) -> None:
@@ -241,11 +331,22 @@ class PgConsumer(Consumer):
         if self.cache:
             ids = [claim.id for claim in self.cache]
             self.cache.clear()
-            try:
-                self.broker.release(ids)
-            except psycopg.Error as exc:
-                log.warning("could not give back %d prefetched messages: %s", len(ids), exc)
+            self._give_back(ids)
         self.closed = True
+
+    def _give_back(self, ids: list[int]) -> None:
+        """Release claimed messages now; when the database does not answer, the completer keeps
+        trying (the room is freed once they are back)."""
+        if not ids:
+            return
+        try:
+            self.broker.release(ids)
+        except db.UNAVAILABLE as exc:
+            log.warning("could not give back %d claimed messages now (%s); giving them back when the database "
+                        "answers", len(ids), db.one_line(exc))
+            self.broker.completer.release(ids, done=self.room.free)
+        else:
+            self.room.free(len(ids))
 
     # -- internals ----------------------------------------------------------------------
     def _own(self, message: MessageProxy) -> PgMessageProxy:
@@ -253,25 +354,23 @@ class PgConsumer(Consumer):
             raise TypeError(f"{message!r} was not claimed from a PostgresBroker")
         return message
 
-    def _release_slot(self, proxy: PgMessageProxy) -> None:
+    def _finish(self, proxy: PgMessageProxy) -> Done | None:
+        """The message is done with: free its topic slot; returns the callback that frees its room
+        once its result is written (None when it was already done with)."""
         claimer = proxy.detach()  # after a consumer restart, acks arrive through the new one
         if claimer is None:
-            return
+            log.warning("%s was already acknowledged or given back; ignoring it this time", proxy.message_id)
+            return None
         if proxy.has_slot:
             # Its actor is done: its topic slot is freed before this consumer claims again, with
             # the slots of the other messages finished meanwhile in one statement, without
             # waiting for the results to be written (worker threads ack; the consumer thread,
-            # woken below, frees and claims).
+            # woken, frees and claims).
             proxy.has_slot = False
             with self._free_lock:
                 self._to_free.append(proxy.row_id)
-        claimer.finished_one()
-
-    def finished_one(self) -> None:
-        """One message this consumer claimed is done with: room for another; wake the claiming loop."""
-        with self._held_lock:
-            self._held -= 1
-        self.event.set()
+            self.event.set()
+        return claimer.room.free
 
     def _free_slots(self) -> None:
         with self._free_lock:
@@ -279,10 +378,11 @@ class PgConsumer(Consumer):
         if not ids:
             return
         try:
-            with self.broker.soft_pool.connection() as conn:
+            with self.broker.soft_pool.connection(timeout=CONNECTION_WAIT_S) as conn:
                 conn.execute(q("free_slots"), {"ids": ids})
-        except psycopg.Error as exc:
-            log.warning("could not free %d topic slots now (%s); the completer frees them", len(ids), exc)
+        except (psycopg.Error, DatabaseUnavailable) as exc:
+            log.warning("could not free %d topic slots now (%s); the completer frees them", len(ids),
+                        db.one_line(exc))
 
     def _claim(self, room: int) -> list[Claim]:
         params = {
@@ -291,28 +391,24 @@ class PgConsumer(Consumer):
             "lease_s": self.broker.settings.lease_s,
             "limit": room,
         }
-        try:
-            # A claim lost in a server crash only returns the message to the queue: no need to
-            # wait for the WAL flush (the soft-state pool commits asynchronously).
-            with self.broker.soft_pool.connection() as conn, conn.cursor(row_factory=class_row(Claim)) as cur:
-                claims = cur.execute(q("dequeue"), params).fetchall()
-        except psycopg.OperationalError as exc:
-            # Dramatiq's ConsumerThread restarts the consumer after a connection error.
-            raise ConnectionClosed(exc) from None
+        # A claim lost in a server crash only returns the message to the queue: no need to
+        # wait for the WAL flush (the soft-state pool commits asynchronously).
+        pool = self.broker.soft_pool
+        with pool.connection(timeout=CONNECTION_WAIT_S) as conn, conn.cursor(row_factory=class_row(Claim)) as cur:
+            claims = cur.execute(q("dequeue"), params).fetchall()
         claims.sort(key=lambda c: (c.priority, c.eta, c.id))
         if any(c.has_slot for c in claims):
             self.broker.completer.slots_taken()
-        with self._held_lock:
-            self._held += len(claims)
+        self.room.take(len(claims))
+        if claims:
+            self.broker.completer.claimed_again(c.id for c in claims)
         return claims
 
     def _next_due(self) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting."""
-        try:
-            with self.broker.soft_pool.connection() as conn, conn.cursor(row_factory=class_row(NextDue)) as cur:
-                row = cur.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
-        except psycopg.OperationalError as exc:
-            raise ConnectionClosed(exc) from None
+        pool = self.broker.soft_pool
+        with pool.connection(timeout=CONNECTION_WAIT_S) as conn, conn.cursor(row_factory=class_row(NextDue)) as cur:
+            row = cur.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
         if row is None or row.due_s is None:
             return None
         due = float(row.due_s)
@@ -325,12 +421,13 @@ class PgConsumer(Consumer):
 
     def _decode(self, claim: Claim) -> PgMessageProxy | None:
         try:
-            message = Message.decode(bytes(claim.payload))
+            message = decode(bytes(claim.payload))
             options = message.options
             if "eta" in options or message.queue_name != self.queue_name:
                 # Our rows carry their own eta; Dramatiq would hold an `eta` option in memory.
+                # (Message.copy would merge the options, keeping `eta`: replace them whole.)
                 options = {k: v for k, v in options.items() if k != "eta"}
-                message = message.copy(queue_name=self.queue_name, options=options)
+                message = dataclasses.replace(message, queue_name=self.queue_name, options=options)
         except Exception as exc:
             self._dead_letter_undecodable(claim.id, exc)
             return None
@@ -343,12 +440,22 @@ class PgConsumer(Consumer):
         text = f"payload is not a valid Dramatiq message ({type(cause).__name__}: {cause})"
         log.error("message row %s: %s; moved to the dead letters", row_id, text)
         failure = Failure("dramatiq.errors.DecodeError", text, "")
-        params = DeadLetter(row_id, failure.summary, failure.entry(1)).params(self.broker.owner)
+        self.broker.completer.nack(DeadLetter(row_id, failure.summary, failure.entry(1)), done=self.room.free)
 
-        def run() -> None:
-            with self.broker.pool.connection() as conn:
-                conn.execute(q("nack"), params)
 
-        db.retrying(run, what="dead-letter undecodable message")
-        with self._held_lock:
-            self._held -= 1
+def decode(payload: bytes) -> Message[Any]:
+    """A Dramatiq message from its bytes, refusing what Message.decode would quietly bend: args
+    that are not a list (an object would become the tuple of its keys). Wrong kwargs and options
+    are the message guard's to refuse, with the reason."""
+    try:
+        fields = get_encoder().decode(payload)
+    except Exception as exc:
+        raise DecodeError("Failed to decode message.", payload, exc) from exc
+    if not isinstance(fields, dict):
+        raise DecodeError("a message is a JSON object", payload, TypeError(type(fields).__name__))
+    if "args" in fields and not isinstance(fields["args"], list):
+        raise DecodeError("args must be a list", payload, TypeError(f"args is {type(fields['args']).__name__}"))
+    try:
+        return Message(**{**fields, "args": tuple(fields.get("args", ()))})
+    except Exception as exc:
+        raise DecodeError("Failed to decode message.", payload, exc) from exc

@@ -1,6 +1,11 @@
 """The worker's housekeeping thread: heartbeat and lease renewal, the sweeper of dead
 workers' messages, and retention. One per worker process; every statement is one round trip
-for the whole process, whatever the number of messages it holds."""
+for the whole process, whatever the number of messages it holds.
+
+While the database is away it tries again every quarter second, so that the first thing a
+worker does after reconnecting is renew its leases; it sweeps only after it has seen the server
+answer without a break for a lease and a heartbeat (see maintenance.py), so an outage longer
+than the lease does not make live workers look dead."""
 
 from __future__ import annotations
 
@@ -18,12 +23,15 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.core import maintenance
 from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
+#: How long a heartbeat waits for a pooled connection before it counts as failed.
+CONNECTION_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +78,7 @@ class Keeper(threading.Thread):
         stats: Stats,
         wake: Callable[[str | None], None],
         reload_settings: Callable[[], object] | None = None,
+        abandoned: Callable[[], list[int]] | None = None,
     ) -> None:
         super().__init__(name="neuron-tasks-keeper", daemon=True)
         self._pool = pool
@@ -83,6 +92,12 @@ class Keeper(threading.Thread):
         self._halt = threading.Event()
         self._registered = False
         self._last_retention = 0.0
+        self.abandoned = abandoned
+        #: Unbroken contact with the same server; the sweeper waits for a lease and a heartbeat of it.
+        self.continuity = maintenance.Continuity(max_gap_s=settings.lease_s)
+        self._outage = db.Outage(log, "heartbeat and lease renewal")
+        self._sweep_held_back = False
+        self._after_outage = False  # a failed heartbeat since the last sweep: say why sweeping waits
 
     def stop(self) -> None:
         self._halt.set()
@@ -90,8 +105,10 @@ class Keeper(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
+            wait = min(self.settings.heartbeat_s, self.settings.settings_poll_s)
             try:
                 self.beat()
+                self._outage.recovered()
                 self.sweep()
                 if self.reload_settings is not None and (
                     time.monotonic() - self._last_settings_poll >= self.settings.settings_poll_s
@@ -101,15 +118,19 @@ class Keeper(threading.Thread):
                 if time.monotonic() - self._last_retention > RETENTION_EVERY_S:
                     self.retention()
                     self._last_retention = time.monotonic()
-            except psycopg.OperationalError as exc:
-                log.warning("heartbeat failed (%s); retrying", exc)
+            except db.UNAVAILABLE as exc:
+                self.continuity.lost()
+                self._after_outage = True
+                wait = min(wait, self._outage.failed(exc))  # renew as soon as the server is back
             except Exception:
                 log.exception("housekeeping failed; retrying")
-            self._halt.wait(min(self.settings.heartbeat_s, self.settings.settings_poll_s))
+            self._halt.wait(wait)
 
     def beat(self) -> None:
+        """Renew this process's leases first, then its heartbeat; note the server's start."""
         counters = self.stats.snapshot().params()
-        with self._pool().connection() as conn, conn.transaction():
+        abandoned = self.abandoned() if self.abandoned is not None else []
+        with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn, conn.transaction():
             if not self._registered:
                 conn.execute(
                     q("register_worker"),
@@ -122,18 +143,32 @@ class Keeper(threading.Thread):
                         "heartbeat_s": self.settings.heartbeat_s,
                     },
                 )
-                self._registered = True
-            conn.execute(q("renew_leases"), {"owner": self.owner, "lease_s": self.settings.lease_s})
+            conn.execute(q("renew_leases"),
+                         {"owner": self.owner, "lease_s": self.settings.lease_s, "abandoned": abandoned})
             conn.execute(q("heartbeat_worker"), {"owner": self.owner, "queues": self.queues(), **counters})
+            epoch = maintenance.server_epoch(conn)
+        self._registered = True  # committed
+        self.continuity.max_gap_s = self.settings.lease_s
+        self.continuity.saw(epoch.started_at)
 
     def sweep(self) -> int:
-        """Return expired leases' messages to their queues; dead-letter poison messages."""
-        with self._pool().connection() as conn:
+        """Return expired leases' messages to their queues; dead-letter poison messages. Only once
+        this process has seen the server for a lease and a heartbeat without a break: before
+        that, an expired lease may belong to a live worker that has not reconnected yet."""
+        seen_s, needed_s = self.continuity.seen_for(), maintenance.sweep_after_s(self.settings)
+        if seen_s < needed_s:
+            if not self._sweep_held_back and self._after_outage:
+                log.info("not sweeping expired leases yet: the database has answered for %.1fs of the %.1fs "
+                         "every live worker gets to reconnect and renew its leases", seen_s, needed_s)
+                self._sweep_held_back = True
+            return 0
+        self._sweep_held_back = self._after_outage = False
+        with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn:
             return len(maintenance.sweep(conn, self.settings))
 
     def retention(self) -> None:
         """The queue's own retention (the scheduler's leader also runs every part's)."""
-        with self._pool().connection() as conn:
+        with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn:
             maintenance.trim_history(conn, self.settings)
             maintenance.trim_dead_letters(conn, self.settings)
             maintenance.trim_tenant_usage(conn)

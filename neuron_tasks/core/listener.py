@@ -1,4 +1,7 @@
-"""One LISTEN connection per worker process; NOTIFY payloads (queue names) wake consumers."""
+"""One LISTEN connection per worker process; NOTIFY payloads (queue names) wake consumers.
+
+A lost connection is tried again every quarter second at most, so consumers are woken (and
+look for what was announced while they were cut off) as soon as the server is back."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from neuron_tasks import db
 from neuron_tasks.sql import q
 
 log = logging.getLogger(__name__)
@@ -33,28 +37,34 @@ class Listener(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        delay = 0.1
+        outage = db.Outage(log, "listening for new messages")
         while not self._halt.is_set():
             try:
                 with psycopg.connect(
-                    self.url, autocommit=True, application_name="neuron_tasks-listener"
+                    self.url, autocommit=True, application_name="neuron_tasks-listener", **db.connection_hygiene()
                 ) as conn:
                     conn.execute(q("listen_queues"))
                     conn.execute(q("listen_settings"))
                     self.connected.set()
-                    delay = 0.1
+                    outage.recovered()
                     self.wake(None)
                     while not self._halt.is_set():
                         for note in conn.notifies(timeout=0.5):
                             if note.channel == SETTINGS_CHANNEL:
                                 if self.on_settings is not None:
-                                    self.on_settings()
+                                    self._settings_changed()
                             else:
                                 self.wake(note.payload)
             except psycopg.OperationalError as exc:
                 self.connected.clear()
                 if self._halt.is_set():
                     return
-                log.warning("listener lost its connection (%s); reconnecting in %.1fs", exc, delay)
-                self._halt.wait(delay)
-                delay = min(delay * 2, 5.0)
+                self._halt.wait(outage.failed(exc))
+
+    def _settings_changed(self) -> None:
+        assert self.on_settings is not None
+        try:
+            self.on_settings()
+        except db.UNAVAILABLE as exc:  # the keeper's poll applies them later
+            log.warning("could not read the changed runtime settings now (%s); the next poll applies them",
+                        db.one_line(exc))

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
+from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.sql import q
 
@@ -75,11 +76,16 @@ class Policies:
         with self._lock:
             if time.monotonic() - self._loaded < self.settings.policy_cache_s:
                 return
-            with self._pool().connection() as conn:
-                with conn.cursor(row_factory=class_row(TenantLimits)) as cur:
-                    tenants = cur.execute(q("tenant_limits")).fetchall()
-                with conn.cursor(row_factory=class_row(TopicSettings)) as cur:
-                    topics = cur.execute(q("topic_settings")).fetchall()
+            def read(wait_s: float) -> tuple[list[TenantLimits], list[TopicSettings]]:
+                with self._pool().connection(timeout=wait_s) as conn:
+                    with conn.cursor(row_factory=class_row(TenantLimits)) as cur:
+                        tenants = cur.execute(q("tenant_limits")).fetchall()
+                    with conn.cursor(row_factory=class_row(TopicSettings)) as cur:
+                        return tenants, cur.execute(q("topic_settings")).fetchall()
+
+            # Producers check tenants and topics at enqueue: the same bound as the enqueue itself.
+            tenants, topics = db.within(read, timeout_s=self.settings.enqueue_timeout_s,
+                                        what="reading tenant and topic settings")
             self._tenants = {t.name: t for t in tenants}
             self._topics = {t.name: t for t in topics}
             self._loaded = time.monotonic()

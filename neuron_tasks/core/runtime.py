@@ -222,12 +222,15 @@ def set_value(conn: psycopg.Connection[Any], key: str, value: str | None) -> str
             stored = cur.execute(q("set_setting"), {"key": key, "value": value}).fetchone()
     except psycopg.Error as exc:
         raise ConfigurationError(str(exc.diag.message_primary or exc)) from None
+    forget_values()  # this process's producers see the new value at once
     return None if stored is None else str(stored)
 
 
 def reset_value(conn: psycopg.Connection[Any], key: str) -> bool:
     with conn.cursor(row_factory=scalar_row) as cur:
-        return bool(cur.execute(q("reset_setting"), {"key": key}).fetchone())
+        found = bool(cur.execute(q("reset_setting"), {"key": key}).fetchone())
+    forget_values()
+    return found
 
 
 def _defaults(cls: builtins.type[BaseSettings]) -> dict[str, Any]:
@@ -257,10 +260,10 @@ def show(conn: psycopg.Connection[Any] | None) -> list[dict[str, Any]]:
             value, source = d.default, "default"
         if d.secret and value is not None:
             value = "********"
-        elif d.key == "database_url" and value:
-            from neuron_tasks.db import redact
+        elif value and isinstance(value, str) and (d.key == "database_url" or "://" in value):
+            from neuron_tasks.db import redact  # URLs may carry a password: user:password@host
 
-            value = redact(str(value))
+            value = redact(value)
         rows.append({"key": d.key, "value": _text(value), "unit": d.unit, "source": source, "live": d.live,
                      "description": d.description})
     return rows
@@ -277,19 +280,36 @@ _cache_lock = threading.Lock()
 
 
 def values_for(url: str, *, max_age_s: float = 2.0) -> dict[str, str | None]:
-    """This database's runtime values, re-read at most every `max_age_s` (kept on errors)."""
+    """This database's runtime values, re-read at most every `max_age_s` (kept on errors, and not
+    asked for again before `max_age_s` either, so a database that is down costs one try per period).
+
+    The same dict is returned until the values are read again: callers may cache what they derive
+    from it by identity (PostgresBroker.enqueue_settings does)."""
     with _cache_lock:
         cached = _cache.get(url)
         if cached is not None and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
     try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
             values = {} if settings_table_missing(conn) else runtime_values(conn)
     except psycopg.Error:
-        return cached[1] if cached is not None else {}
+        values = cached[1] if cached is not None else {}
     with _cache_lock:
+        known = _cache.get(url)
+        if known is not None and known[1] == values:
+            values = known[1]  # unchanged: keep the same object
         _cache[url] = (time.monotonic(), values)
     return values
+
+
+def forget_values(url: str | None = None) -> None:
+    """Drop the cached runtime values of one database (None: of all), so the next `values_for`
+    reads them again (after `config set` in this process, and in tests)."""
+    with _cache_lock:
+        if url is None:
+            _cache.clear()
+        else:
+            _cache.pop(url, None)
 
 
 def overlay(base: M, url: str) -> M:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from neuron_tasks.core.options import check_name
+from neuron_tasks.core.options import check_name, finite_number
 from neuron_tasks.errors import InvalidOption, NeuronTasksError
 from neuron_tasks.sql import q
+
+#: A tenant waits at most a day for its next token; no bucket holds more than a billion.
+MIN_QPS = 1 / 86_400
+MAX_RATE = 1e9
+MAX_TOKENS = 2**63 - 1  # bigint
+
+
+def _real(value: object) -> bool:
+    return finite_number(value)
 
 
 def set_tenant(
@@ -24,15 +32,15 @@ def set_tenant(
 ) -> None:
     """Create or change a tenant; None means unlimited. Burst defaults to max(1, qps)."""
     check_name("tenant", name)
-    if qps is not None and (not math.isfinite(qps) or qps <= 0):
-        raise InvalidOption(f"qps={qps} must be a positive number")
-    if burst is not None and (not math.isfinite(burst) or burst < 1):
-        raise InvalidOption(f"burst={burst} must be at least 1")
+    if qps is not None and (not _real(qps) or not MIN_QPS <= qps <= MAX_RATE):
+        raise InvalidOption(f"qps={qps!r} must be a number from {MIN_QPS:.6g} (one job a day) to {MAX_RATE:g}")
+    if burst is not None and (not _real(burst) or not 1 <= burst <= MAX_RATE):
+        raise InvalidOption(f"burst={burst!r} must be a number from 1 to {MAX_RATE:g}")
     if burst is not None and qps is None:
         raise InvalidOption("burst needs a qps")
     for label, value in (("tokens_per_minute", tokens_per_minute), ("tokens_per_day", tokens_per_day)):
-        if value is not None and value <= 0:
-            raise InvalidOption(f"{label}={value} must be a positive integer")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_TOKENS):
+            raise InvalidOption(f"{label}={value!r} must be an integer from 1 to {MAX_TOKENS}")
     if qps is not None and burst is None:
         burst = max(1.0, qps)
     with pool.connection() as conn:
@@ -54,8 +62,8 @@ def tenants(pool: ConnectionPool, name: str | None = None) -> list[dict[str, Any
 
 def charge_tokens(pool: ConnectionPool, tenant: str, tokens: int) -> None:
     """Charge LLM (or any) tokens a job used to its tenant's budget."""
-    if tokens < 0:
-        raise InvalidOption(f"tokens={tokens} must be >= 0")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= MAX_TOKENS:
+        raise InvalidOption(f"tokens={tokens!r} must be an integer from 0 to {MAX_TOKENS}")
     with pool.connection() as conn:
         conn.execute(q("tenant_charge"), {"tenant": tenant, "tokens": int(tokens)})
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from neuron_tasks.core.options import check_name
+from neuron_tasks.core.options import INT32_MAX, INT32_MIN, check_name, finite_number
 from neuron_tasks.errors import InvalidOption
 from neuron_tasks.sql import q
+
+#: One slot row per unit of concurrency; a delay between starts of at most a day.
+MAX_CONCURRENCY = 10_000
+MAX_DELAY_S = 86_400
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def set_topic(
@@ -24,12 +31,14 @@ def set_topic(
 ) -> None:
     """Create or change a topic; None = no limit (concurrency, delay) or inherit (retries, priority)."""
     check_name("topic", name)
-    if concurrency is not None and concurrency < 1:
-        raise InvalidOption(f"concurrency={concurrency} must be at least 1")
-    if max_retries is not None and max_retries < 0:
-        raise InvalidOption(f"retries={max_retries} must be >= 0")
-    if delay_s is not None and (not math.isfinite(delay_s) or delay_s < 0):
-        raise InvalidOption(f"delay={delay_s} must be >= 0 seconds")
+    if concurrency is not None and (not _int(concurrency) or not 1 <= concurrency <= MAX_CONCURRENCY):
+        raise InvalidOption(f"concurrency={concurrency!r} must be an integer from 1 to {MAX_CONCURRENCY}")
+    if max_retries is not None and (not _int(max_retries) or not 0 <= max_retries <= INT32_MAX):
+        raise InvalidOption(f"retries={max_retries!r} must be an integer from 0 to {INT32_MAX}")
+    if delay_s is not None and (not finite_number(delay_s) or not 0 <= delay_s <= MAX_DELAY_S):
+        raise InvalidOption(f"delay={delay_s!r} must be from 0 to {MAX_DELAY_S} seconds (a day)")
+    if priority is not None and (not _int(priority) or not INT32_MIN <= priority <= INT32_MAX):
+        raise InvalidOption(f"priority={priority!r} must be a 32-bit integer (lower runs first)")
     params = {"name": name, "concurrency": concurrency, "max_retries": max_retries, "delay_s": delay_s,
               "priority": priority}
     with pool.connection() as conn, conn.transaction():

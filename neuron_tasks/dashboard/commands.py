@@ -23,7 +23,9 @@ app = typer.Typer(
     f"and every installed part's pages ({_page_titles()}); /metrics for Prometheus; /healthz.\n\n"
     "Binds 127.0.0.1 by default. Any other address needs a token (--token or "
     "NEURON_TASKS_DASHBOARD_TOKEN); every request then carries it (Authorization: Bearer, the "
-    "X-Neuron-Tasks-Token header, or a cookie set by opening /?token=...).",
+    "X-Neuron-Tasks-Token header, or a cookie set by opening /?token=...). It answers only to the Host names "
+    "127.0.0.1, localhost, [::1] and the bound address (with its port), and to those given with --allowed-host "
+    "or NEURON_TASKS_DASHBOARD_ALLOWED_HOSTS (a name a proxy serves it under).",
     invoke_without_command=True,
 )
 
@@ -35,6 +37,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to bind (default 8787; 0 = any free port).")] = None,
     token: Annotated[str | None, typer.Option(
         help="Access token (default: NEURON_TASKS_DASHBOARD_TOKEN); required beyond 127.0.0.1.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", metavar="NAME", help="Another Host name (or name:port) it answers to (repeat; default: "
+        "NEURON_TASKS_DASHBOARD_ALLOWED_HOSTS).")] = None,
 ) -> None:
     """Serve the dashboard until Ctrl-C / SIGTERM."""
     if ctx.invoked_subcommand is not None:
@@ -43,7 +48,7 @@ def serve(
     from neuron_tasks.commandline import console, database_url, fail
     from neuron_tasks.dashboard.server import DashboardConfigError, check_bind, make_server, url_of
 
-    settings = _settings(host=host, port=port, token=token)
+    settings = _settings(host=host, port=port, token=token, allowed_hosts=allowed_host or None)
     try:
         check_bind(settings)
     except DashboardConfigError as exc:

@@ -14,7 +14,7 @@ from neuron_tasks.errors import NeuronTasksError
 
 
 class DashboardConfigError(NeuronTasksError):
-    """The dashboard was asked to bind beyond loopback without a token."""
+    """The dashboard was asked to bind beyond loopback, or to answer to any Host name, without a token."""
 
 
 def check_bind(settings: DashboardSettings) -> None:
@@ -22,6 +22,11 @@ def check_bind(settings: DashboardSettings) -> None:
         raise DashboardConfigError(
             f"binding the dashboard to {settings.dashboard_host} exposes it beyond this machine: set a token "
             "(NEURON_TASKS_DASHBOARD_TOKEN or --token), or bind 127.0.0.1"
+        )
+    if "*" in settings.dashboard_allowed_hosts and not settings.dashboard_token:
+        raise DashboardConfigError(
+            "dashboard_allowed_hosts '*' answers to any Host name, so any web page could reach the dashboard "
+            "through DNS rebinding: set a token (NEURON_TASKS_DASHBOARD_TOKEN or --token), or list the names"
         )
 
 

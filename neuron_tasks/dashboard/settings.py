@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from neuron_tasks.config import NeuronSettings, restart_only
 
@@ -16,6 +19,11 @@ class DashboardSettings(NeuronSettings):
         default="127.0.0.1", description="address to bind; anything but loopback needs a token"
     )
     dashboard_port: int = restart_only(default=8787, ge=0, le=65535, description="port to bind (0 = any free port)")
+    dashboard_allowed_hosts: Annotated[list[str], NoDecode] = restart_only(
+        default_factory=list,
+        description="Host names the dashboard answers to besides 127.0.0.1, localhost, [::1] and the bound address "
+        "(comma-separated; name or name:port; * = any, only behind a proxy that checks Host)",
+    )
     dashboard_token: str | None = Field(
         default=None, description="access token; required when binding beyond loopback, then needed on every request"
     )
@@ -29,6 +37,13 @@ class DashboardSettings(NeuronSettings):
     )
     dashboard_stale_s: float = Field(default=30.0, gt=0, description="a worker silent this long is not alive")
     dashboard_pool_max_size: int = restart_only(default=8, ge=2, description="connections of the web process")
+
+    @field_validator("dashboard_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
 
 
 def is_loopback(host: str) -> bool:

@@ -151,7 +151,8 @@ def rerank(query: str, documents: list[str], top_n: int | None = None, model: st
 @shell
 def http_call(method: str, url: str, json: Any = None, headers: dict[str, str] | None = None,
               timeout_s: float | None = None) -> dict[str, Any]:
-    """An HTTP request to a host on llm_http_call_allow_hosts; {status, headers, json|text}."""
+    """An HTTP request to a host on llm_http_call_allow_hosts (its addresses checked too), ending at
+    llm_http_call_timeout_s (a message may only shorten it); {status, headers, json|text}."""
     from neuron_tasks.llm.tasks import http_call as run
 
     return run(method, url, json=json, headers=headers, settings=runtime().service.settings, timeout_s=timeout_s)
@@ -160,12 +161,15 @@ def http_call(method: str, url: str, json: Any = None, headers: dict[str, str] |
 @dramatiq.actor(actor_name="sql_task", queue_name=TASKS_QUEUE, **_opts)
 @shell
 def sql_task(statement: str, params: Any = None, fetch: int = 0, timeout_ms: int | None = None) -> dict[str, Any]:
-    """One SQL statement in its own transaction under statement_timeout (trusted callers only)."""
+    """One SQL statement as the role neuron_tasks_sql_runner, under a time limit it cannot lift;
+    off unless llm_sql_task_enabled, and only for messages enqueued by members of
+    neuron_tasks_sql_submitter (docs/security.md)."""
     from neuron_tasks.llm.tasks import sql_task as run
 
     rt = runtime()
-    limit = min(timeout_ms or rt.service.settings.llm_sql_task_timeout_ms, rt.service.settings.llm_sql_task_timeout_ms)
-    return run(rt.service.pool, statement, params, timeout_ms=limit, fetch=fetch)
+    row_id = getattr(CurrentMessage.get_current_message(), "row_id", None)
+    return run(rt.service.pool, statement, params, settings=rt.service.settings, row_id=row_id, fetch=fetch,
+               timeout_ms=timeout_ms)
 
 
 @dramatiq.actor(actor_name="cache_refresh", queue_name=LLM_QUEUE, **_opts)

@@ -11,11 +11,15 @@ straight to the dead letters).
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from neuron_tasks.db import redact
 from neuron_tasks.llm.base import Completion, Embeddings, Ranking, Usage, estimate_tokens
 from neuron_tasks.llm.errors import MalformedReply, ProviderRejected, ProviderUnavailable, RateLimited
 from neuron_tasks.llm.pacing import Pacer, RateLimits, parse_retry_after
@@ -23,6 +27,47 @@ from neuron_tasks.llm.settings import LlmSettings
 
 _clients: dict[str, httpx.Client] = {}
 _clients_lock = threading.Lock()
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^/\s@?#]+)@")
+#: httpx logs every request's URL at INFO ("HTTP Request: POST http://user:password@host/..."),
+#: httpcore its connections at DEBUG.
+LOGGERS = ("httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+
+
+def scrub(text: str) -> str:
+    """`text` with the userinfo of every URL in it masked (user:***@, or ***@ for a bare token)."""
+    def mask(m: re.Match[str]) -> str:
+        user, sep, _ = m.group(2).partition(":")
+        return f"{m.group(1)}{user}:***@" if sep else f"{m.group(1)}***@"
+
+    return _USERINFO.sub(mask, text)
+
+
+class _RedactUrls(logging.Filter):
+    """Masks credentials in URLs of the log records of the logger it is added to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the logging module's to report
+            return True
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_FILTER = _RedactUrls()
+
+
+def install_log_redaction() -> None:
+    """Mask URL credentials in httpx's and httpcore's log records (idempotent)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+install_log_redaction()
 
 
 def client_for(base_url: str, timeout_s: float) -> httpx.Client:
@@ -76,9 +121,22 @@ class HttpProvider:
         self.settings = settings
         self.pacer = pacer
         self.base_url = settings.llm_http_base_url.rstrip("/")
-        self.key = self.base_url
         self.rerank_url = settings.llm_http_rerank_url or f"{self.base_url}/rerank"
+        #: What is shown and stored (provider state key, errors): the URL without its credentials.
+        self.shown_url = redact(self.base_url)
+        self.key = self.shown_url
+        self._secrets = _secrets_of(self.base_url, self.rerank_url)
         self.client = client_for(self.base_url, settings.llm_timeout_ms / 1000.0)
+
+    def _clean(self, text: str) -> str:
+        """Error text as it may be stored and shown: no URL credentials, no password anywhere."""
+        text = scrub(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _shown(self, url: str) -> str:
+        return self._clean(redact(url))
 
     def default_model(self, operation: str) -> str:
         s = self.settings
@@ -92,42 +150,43 @@ class HttpProvider:
         key = self.settings.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
+        shown = self._shown(url)
         try:
             response = self.client.post(url, json=payload, headers=headers)
         except httpx.TimeoutException as exc:
-            text = f"{url}: no answer within {self.settings.llm_timeout_ms} ms ({type(exc).__name__})"
+            text = f"{shown}: no answer within {self.settings.llm_timeout_ms} ms ({type(exc).__name__})"
             self.pacer.observe(self.key, None, outcome="failure", error=text)
             raise ProviderUnavailable(text) from None
-        except httpx.TransportError as exc:
-            text = f"{url}: {type(exc).__name__}: {exc}"
+        except httpx.HTTPError as exc:
+            text = self._clean(f"{shown}: {type(exc).__name__}: {exc}")
             self.pacer.observe(self.key, None, outcome="failure", error=text)
             raise ProviderUnavailable(text) from None
         limits = RateLimits.from_headers(response.headers)
         status = response.status_code
         if status == 429:
             retry_after = parse_retry_after(response.headers)
-            text = f"{url}: 429 rate limited: {provider_message(response)}"
+            text = self._clean(f"{shown}: 429 rate limited: {provider_message(response)}")
             self.pacer.observe(self.key, limits, outcome="throttled", retry_after_s=retry_after, error=text)
             raise RateLimited(text, retry_after_s=retry_after)
         if status >= 500:
             retry_after = parse_retry_after(response.headers)
-            text = f"{url}: {status} from provider: {provider_message(response)}"
+            text = self._clean(f"{shown}: {status} from provider: {provider_message(response)}")
             self.pacer.observe(self.key, limits, outcome="failure", error=text)
             raise ProviderUnavailable(text, retry_after_s=retry_after)
         if status >= 400:
             self.pacer.observe(self.key, limits, outcome="ok")
-            raise ProviderRejected(f"{url}: {status} from provider: {provider_message(response)}")
+            raise ProviderRejected(self._clean(f"{shown}: {status} from provider: {provider_message(response)}"))
         try:
             body = response.json()
         except ValueError:
-            text = f"{url}: reply is not JSON: {response.text[:200]!r}"
+            text = self._clean(f"{shown}: reply is not JSON: {response.text[:200]!r}")
             self.pacer.observe(self.key, limits, outcome="failure", error=text)
             raise MalformedReply(text) from None
         self.pacer.observe(self.key, limits, outcome="ok")
         return body
 
     def _malformed(self, what: str, body: Any) -> MalformedReply:
-        return MalformedReply(f"{self.base_url}: malformed {what} reply: {json.dumps(body)[:300]}")
+        return MalformedReply(self._clean(f"{self.shown_url}: malformed {what} reply: {json.dumps(body)[:300]}"))
 
     # -- operations ---------------------------------------------------------------------------
     def embed(self, texts: list[str], model: str) -> Embeddings:
@@ -177,3 +236,16 @@ class HttpProvider:
         pairs.sort(key=lambda p: -p[1])
         usage = _usage(body, tokens) if isinstance(body, dict) else Usage(prompt_tokens=tokens, estimated=True)
         return Ranking(pairs[:top_n], model, usage, method="provider /rerank")
+
+
+def _secrets_of(*urls: str) -> list[str]:
+    """The passwords (as written and decoded) in the userinfo of these URLs, longest first."""
+    found: set[str] = set()
+    for url in urls:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        if password:
+            found.update({password, unquote(password)})
+    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)

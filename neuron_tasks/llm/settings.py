@@ -5,6 +5,7 @@ Retries of LLM jobs follow the broker's max_retries, shared with every other job
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -63,9 +64,27 @@ class LlmSettings(NeuronSettings):
         default_factory=list,
         description="hosts http_call may reach (comma-separated; host, host:port or *.domain); empty = none",
     )
-    llm_http_call_timeout_s: float = Field(default=10.0, gt=0, description="http_call timeout")
-    llm_http_call_max_bytes: int = Field(default=1_048_576, ge=1, description="largest http_call response body")
+    llm_http_call_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="non-public networks http_call may reach (comma-separated CIDRs, e.g. 10.0.0.0/8, ::1); "
+        "empty = only public addresses and addresses listed on llm_http_call_allow_hosts",
+    )
+    llm_http_call_timeout_s: float = Field(
+        default=10.0, gt=0, description="http_call total deadline (connect, send, read the whole body)"
+    )
+    llm_http_call_max_bytes: int = Field(
+        default=1_048_576, ge=1, description="largest http_call response body (after decompression)"
+    )
+    llm_sql_task_enabled: bool = restart_only(
+        default=False,
+        description="run sql_task jobs (as the role neuron_tasks_sql_runner, for members of "
+        "neuron_tasks_sql_submitter); off: they are dead-lettered",
+    )
     llm_sql_task_timeout_ms: int = Field(default=30_000, ge=1, description="statement_timeout of sql_task")
+    llm_sql_task_max_rows: int = Field(default=1000, ge=0, le=1_000_000, description="rows a sql_task returns at most")
+    llm_sql_task_max_bytes: int = Field(
+        default=1_048_576, ge=1, le=1_073_741_823, description="bytes of rows (as JSON) a sql_task returns at most"
+    )
 
     llm_usage_retention_s: int = Field(
         default=30 * 86400, ge=60, description="keep token usage rows (already charged to their tenant) this long"
@@ -74,11 +93,21 @@ class LlmSettings(NeuronSettings):
         default=3600.0, ge=1, description="LLM cache rotation interval (actor llm_cache_rotate, queue llm)"
     )
 
-    @field_validator("llm_http_call_allow_hosts", mode="before")
+    @field_validator("llm_http_call_allow_hosts", "llm_http_call_allow_networks", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("llm_http_call_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (e.g. 10.0.0.0/8, 192.168.1.5, ::1)") from None
         return value
 
     def api_key(self) -> str | None:

@@ -1,7 +1,11 @@
 """One worker process: our broker, every part's actors and the user's, a Dramatiq Worker.
 
 Started by `neuron-tasks worker` (see supervisor.py); SIGTERM drains gracefully:
-running jobs get `shutdown_timeout_s`, prefetched and unfinished messages go back.
+running jobs get `shutdown_timeout_s`, prefetched and unfinished messages go back. Under the
+supervisor, a repeated SIGTERM (one to the whole process group, then the supervisor's) is the
+same drain; a process started alone exits at once on a second signal. The supervisor gives the
+process its worker id (the lease owner it renews) and a pipe to report readiness and jobs on
+(report.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from pydantic import ValidationError
 
 from neuron_tasks.config import Settings
 from neuron_tasks.core import parts
-from neuron_tasks.core.broker import PostgresBroker
+from neuron_tasks.core.broker import WORKER_OWNER_ENV, PostgresBroker
+from neuron_tasks.worker.report import JobReporter, Reporter
 from neuron_tasks.worker.supervisor import EXIT_CONFIG_ERROR, EXIT_IMPORT_ERROR
 
 log = logging.getLogger("neuron_tasks.worker")
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         log.error("invalid settings: %s", exc)
         return EXIT_CONFIG_ERROR
-    broker: dramatiq.Broker = PostgresBroker(settings=settings)
+    reporter = Reporter.from_env()
+    broker: dramatiq.Broker = PostgresBroker(settings=settings)  # its owner: $NEURON_TASKS_WORKER_OWNER
     dramatiq.set_broker(broker)
     modules = [*parts.actor_modules(), *args.modules]  # every part's actors, then the user's
     try:
@@ -52,21 +58,33 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("could not import actor modules %s", modules)
         return EXIT_IMPORT_ERROR
+    finally:
+        # Brokers made by those modules took the worker id; processes that jobs start must not.
+        os.environ.pop(WORKER_OWNER_ENV, None)
     broker = dramatiq.get_broker()  # a module may have set its own PostgresBroker
+    if reporter is not None:
+        broker.add_middleware(JobReporter(reporter))
     broker.emit_after("process_boot")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
+        if not stop.is_set():
+            stop.set()
+        elif args.supervised:
+            # A SIGTERM to the process group reaches this process and its supervisor, which
+            # forwards it: the same request, and the drain is already under way.
+            log.debug("%s again: already draining", signal.Signals(signum).name)
+        else:
             log.warning("second signal: exiting now; held messages return when their lease expires")
             sys.exit(1)
-        stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN if args.supervised else on_signal)
     worker = dramatiq.Worker(broker, queues=set(args.queues) if args.queues else None, worker_threads=args.threads)
     worker.start()
+    if reporter is not None:
+        reporter.ready()
     log.info("worker ready: %d threads, queues %s", args.threads, sorted(broker.get_declared_queues()))
     parent = os.getppid()
     while not stop.wait(1.0):
@@ -77,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.stop(timeout=int(settings.shutdown_timeout_s * 1000))
     parts.close_all()
     broker.close()
+    if reporter is not None:
+        reporter.close()
     log.info("worker stopped")
     return 0
 

@@ -22,7 +22,7 @@ def client(url: str, **settings: Any) -> Iterator[TestClient]:
     pool = make_pool(url, max_size=4, name="neuron_tasks-dashboard-test")
     try:
         app = create_app(pool, DashboardSettings(**settings))
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
             yield c
     finally:
         pool.close()

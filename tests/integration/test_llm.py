@@ -41,7 +41,8 @@ def fake() -> Iterator[FakeProvider]:
 def llm_settings(fake: FakeProvider) -> LlmSettings:
     return LlmSettings(llm_provider="http", llm_http_base_url=fake.base_url, llm_timeout_ms=400,
                        llm_breaker_failures=3, llm_breaker_open_s=0.5, llm_batch_linger_ms=30,
-                       llm_http_call_allow_hosts=["127.0.0.1"], llm_http_call_max_bytes=1000)
+                       llm_http_call_allow_hosts=["127.0.0.1"], llm_http_call_max_bytes=1000,
+                       llm_sql_task_enabled=True)
 
 
 @pytest.fixture
@@ -200,6 +201,8 @@ def test_http_call_allow_list_size_cap_and_sql_task_timeout(
         off.get_result(block=True, timeout=10_000)
     with pytest.raises(ResultFailure, match="cap of 1000"):
         actors.http_call.send("GET", f"{base}/big").get_result(block=True, timeout=10_000)
+    with psycopg.connect(llm_db, autocommit=True) as conn:  # background SQL runs as its own low-privilege role
+        conn.execute("GRANT INSERT ON public.test_runs TO neuron_tasks_sql_runner")
     done = actors.sql_task.send("INSERT INTO public.test_runs (key) VALUES (%(k)s), (%(k)s)", {"k": "sql"})
     assert done.get_result(block=True, timeout=10_000) == {"rowcount": 2}
     slow = actors.sql_task.send("SELECT pg_sleep(3)", timeout_ms=100)

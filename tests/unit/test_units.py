@@ -100,3 +100,19 @@ def test_token_budgets_are_live_settings_and_tokens_are_secret() -> None:
     defs = runtime.definitions()
     assert defs["default_tenant_tokens_per_minute"].live and not defs["default_tenant_tokens_per_minute"].secret
     assert defs["dashboard_token"].secret and not defs["dashboard_token"].live
+
+
+def test_decode_refuses_args_that_are_not_a_list() -> None:
+    import json
+
+    from dramatiq.errors import DecodeError
+
+    from neuron_tasks.core.consumer import decode
+
+    fields = {"queue_name": "q", "actor_name": "a", "kwargs": {}, "options": {}, "message_id": "m",
+              "message_timestamp": 1}
+    assert decode(json.dumps({**fields, "args": [1, 2]}).encode()).args == (1, 2)
+    with pytest.raises(DecodeError, match="args must be a list"):
+        decode(json.dumps({**fields, "args": {"x": 1}}).encode())  # Message.decode would run it as a('x')
+    with pytest.raises(DecodeError):
+        decode(b"[1, 2]")

@@ -1,5 +1,7 @@
 """Dramatiq's Retries (exponential backoff with jitter), plus: max_retries per topic, a
-`Retry-After` carried by the exception, and exceptions marked non-retryable."""
+`Retry-After` carried by the exception, and exceptions marked non-retryable. A failure that
+cannot be decided (an option no enqueue accepts, a broken `retry_after`) dead-letters the
+message with the reason: Dramatiq would otherwise log the error and record the job as finished."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import Retry
 
 from neuron_tasks.core.middleware.context import policies
-from neuron_tasks.errors import NonRetryable
+from neuron_tasks.core.options import HORIZON_MS, finite_number
+from neuron_tasks.errors import InvalidOption, NonRetryable
 
 _non_retryable: set[type[BaseException]] = set()
 
@@ -28,10 +31,11 @@ def is_non_retryable(exc: BaseException) -> bool:
 
 
 def retry_after_ms(exc: BaseException) -> int | None:
-    """Milliseconds from an exception's `retry_after` (seconds) attribute, if it has one."""
+    """Milliseconds from an exception's `retry_after` (seconds) attribute, if it has a usable one
+    (a finite number >= 0; capped at the longest delay a message may have)."""
     value = getattr(exc, "retry_after", None)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return int(value * 1000)
+    if finite_number(value) and value >= 0:
+        return int(min(value * 1000, HORIZON_MS))
     return None
 
 
@@ -41,6 +45,15 @@ class Retries(dramatiq.middleware.Retries):
     ) -> None:
         if exception is None:
             return
+        try:
+            self._after_failure(broker, message, exception)
+        except Exception as exc:
+            reason = f"could not decide whether to retry after {type(exception).__name__}: {type(exc).__name__}: {exc}"
+            self.logger.error("Message %r: %s; moving it to the dead letters.", message.message_id, reason)
+            message.fail()
+            message.stuff_exception(InvalidOption(f"{reason} (the job failed with: {exception})"))
+
+    def _after_failure(self, broker: Broker, message: MessageProxy, exception: BaseException) -> None:
         if is_non_retryable(exception):
             self.logger.info("Message %r failed with a non-retryable %s.", message.message_id,
                              type(exception).__name__)
@@ -58,4 +71,4 @@ class Retries(dramatiq.middleware.Retries):
             throws = message.options.get("throws") or actor.options.get("throws")
             if not (throws and isinstance(exception, throws)):
                 exception = Retry(str(exception), delay=delay)
-        super().after_process_message(broker, message, result=result, exception=exception)
+        super().after_process_message(broker, message, result=None, exception=exception)

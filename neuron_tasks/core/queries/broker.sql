@@ -127,7 +127,8 @@ FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
 
 -- name: ack
--- Finished: remove from the hot table, keep a history row.
+-- Finished: remove from the hot table, keep a history row. Returns the ids recorded (an id
+-- missing was no longer this worker's: another worker took it over after its lease expired).
 WITH done AS (
     DELETE FROM neuron_tasks.messages
     WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
@@ -137,7 +138,8 @@ INSERT INTO neuron_tasks.messages_history
     (id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
      enqueued_at, started_at, worker_id)
 SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
-       enqueued_at, started_at, %(owner)s FROM done;
+       enqueued_at, started_at, %(owner)s FROM done
+RETURNING id;
 
 -- name: retry
 -- Failed but retryable: back to the queue after a backoff, with the updated message.
@@ -151,7 +153,8 @@ SET state = 'retrying',
     last_error = %(error)s,
     errors = errors || %(entry)s::jsonb,
     updated_at = now()
-WHERE id = %(id)s AND lease_owner = %(owner)s;
+WHERE id = %(id)s AND lease_owner = %(owner)s
+RETURNING id;
 
 -- name: nack
 -- Failed for good: a dead letter with its error and traceback.
@@ -163,7 +166,8 @@ SET state = 'failed',
     last_error = %(error)s,
     errors = errors || %(entry)s::jsonb,
     updated_at = now()
-WHERE id = %(id)s AND (lease_owner = %(owner)s OR %(owner)s::uuid IS NULL);
+WHERE id = %(id)s AND (lease_owner = %(owner)s OR %(owner)s::uuid IS NULL)
+RETURNING id;
 
 -- name: defer
 -- Not run now (a tenant or topic limit): back to the queue until `delay_ms` from now, without
@@ -176,7 +180,8 @@ SET state = CASE WHEN retries > 0 THEN 'retrying' ELSE 'pending' END,
     lease_owner = NULL,
     lease_expires_at = NULL,
     updated_at = now()
-WHERE id = %(id)s AND lease_owner = %(owner)s;
+WHERE id = %(id)s AND lease_owner = %(owner)s
+RETURNING id;
 
 -- name: release
 -- Give claimed messages back to the queue (worker shutdown, consumer restart), and their slots.
@@ -226,10 +231,21 @@ LISTEN neuron_tasks;
 LISTEN neuron_tasks_settings;
 
 -- name: renew_leases
--- Heartbeat: extend the leases of every message this worker holds.
+-- Heartbeat: extend the leases of every message this worker holds, expired ones included (after
+-- an outage, before any sweeper may reclaim them), except those whose result could not be
+-- written (`abandoned`: left to expire, so that they run again).
 UPDATE neuron_tasks.messages
 SET lease_expires_at = now() + %(lease_s)s * interval '1 second'
-WHERE lease_owner = %(owner)s AND state = 'running';
+WHERE lease_owner = %(owner)s AND state = 'running' AND id <> ALL(%(abandoned)s::bigint[]);
+
+-- name: server_epoch
+-- When the server last started, for the sweeper's rule (see maintenance.py): the postmaster's
+-- start, or the checkpointer's when later (a crash restart restarts every process but the
+-- postmaster; the checkpointer's start is visible to superusers and pg_read_all_stats only).
+SELECT e.started_at, extract(epoch FROM now() - e.started_at)::float8 AS up_s
+FROM (SELECT greatest(pg_postmaster_start_time(),
+                      (SELECT max(backend_start) FROM pg_stat_activity
+                       WHERE backend_type = 'checkpointer')) AS started_at) AS e;
 
 -- name: register_worker
 -- A worker process starts.
@@ -255,25 +271,32 @@ UPDATE neuron_tasks.workers SET stopped_at = now(), heartbeat_at = now() WHERE w
 
 -- name: reclaim_expired
 -- Sweeper: messages whose worker stopped heartbeating go back to the queue, or, once their
--- workers have died more than `max_deaths` times holding them, to the dead letters (poison).
+-- workers have died more than their max_retries times holding them, to the dead letters (poison).
+-- A message's max_retries is the one its worker recorded before running it again after a crash
+-- (poison_mark_started: message > topic > actor), else `max_deaths` (the max_retries setting);
+-- at least 1, so a message always gets one re-run after a crash.
 -- A first death is counted for every message the worker held; later ones only for messages the
 -- worker proved it had started (started_attempt), so messages that were merely prefetched next
--- to a poison job are not condemned with it.
+-- to a poison job are not condemned with it. `owner` (else NULL): only that worker's messages (its
+-- supervisor saw it die: nothing to wait for).
 WITH expired AS (
     SELECT id,
-           deaths + CASE WHEN deaths = 0 OR started_attempt = attempts THEN 1 ELSE 0 END AS new_deaths
+           deaths + CASE WHEN deaths = 0 OR started_attempt = attempts THEN 1 ELSE 0 END AS new_deaths,
+           greatest(coalesce(max_retries, %(max_deaths)s), 1) AS max_deaths
     FROM neuron_tasks.messages
     WHERE state = 'running' AND lease_expires_at < now()
+      AND (%(owner)s::uuid IS NULL OR lease_owner = %(owner)s::uuid)
     ORDER BY lease_expires_at
     LIMIT 1000
     FOR UPDATE SKIP LOCKED)
 UPDATE neuron_tasks.messages AS m
 SET deaths = e.new_deaths,
-    state = CASE WHEN e.new_deaths > %(max_deaths)s THEN 'failed'
+    state = CASE WHEN e.new_deaths > e.max_deaths THEN 'failed'
                  WHEN m.retries > 0 THEN 'retrying' ELSE 'pending' END,
-    failed_at = CASE WHEN e.new_deaths > %(max_deaths)s THEN now() END,
-    last_error = CASE WHEN e.new_deaths > %(max_deaths)s
-                      THEN format('PoisonMessage: its worker died %%s times while running it', e.new_deaths)
+    failed_at = CASE WHEN e.new_deaths > e.max_deaths THEN now() END,
+    last_error = CASE WHEN e.new_deaths > e.max_deaths
+                      THEN format('PoisonMessage: its worker died %%s times while running it (max_retries %%s)',
+                                  e.new_deaths, e.max_deaths)
                       ELSE m.last_error END,
     errors = m.errors || jsonb_build_array(jsonb_build_object(
         'at', now(), 'attempt', m.attempts, 'type', 'neuron_tasks.errors.WorkerDied',
@@ -285,12 +308,6 @@ SET deaths = e.new_deaths,
 FROM expired AS e
 WHERE m.id = e.id
 RETURNING m.id, m.queue_name, m.state;
-
--- name: mark_started
--- A message that killed a worker before is about to run again: record it, so a second death
--- counts against it (see reclaim_expired).
-UPDATE neuron_tasks.messages SET started_attempt = attempts
-WHERE id = %(id)s AND lease_owner = %(owner)s;
 
 -- name: trim_history
 -- Retention of finished-message history.

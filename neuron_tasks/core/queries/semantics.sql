@@ -119,3 +119,10 @@ RETURNING name;
 -- When a delayed topic may start its next task.
 SELECT extract(epoch FROM (next_start_at - now()))::float8 AS wait_s FROM neuron_tasks.topics
 WHERE name = %(topic)s;
+
+-- name: poison_mark_started
+-- A message that killed a worker before is about to run again: record that it started, so a
+-- second death counts against it, and its own max_retries (message > topic > actor; NULL: the
+-- setting), the limit reclaim_expired holds its deaths to.
+UPDATE neuron_tasks.messages SET started_attempt = attempts, max_retries = %(max_retries)s
+WHERE id = %(id)s AND lease_owner = %(owner)s;

@@ -138,3 +138,31 @@ WHERE at < now() - make_interval(secs => %(retention_s)s) AND (charged_at IS NOT
 -- name: sql_task_timeout
 -- statement_timeout (milliseconds) for the rest of a sql_task's transaction.
 SELECT set_config('statement_timeout', %(ms)s, true);
+
+-- name: sql_task_admission
+-- May this sql_task message run? Who enqueued it (recorded by the database, schema/012), whether
+-- that role is a member of neuron_tasks_sql_submitter, and whether the runner role and its
+-- function are still as low as schema/012 made them.
+SELECT m.enqueued_by,
+       m.enqueued_by IS NOT NULL AND EXISTS (
+           SELECT 1 FROM pg_catalog.pg_roles r
+           WHERE r.rolname = m.enqueued_by
+             AND pg_catalog.pg_has_role(r.oid, 'neuron_tasks_sql_submitter', 'MEMBER')) AS submitter,
+       coalesce((
+           SELECT NOT r.rolsuper AND NOT r.rolbypassrls AND NOT r.rolcreaterole
+                  AND NOT pg_catalog.has_schema_privilege(r.oid, 'neuron_tasks', 'USAGE')
+                  AND p.prosecdef AND p.proowner = r.oid
+           FROM pg_catalog.pg_roles r, pg_catalog.pg_proc p
+           WHERE r.rolname = 'neuron_tasks_sql_runner'
+             AND p.oid = 'neuron_tasks.sql_task_run_v1(text, integer, integer)'::pg_catalog.regprocedure), false)
+           AS runner_safe
+FROM neuron_tasks.messages m
+WHERE m.id = %(row_id)s AND m.actor_name = 'sql_task';
+
+-- name: sql_task_run
+-- Run one statement as neuron_tasks_sql_runner (schema/012); rows capped by count and bytes.
+SELECT neuron_tasks.sql_task_run_v1(%(statement)s::text, %(max_rows)s::integer, %(max_bytes)s::integer);
+
+-- name: sql_task_terminate
+-- End the session of a sql_task statement that ignored its statement_timeout's cancel.
+SELECT pg_terminate_backend(%(pid)s::integer);
