@@ -22,7 +22,7 @@ import pytest
 from neuron_tasks import PostgresBroker
 from neuron_tasks.config import Settings
 from neuron_tasks.errors import DatabaseUnavailable
-from neuron_tasks.testing.cluster import PrivateCluster
+from neuron_tasks.testing.cluster import PrivateCluster, StopMode
 from tests.faults.conftest import Workers, enqueue, runs, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -54,8 +54,12 @@ def live_workers(url: str, n: int) -> Callable[[], bool]:
     return check
 
 
-def test_outage_longer_than_lease_reruns_nothing(pg: PrivateCluster, fdb: str,
-                                                 spawn_workers: Callable[..., Workers]) -> None:
+@pytest.mark.parametrize(("mode", "down_s"), [("immediate", 8.0), ("fast", 1.0)],
+                         ids=["immediate-stop-longer-than-the-lease", "fast-restart-shorter-than-the-lease"])
+def test_outage_reruns_nothing(pg: PrivateCluster, fdb: str, spawn_workers: Callable[..., Workers],
+                               mode: StopMode, down_s: float) -> None:
+    """PostgreSQL stops (immediate or fast) for longer or shorter than the lease (3 s): no job
+    runs twice, nothing is lost, nobody counts a death."""
     create_marks(fdb)
     workers = spawn_workers(fdb, processes=2, threads=4, module=ACTORS, lease_s="3", batch_size="10")
     wait_for(live_workers(fdb, 2), "2 worker processes", timeout=60)
@@ -68,8 +72,8 @@ def test_outage_longer_than_lease_reruns_nothing(pg: PrivateCluster, fdb: str,
                             " WHERE state = 'running'")) >= 2
     wait_for(both_hold_messages, "both processes holding messages", timeout=30)
     started_before = sum(1 for k, _ in marks(fdb) if k.startswith("start:"))
-    pg.stop("immediate")
-    time.sleep(8.0)  # more than two leases (lease_s=3)
+    pg.stop(mode)
+    time.sleep(down_s)
     pg.start()
 
     def all_done() -> bool:
