@@ -13,6 +13,7 @@ See docs/security.md.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json as jsonlib
 import socket
@@ -189,6 +190,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+#: Name lookups of http_call, so that each can be waited for no longer than its call's deadline.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="http-call-resolve")
+
+
 class _CheckedBackend(httpcore.NetworkBackend):
     """Resolves the host once, refuses it unless every address is allowed, connects to those."""
 
@@ -199,8 +204,13 @@ class _CheckedBackend(httpcore.NetworkBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        # The name lookup counts against the call's deadline too (the system resolver can take
+        # far longer); a lookup still running then is left to finish in the resolver's thread.
+        lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = lookup.result(timeout=max(self._deadline - time.monotonic(), 0.0))
+        except concurrent.futures.TimeoutError:
+            raise httpcore.ConnectTimeout(f"total deadline reached while resolving {host}") from None
         except (socket.gaierror, UnicodeError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))

@@ -119,6 +119,22 @@ def test_a_slow_drip_ends_at_the_total_deadline(port: int) -> None:
     assert time.monotonic() - started < 0.9
 
 
+def test_a_slow_name_lookup_ends_at_the_total_deadline(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuron_tasks.llm import tasks
+
+    real = socket.getaddrinfo
+
+    def slow_lookup(*args: Any, **kwargs: Any) -> Any:  # a resolver that hangs for 5 s
+        time.sleep(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.socket, "getaddrinfo", slow_lookup)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable):
+        http_call("GET", f"http://127.0.0.1:{port}/x", settings=settings(), timeout_s=0.5)
+    assert time.monotonic() - started < 3  # not the 5 s the lookup takes
+
+
 def test_a_gzip_bomb_is_cut_at_the_cap(port: int) -> None:
     tracemalloc.start()
     try:
