@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -13,6 +14,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from neuron_tasks import db
 from neuron_tasks.config import Settings
@@ -25,6 +27,8 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for scripts and logs
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed when not run from "
+                                      "a terminal).")]
 
 
 class State:
@@ -47,14 +51,58 @@ def settings() -> Settings:
 def database_url(*, upgrade: bool = True) -> str:
     """The URL (embedded server started when none is set), exported for child processes."""
     url = db.resolve_url(settings(), export=True)
+    check_reachable(url)
     if upgrade:
         migrate.upgrade(url)
     return url
 
 
+CONNECT_TIMEOUT_S = 5
+
+
+def check_reachable(url: str) -> None:
+    """Fail with one line naming host and port when PostgreSQL cannot be reached or refuses us."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as exc:
+        try:
+            info = conninfo_to_dict(url)
+        except psycopg.Error:
+            info = {}
+        where = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        fail(f"cannot connect to PostgreSQL at {where}: {reason}")
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: `error: message`, the message printed as is (no markup: [brackets] stay)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    print_error(message)
     raise typer.Exit(code)
+
+
+def confirm_destructive(what: str, *, yes: bool) -> None:
+    """Ask before deleting `what` on a terminal (default no); elsewhere require --yes (exit 2 without it)."""
+    if yes:
+        return
+    if sys.stdin.isatty():
+        typer.confirm(f"{what[:1].upper()}{what[1:]}?", default=False, abort=True)
+        return
+    fail(f"this would {what}; pass --yes to confirm (no terminal to ask on)", code=2)
+
+
+def done(as_json: bool, result: dict[str, Any], text: str) -> None:
+    """What a command did: `result` as one JSON object with --json, else `text`."""
+    if as_json:
+        print(json.dumps(jsonable(result)))
+    else:
+        console.print(text, highlight=False, markup=False)
 
 
 def jsonable(value: Any) -> Any:

@@ -6,14 +6,16 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from neuron_tasks import db
 from neuron_tasks.commandline import (
     JsonOpt,
+    YesOpt,
     cell,
+    confirm_destructive,
     console,
     database_url,
     emit,
@@ -22,12 +24,33 @@ from neuron_tasks.commandline import (
     json_arg,
     jsonable,
     parse_duration,
+    print_error,
     repo,
     settings,
     state,
 )
 from neuron_tasks.core import migrate
 from neuron_tasks.errors import NeuronTasksError
+
+
+def _flags_show_no_type() -> None:
+    """In --help, an on/off flag (--json, --yes, --all...) shows no `<bool>` value: it takes none."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_quiet", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich.flags_quiet = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 app = typer.Typer(
     help="neuron_tasks: background jobs on Dramatiq with PostgreSQL as the broker.\n\n"
@@ -41,12 +64,22 @@ app.add_typer(db_app, name="db")
 app.add_typer(dl_app, name="dead-letters")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from neuron_tasks import __version__
+
+        print(f"neuron-tasks {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     database_url: Annotated[
         str | None, typer.Option("--database-url", envvar="NEURON_TASKS_DATABASE_URL", help="PostgreSQL URL.")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -102,6 +135,8 @@ def worker(
     """
     from neuron_tasks.worker.supervisor import Supervisor, python_command
 
+    for module in modules or []:
+        _check_importable(module)
     url = database_url()
     on_exit = None
     metrics_dir = None
@@ -140,6 +175,21 @@ def worker(
 
         exporter.cleanup(metrics_dir)
     raise typer.Exit(code)
+
+
+def _check_importable(module: str) -> None:
+    """Fail with one line when an actor module cannot be found (workers import it from this directory)."""
+    import importlib.util
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    finally:
+        sys.path.remove(os.getcwd())
+    if not found:
+        fail(f"cannot import actor module {module!r}: no such module here or on PYTHONPATH")
 
 
 # -- enqueue ----------------------------------------------------------------------------------
@@ -255,12 +305,17 @@ def dl_show(key: Annotated[str, typer.Argument(help="Row id or message id.")], a
 def dl_requeue(keys: Annotated[list[str] | None, typer.Argument(help="Row ids or message ids.")] = None,
                all_: Annotated[bool, typer.Option("--all", help="Every dead letter matching the filters.")] = False,
                queue: QueueOpt = None, actor: ActorOpt = None, tenant: TenantOpt = None,
-               older_than: AgeOpt = None, as_json: JsonOpt = False) -> None:
+               older_than: AgeOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Put dead letters back in their queue with attempts and retries reset."""
     r = repo()
     if all_:
         keys = r.dead_letter_keys(queue=queue, actor=actor, tenant=tenant, older_than_s=parse_duration(older_than))
+        if keys:
+            confirm_destructive(f"requeue {len(keys)} dead letter(s) of {_scope(queue, actor, tenant, older_than)}",
+                                yes=yes)
     if not keys:
+        if all_:
+            fail(f"no dead letters of {_scope(queue, actor, tenant, older_than)} to requeue")
         fail("name dead letters to requeue, or pass --all (with optional filters)")
         return
     done = r.requeue(list(keys))
@@ -270,16 +325,25 @@ def dl_requeue(keys: Annotated[list[str] | None, typer.Argument(help="Row ids or
         console.print(f"requeued {len(done)} message(s)")
 
 
+def _scope(queue: str | None, actor: str | None = None, tenant: str | None = None,
+           older_than: str | None = None) -> str:
+    parts = [f"queue {queue}" if queue else "all queues"]
+    parts += [f"actor {actor}"] if actor else []
+    parts += [f"tenant {tenant}"] if tenant else []
+    parts += [f"older than {older_than}"] if older_than else []
+    return ", ".join(parts)
+
+
 @dl_app.command("purge")
 def dl_purge(queue: QueueOpt = None, older_than: AgeOpt = None,
-             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
-             as_json: JsonOpt = False) -> None:
+             yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Delete dead letters (all, or of one queue, or older than an age)."""
-    scope = f"queue {queue}" if queue else "all queues"
-    if not yes and sys.stdin.isatty():
-        typer.confirm(f"delete dead letters of {scope}{' older than ' + older_than if older_than else ''}?",
-                      abort=True)
-    n = repo().purge(queue=queue, older_than_s=parse_duration(older_than))
+    age = parse_duration(older_than)
+    r = repo()
+    if not yes:
+        count = len(r.dead_letter_keys(queue=queue, actor=None, tenant=None, older_than_s=age))
+        confirm_destructive(f"delete {count} dead letter(s) of {_scope(queue, older_than=older_than)}", yes=yes)
+    n = r.purge(queue=queue, older_than_s=age)
     if as_json:
         print(json.dumps({"purged": n}))
     else:
@@ -322,7 +386,7 @@ def main() -> None:
     try:
         app()
     except NeuronTasksError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        print_error(str(exc))
         sys.exit(1)
 
 

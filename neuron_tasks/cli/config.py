@@ -8,7 +8,7 @@ from typing import Annotated
 import psycopg
 import typer
 
-from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail
+from neuron_tasks.commandline import JsonOpt, database_url, done, emit, fail
 from neuron_tasks.errors import ConfigurationError
 
 NAME = "config"
@@ -38,10 +38,13 @@ def show(
     emit(rows, ["key", "value", "unit", "source", "live", "description"], as_json=False, title="Settings")
 
 
-@app.command("set")
+# A value may start with a minus (`config set batch_size -5`): it is then refused with the
+# setting's own rule, not taken for an unknown option.
+@app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     key: Annotated[str, typer.Argument(help="Setting name, e.g. batch_size.")],
     value: Annotated[str, typer.Argument(help="New value ('null' to unset an optional one).")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Change a setting for every running worker and scheduler (applied within seconds)."""
     from neuron_tasks.core import runtime
@@ -51,14 +54,15 @@ def set_(
             stored = runtime.set_value(conn, key, value)
         except ConfigurationError as exc:
             fail(str(exc))
-    console.print(f"{key} = {stored if stored is not None else 'null'} (runtime; running processes apply it now)")
+    done(as_json, {"key": key, "value": stored, "source": "runtime"},
+         f"{key} = {stored if stored is not None else 'null'} (runtime; running processes apply it now)")
 
 
 @app.command("reset")
-def reset(key: Annotated[str, typer.Argument(help="Setting name.")]) -> None:
+def reset(key: Annotated[str, typer.Argument(help="Setting name.")], as_json: JsonOpt = False) -> None:
     """Drop a runtime value: the file, environment or built-in value applies again."""
     from neuron_tasks.core import runtime
 
     with psycopg.connect(database_url(), autocommit=True) as conn:
         found = runtime.reset_value(conn, key)
-    console.print(f"{key}: runtime value {'removed' if found else 'was not set'}")
+    done(as_json, {"key": key, "removed": found}, f"{key}: runtime value {'removed' if found else 'was not set'}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from neuron_tasks.commandline import JsonOpt, console, emit, fail, jsonable, pool
+from neuron_tasks.commandline import JsonOpt, YesOpt, confirm_destructive, console, done, emit, fail, jsonable, pool
 from neuron_tasks.errors import InvalidOption
 
 NAME = "tenants"
@@ -67,10 +67,14 @@ def show(name: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str) -> None:
+def delete(name: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Remove a tenant (its messages then follow the default tenant policy)."""
-    from neuron_tasks.core.tenancy import delete_tenant
+    from neuron_tasks.core.tenancy import delete_tenant, tenants
 
-    if not delete_tenant(pool(), name):
+    p = pool()
+    if not tenants(p, name):
         fail(f"no tenant {name!r}")
-    console.print(f"deleted tenant {name}")
+    confirm_destructive(f"delete tenant {name} with its limits and token budgets", yes=yes)
+    if not delete_tenant(p, name):
+        fail(f"no tenant {name!r}")
+    done(as_json, {"deleted": "tenant", "name": name}, f"deleted tenant {name}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from neuron_tasks.commandline import JsonOpt, console, emit, fail, jsonable, pool
+from neuron_tasks.commandline import JsonOpt, YesOpt, confirm_destructive, console, done, emit, fail, jsonable, pool
 from neuron_tasks.errors import InvalidOption
 
 NAME = "topics"
@@ -50,10 +50,14 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command("delete")
-def delete(name: str) -> None:
+def delete(name: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Remove a topic (messages naming it are then refused at enqueue)."""
-    from neuron_tasks.core.topics import delete_topic
+    from neuron_tasks.core.topics import delete_topic, topics
 
-    if not delete_topic(pool(), name):
+    p = pool()
+    if not any(t["name"] == name for t in topics(p)):
         fail(f"no topic {name!r}")
-    console.print(f"deleted topic {name}")
+    confirm_destructive(f"delete topic {name} with its settings", yes=yes)
+    if not delete_topic(p, name):
+        fail(f"no topic {name!r}")
+    done(as_json, {"deleted": "topic", "name": name}, f"deleted topic {name}")

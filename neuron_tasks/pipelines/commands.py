@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail, jsonable
+from neuron_tasks.commandline import (
+    JsonOpt,
+    YesOpt,
+    confirm_destructive,
+    console,
+    database_url,
+    done,
+    emit,
+    fail,
+    jsonable,
+)
 
 app = typer.Typer(help="Pipelines (after EDB AIDB): triggers record changes of a source table in a backlog; "
                   "sync jobs embed them in batches into a destination table (key, embedding, source_hash, "
@@ -218,15 +228,22 @@ def update(
 def drop(
     name: Annotated[str, typer.Argument(help="Pipeline name.")],
     drop_destination: Annotated[bool, typer.Option(help="Also drop the destination table.")] = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove a pipeline's triggers, backlog and errors (the destination table stays unless asked)."""
-    from neuron_tasks.pipelines import drop_pipeline, drop_volume_pipeline
+    from neuron_tasks.pipelines import drop_pipeline, drop_volume_pipeline, list_pipelines
 
     url = database_url()
+    if not list_pipelines(url, name):
+        fail(f"no pipeline named {name!r}")
+    confirm_destructive(f"drop pipeline {name} with its backlog and errors"
+                        + (" and its destination table" if drop_destination else ""), yes=yes)
     if not (drop_pipeline(url, name, drop_destination=drop_destination)
             or drop_volume_pipeline(url, name, drop_destination=drop_destination)):
         fail(f"no pipeline named {name!r}")
-    console.print(f"dropped pipeline {name}")
+    done(as_json, {"dropped": "pipeline", "name": name, "destination_dropped": drop_destination},
+         f"dropped pipeline {name}")
 
 
 DEMO_CORPUS = [

@@ -138,8 +138,11 @@ def load_config(path: Path) -> list[ScheduledJob]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"cannot read scheduler config {path}: {exc}") from None
+    if not isinstance(data.get("jobs"), list) or not data["jobs"]:
+        raise ConfigurationError(f"{path}: no [[jobs]] entries; declare each job as a [[jobs]] table with "
+                                 "actor = \"...\" and every = SECONDS or cron = \"...\"")
     jobs = []
-    for entry in data.get("jobs", []):
+    for entry in data["jobs"]:
         if "actor" not in entry:
             raise ConfigurationError(f"{path}: every [[jobs]] entry needs actor = \"...\"")
         jobs.append(ScheduledJob(entry.get("name", entry["actor"]), "actor", entry["actor"],

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from neuron_tasks.commandline import JsonOpt, console, database_url, emit, fail, json_arg, jsonable, parse_duration
+from neuron_tasks.commandline import (
+    JsonOpt,
+    YesOpt,
+    confirm_destructive,
+    console,
+    database_url,
+    done,
+    emit,
+    fail,
+    json_arg,
+    jsonable,
+    parse_duration,
+)
 
 if TYPE_CHECKING:
     from neuron_tasks.vectors.client import Vectors
@@ -57,6 +69,7 @@ def add(
     start_id: Annotated[int, typer.Option(help="First id for --random / .npy rows.")] = 0,
     batch: Annotated[int, typer.Option(help="Items per write transaction.")] = 2000,
     save: Annotated[bool, typer.Option(help="Save a graph snapshot at the end.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add (or replace) items; texts without vectors are embedded by the LLM provider."""
     import numpy as np
@@ -75,7 +88,7 @@ def add(
     else:
         fail("give --file or --random N")
     total = len(mat) if mat is not None else len(items)
-    with Progress(console=console) as progress:
+    with Progress(console=console, disable=as_json) as progress:
         task = progress.add_task(f"adding to {name}", total=total)
         for start in range(0, total, batch):
             if mat is not None:
@@ -93,10 +106,12 @@ def add(
                     vecs = embed_texts(client.pool, [str(t) for t in texts])
                 client.add(name, ids, vecs, metadata=[it.get("metadata") for it in part], texts=texts)
             progress.advance(task, min(batch, total - start))
-    if save:
-        snap = client.save(name)
-        console.print(f"snapshot saved at seq {snap['seq']} ({snap['bytes'] / 1e6:.1f} MB, {snap['live']} live)")
+    snap = client.save(name) if save else None
     client.close()
+    if as_json:
+        print(json.dumps(jsonable({"index": name, "added": total, "snapshot": snap})))
+    elif snap:
+        console.print(f"snapshot saved at seq {snap['seq']} ({snap['bytes'] / 1e6:.1f} MB, {snap['live']} live)")
 
 
 @app.command()
@@ -205,11 +220,20 @@ def tune(
 
 
 @app.command()
-def drop(name: Annotated[str, typer.Argument(help="Index name.")]) -> None:
+def drop(name: Annotated[str, typer.Argument(help="Index name.")], yes: YesOpt = False,
+         as_json: JsonOpt = False) -> None:
     """Delete an index, its vectors, snapshot, metrics and decisions."""
-    if not _client().drop_index(name):
+    from neuron_tasks.vectors import UnknownIndex
+
+    client = _client()
+    try:
+        client.info(name)
+    except UnknownIndex:
         fail(f"no index {name!r}")
-    console.print(f"dropped index {name}")
+    confirm_destructive(f"drop index {name} with all its vectors, snapshot and metrics", yes=yes)
+    if not client.drop_index(name):
+        fail(f"no index {name!r}")
+    done(as_json, {"dropped": "index", "name": name}, f"dropped index {name}")
 
 
 @app.command()

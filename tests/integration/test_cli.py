@@ -64,7 +64,7 @@ def test_enqueue_status_and_dead_letters_flow(broker: PostgresBroker, worker: dr
     human = cli(url, "dead-letters", "show", out["message_id"]).stdout
     assert "exploded 7" in human
 
-    requeued = json.loads(cli(url, "dead-letters", "requeue", "--all", "--queue", "default", "--json").stdout)
+    requeued = json.loads(cli(url, "dead-letters", "requeue", "--all", "--queue", "default", "--yes", "--json").stdout)
     assert requeued == {"requeued": [out["message_id"]]}
     broker.join("default", timeout=10_000, fail_fast=False)
     purged = json.loads(cli(url, "dead-letters", "purge", "--yes", "--json").stdout)
@@ -154,6 +154,6 @@ def test_tenants_and_topics_commands(clean_db: str) -> None:
     enq = cli(clean_db, "enqueue", "send", "--topic", "nope", check=False)
     assert enq.returncode == 1 and "unknown topic nope" in enq.stderr
     assert "Topics" in cli(clean_db, "topics", "list").stdout
-    cli(clean_db, "topics", "delete", "emails")
-    cli(clean_db, "tenants", "delete", "acme")
+    cli(clean_db, "topics", "delete", "emails", "--yes")
+    cli(clean_db, "tenants", "delete", "acme", "--yes")
     assert json.loads(cli(clean_db, "tenants", "list", "--json").stdout) == []

@@ -57,9 +57,9 @@ def test_pipeline_commands(cli_db: str) -> None:
     assert code == 0 and json.loads(out)["auto_processing"] == "disabled"
     code, out = invoke("update", "pl_cli", "--sync-interval", "3 days")
     assert code == 1 and "cannot update" in out
-    code, out = invoke("drop", "pl_cli", "--drop-destination")
+    code, out = invoke("drop", "pl_cli", "--drop-destination", "--yes")
     assert code == 0
-    code, out = invoke("drop", "pl_cli")
+    code, out = invoke("drop", "pl_cli", "--yes")
     assert code == 1
 
 
@@ -83,7 +83,7 @@ def test_index_destination_run_and_search(cli_db: str) -> None:
     code, out = invoke("create", "pl_ix2", "--source", "pl_cli", "--key", "id", "--data", "body",
                        "--destination", "index:pl_cli_idx")
     assert code == 1 and "belongs to another pipeline" in out
-    assert invoke("drop", "pl_ix", "--drop-destination")[0] == 0
+    assert invoke("drop", "pl_ix", "--drop-destination", "--yes")[0] == 0
     with psycopg.connect(cli_db) as conn:
         assert conn.execute("SELECT count(*) FROM neuron_tasks.vector_indexes WHERE name = 'pl_cli_idx'"
                             ).fetchone()[0] == 0
@@ -150,7 +150,7 @@ def test_folder_pipeline_commands(cli_db: str, tmp_path: object, monkeypatch: py
     assert [r["volume_scans_completed"] for r in json.loads(out)] == [1]
     code, out = invoke("status", "pl_fold")
     assert code == 0 and "UpToDate" in out
-    code, out = invoke("drop", "pl_fold", "--drop-destination")
+    code, out = invoke("drop", "pl_fold", "--drop-destination", "--yes")
     assert code == 0
 
 

@@ -207,5 +207,5 @@ def test_index_cli(vdb: str, tmp_path: Path) -> None:
     stats = json.loads(cli(vdb, "index", "stats", "c1", "--json").stdout)
     assert stats["indexes"][0]["live_count"] == 50 and stats["indexes"][0]["queries"] >= 1
     assert "Vector indexes" in cli(vdb, "index", "stats").stdout
-    cli(vdb, "index", "drop", "c1")
-    assert cli(vdb, "index", "drop", "c1", check=False).returncode != 0
+    cli(vdb, "index", "drop", "c1", "--yes")
+    assert cli(vdb, "index", "drop", "c1", "--yes", check=False).returncode != 0
