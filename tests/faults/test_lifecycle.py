@@ -132,7 +132,13 @@ def test_a_child_that_outlives_the_shutdown_timeout_is_killed_and_its_message_re
 
 
 def test_a_child_that_cannot_import_the_modules_stops_the_supervisor(fdb: str, spawn_workers: Spawn) -> None:
-    workers = spawn_workers(fdb, processes=2, threads=1, module="tests.faults.no_such_module")
+    # A module that does not exist: one clear line before any worker starts.
+    missing = spawn_workers(fdb, processes=2, threads=1, module="tests.faults.no_such_module")
+    assert missing.proc.wait(60) == 1, missing.log_text()[-3000:]
+    assert "cannot import actor module 'tests.faults.no_such_module'" in missing.log_text()
+    assert "Traceback" not in missing.log_text()
+    # A module that exists but fails while importing: its children exit 3 and the supervisor stops.
+    workers = spawn_workers(fdb, processes=2, threads=1, module="tests.faults.broken_actors")
     try:
         code = workers.proc.wait(60)
     except subprocess.TimeoutExpired:
