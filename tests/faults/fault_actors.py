@@ -35,14 +35,31 @@ def sleepy(key: str, seconds: float) -> None:
     record_run(f"done:{key}")
 
 
+def _hold_gil(seconds: float) -> None:
+    """Hold the GIL for about `seconds` without a break: one C call (sum over a range) that never
+    returns to the interpreter loop, so no other thread of the process runs meanwhile."""
+    n = 2_000_000
+    t0 = time.perf_counter()
+    sum(range(n))
+    per_item = max((time.perf_counter() - t0) / n, 1e-9)
+    sum(range(int(seconds / per_item)))
+
+
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=3_600_000)
 def hog_gil(key: str, seconds: float) -> None:
-    """start:KEY, pure-Python work that holds the GIL for `seconds`, done:KEY."""
+    """start:KEY, one C call that holds the GIL for `seconds`, done:KEY."""
     record_run(f"start:{key}")
     end = time.monotonic() + seconds
-    n = 0
-    while time.monotonic() < end:
-        n += sum(i * i for i in range(10_000))
+    while (left := end - time.monotonic()) > 0.05:
+        _hold_gil(left)
+    record_run(f"done:{key}")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, time_limit=1000)
+def blocked_in_c(key: str) -> None:
+    """start:KEY, then a sleep inside C that Dramatiq's time limit cannot interrupt."""
+    record_run(f"start:{key}")
+    time.sleep(1e6)
     record_run(f"done:{key}")
 
 
