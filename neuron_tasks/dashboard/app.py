@@ -241,7 +241,10 @@ def timeline(row: dict[str, Any]) -> list[tuple[Any, str]]:
     add(row.get("enqueued_at"), "enqueued")
     if row.get("eta") and row.get("enqueued_at") and row["eta"] > row["enqueued_at"]:
         add(row.get("eta"), "due (eta)")
-    add(row.get("started_at"), "started (latest attempt)")
+    if row.get("attempts") == 0:  # claimed, then put back by a tenant or topic limit (defer): never run
+        add(row.get("started_at"), "picked up, then deferred by a tenant or topic limit: not started yet")
+    else:
+        add(row.get("started_at"), "started (latest attempt)")
     for err in row.get("errors") or []:
         if isinstance(err, dict) and isinstance(err.get("at"), int | float):
             add(err["at"], f"attempt {err.get('attempt', '?')} failed: {err.get('type', '')}")

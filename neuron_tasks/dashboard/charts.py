@@ -22,8 +22,9 @@ def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[st
     plot_w, plot_h = width - pad_l - 6, height - pad_b - pad_t
     top = max([max(v, default=0) for _, v, _ in series] + [1])
     n = max(len(labels), 1)
-    group = plot_w / n
-    bar = min(max(group / (len(series) + 0.5), 0.5), 48.0)
+    group = plot_w / n  # each label owns one slot; its bars sit centred in it, its label under their middle
+    bar = min(group * 0.9 / max(len(series), 1), 48.0)
+    inset = (group - bar * len(series)) / 2
     parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
              f'<line class="axis" x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width}" y2="{pad_t + plot_h}"/>',
@@ -35,12 +36,13 @@ def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[st
             if v <= 0:
                 continue
             h = plot_h * v / top
-            x = pad_l + i * group + s * bar
+            x = pad_l + i * group + inset + s * bar
             parts.append(f'<rect class="{escape(cls)}" x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar:.1f}" '
                          f'height="{h:.1f}"><title>{escape(label)} {escape(name)}: {_fmt(v)}</title></rect>')
-    step = max(n // 6, 1)
+    step = max(n // 6, 1) if n > 12 else 1  # a few labels: every one; many (minutes): every step-th
     for i in range(0, len(labels), step):
-        parts.append(f'<text class="tick" x="{pad_l + i * group:.1f}" y="{height - 4}">{escape(labels[i])}</text>')
+        parts.append(f'<text class="tick" x="{pad_l + (i + 0.5) * group:.1f}" y="{height - 4}" '
+                     f'text-anchor="middle">{escape(labels[i])}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 

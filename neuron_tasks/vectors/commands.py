@@ -50,13 +50,50 @@ def create(
 
     try:
         row = _client().create_index(name, dim, space=space, m=m, ef_construction=ef_construction, ef_search=ef)
-    except (ValueError, psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation) as exc:
+    except psycopg.errors.UniqueViolation:
+        fail(f"index {name} already exists (to replace it: neuron-tasks index drop {name}, then create it again)")
+    except (ValueError, psycopg.errors.CheckViolation) as exc:
         fail(str(exc).splitlines()[0])
     if as_json:
         print(json.dumps(jsonable(row)))
     else:
         console.print(f"created index {name}: dim={dim} space={space} M={row['m']} "
                       f"ef_construction={row['ef_construction']} ef_search={row['ef_search']}")
+
+
+def read_items(file: Path, name: str, dim: int) -> list[dict[str, Any]]:
+    """The JSON lines of `index add --file`, each checked before anything is written (one line on
+    a bad one: its line number and what is wrong, never a traceback)."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{file}: cannot read it ({type(exc).__name__})")
+    items: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            fail(f"{file}:{n}: not JSON ({exc.msg})")
+        if not isinstance(item, dict) or "id" not in item:
+            fail(f"{file}:{n}: expected an object with an \"id\"")
+        key = item["id"]
+        if not ((isinstance(key, int) and not isinstance(key, bool) and key >= 0)
+                or (isinstance(key, str) and key.isdigit())):
+            fail(f"{file}:{n}: \"id\" must be a non-negative integer")
+        vector = item.get("vector")
+        if vector is not None:
+            if not isinstance(vector, list) or not all(
+                    isinstance(x, int | float) and not isinstance(x, bool) for x in vector):
+                fail(f"{file}:{n}: \"vector\" must be an array of numbers")
+            if len(vector) != dim:
+                fail(f"{file}:{n}: a vector of dimension {len(vector)}, but index {name} has dimension {dim}; "
+                     "nothing was added")
+        elif not isinstance(item.get("text"), str):
+            fail(f"{file}:{n}: give a \"vector\" or a \"text\"")
+        items.append(item)
+    return items
 
 
 @app.command()
@@ -80,32 +117,41 @@ def add(
     items: list[dict[str, Any]] = []
     mat = None
     if file is not None and file.suffix == ".npy":
-        mat = np.load(file).astype(np.float32)
+        try:
+            mat = np.load(file).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            fail(f"{file}: not a readable .npy matrix ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        if mat.ndim != 2 or mat.shape[1] != dim:
+            got = f"dimension {mat.shape[1]}" if mat.ndim == 2 else f"shape {mat.shape}"
+            fail(f"{file}: vectors of {got}, but index {name} has dimension {dim}; nothing was added")
     elif file is not None:
-        items = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        items = read_items(file, name, dim)
     elif random_n:
         mat = np.random.default_rng().normal(size=(random_n, dim)).astype(np.float32)
     else:
         fail("give --file or --random N")
     total = len(mat) if mat is not None else len(items)
-    with Progress(console=console, disable=as_json) as progress:
-        task = progress.add_task(f"adding to {name}", total=total)
-        for start in range(0, total, batch):
-            if mat is not None:
-                chunk = mat[start:start + batch]
-                client.add(name, range(start_id + start, start_id + start + len(chunk)), chunk)
-            else:
-                part = items[start:start + batch]
-                ids = [int(it["id"]) for it in part]
-                texts = [it.get("text") for it in part]
-                if all("vector" in it for it in part):
-                    vecs = np.asarray([it["vector"] for it in part], dtype=np.float32)
+    try:
+        with Progress(console=console, disable=as_json) as progress:
+            task = progress.add_task(f"adding to {name}", total=total)
+            for start in range(0, total, batch):
+                if mat is not None:
+                    chunk = mat[start:start + batch]
+                    client.add(name, range(start_id + start, start_id + start + len(chunk)), chunk)
                 else:
-                    from neuron_tasks.vectors.embed import embed_texts
+                    part = items[start:start + batch]
+                    ids = [int(it["id"]) for it in part]
+                    texts = [it.get("text") for it in part]
+                    if all("vector" in it for it in part):
+                        vecs = np.asarray([it["vector"] for it in part], dtype=np.float32)
+                    else:
+                        from neuron_tasks.vectors.embed import embed_texts
 
-                    vecs = embed_texts(client.pool, [str(t) for t in texts])
-                client.add(name, ids, vecs, metadata=[it.get("metadata") for it in part], texts=texts)
-            progress.advance(task, min(batch, total - start))
+                        vecs = embed_texts(client.pool, [str(t) for t in texts])
+                    client.add(name, ids, vecs, metadata=[it.get("metadata") for it in part], texts=texts)
+                progress.advance(task, min(batch, total - start))
+    except ValueError as exc:  # e.g. embedded texts of another dimension, NaN in a vector
+        fail(f"index {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     snap = client.save(name) if save else None
     client.close()
     if as_json:

@@ -44,7 +44,8 @@ SELECT q.queue_name, w.waiting, w.pending, w.retrying,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages_history h
          WHERE h.queue_name = q.queue_name AND h.finished_at > now() - interval '1 hour'
          LIMIT %(cap)s) x) AS finished_last_hour,
-       (SELECT greatest(extract(epoch FROM now() - min(m.eta)), 0)::float8 FROM neuron_tasks.messages m
+       (SELECT CASE WHEN min(m.eta) <= now() THEN extract(epoch FROM now() - min(m.eta))::float8 END
+        FROM neuron_tasks.messages m  -- NULL when nothing waiting is due (greatest() would make that 0)
          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')) AS oldest_ready_age_s
 FROM unnest(%(queues)s::text[]) AS q(queue_name)
 CROSS JOIN LATERAL (  -- index-only: how many wait, up to the cap
