@@ -130,7 +130,7 @@ def demo_phase(url: str, settings: Any, console: Any) -> bool:
     try:
         if any(i["name"] == name for i in v.indexes()):
             v.drop_index(name)
-        x = clustered(n + n // 5, dim, seed=3)
+        x = clustered(n + n // 5, dim, rng_seed=3)
         v.create_index(name, dim=dim, space="l2", m=8, ef_construction=64, ef_search=12)
         for s in range(0, n, 5000):
             v.add(name, range(s, s + 5000), x[s:s + 5000])
@@ -146,7 +146,7 @@ def demo_phase(url: str, settings: Any, console: Any) -> bool:
         failed, short, count, stop = [0], [0], [0], threading.Event()
 
         def search() -> None:
-            q = clustered(200, dim, seed=4)
+            q = clustered(200, dim, rng_seed=4)
             while not stop.is_set():
                 try:
                     short[0] += len(searcher.search(name, q[count[0] % 200], k=10, record=False).ids) < 10

@@ -16,14 +16,14 @@ from neuron_tasks.vectors.tuner import tune_index
 INDEX = "demo_vectors"
 
 
-def clustered(n: int, dim: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
-    rng = np.random.default_rng(seed)
+def clustered(n: int, dim: int, rng_seed: int = 0, clusters: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(rng_seed)
     centres = rng.normal(size=(clusters, dim)) * 3
     return (centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, dim))).astype(np.float32)
 
 
-def workload(v: Vectors, x: np.ndarray, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
+def workload(v: Vectors, x: np.ndarray, n: int, rng_seed: int) -> None:
+    rng = np.random.default_rng(rng_seed)
     for i in rng.integers(0, len(x), n):
         v.search(INDEX, x[i] + rng.normal(size=int(x.shape[1])).astype(np.float32) * 0.5, k=10)
     v.flush_metrics()
@@ -52,7 +52,7 @@ def run_demo(url: str, console: Any) -> bool:
         console.print(f"built index {INDEX}: {n} clustered vectors x {dim} (M=8), stored in PostgreSQL, graph "
                       f"snapshot {snap['bytes'] / 1e6:.1f} MB, in {time.perf_counter() - started:.1f}s; ef_search "
                       "starts at hnswlib's default 10")
-        workload(searcher, x, 300, seed=1)
+        workload(searcher, x, 300, rng_seed=1)
         console.print("ran 300 searches at ef=10 (every query sampled for recall measurement)")
         d = tune_index(v, INDEX)
         console.print(f"tuner: ef {d.old_ef} -> {d.new_ef} ({d.reason}); measured {d.evaluations} ef values on "
@@ -61,7 +61,7 @@ def run_demo(url: str, console: Any) -> bool:
         while searcher.search(INDEX, x[0], k=10, record=False).ef != d.new_ef and time.monotonic() - published < 5:
             time.sleep(0.05)
         console.print(f"the searching client applied ef={d.new_ef} {time.monotonic() - published:.2f}s after publish")
-        workload(searcher, x, 300, seed=2)
+        workload(searcher, x, 300, rng_seed=2)
         d2 = tune_index(v, INDEX)  # measures the recall the new searches were served with
         stats = v.stats(INDEX, window_s=3600)[0]
         lat = latency_by_ef(v)
