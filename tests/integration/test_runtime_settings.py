@@ -111,6 +111,11 @@ def test_a_running_worker_applies_batch_size_and_naptime_live(broker: PostgresBr
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100)
     worker.start()
     try:
+        # One job first, so the consumer's first claim (sized with the batch_size it started with)
+        # is over before the change: a claim already in flight keeps the size it was asked with.
+        broker.enqueue(slow.message(-1))
+        broker.join("live", timeout=30_000)
+        running_peak.clear()
         with psycopg.connect(runtime_db, autocommit=True) as conn:
             runtime.set_value(conn, "batch_size", "3")
             deadline = time.monotonic() + 10
