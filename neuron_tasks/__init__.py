@@ -9,8 +9,8 @@ from neuron_tasks.config import Settings
 from neuron_tasks.core.broker import PostgresBroker, set_default_broker
 from neuron_tasks.errors import MessageTooLarge, NeuronTasksError, QueueFull
 
-__all__ = ["MessageTooLarge", "NeuronTasksError", "PostgresBroker", "QueueFull", "Settings", "periodic",
-           "set_default_broker"]
+__all__ = ["MessageTooLarge", "NeuronTasksError", "PostgresBroker", "QueueFull", "Settings", "cancelled",
+           "periodic", "set_default_broker"]
 __version__ = "0.1.0"
 
 
@@ -20,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from neuron_tasks.scheduler.jobs import periodic
 
         return periodic
+    if name == "cancelled":  # for a running job: was its message cancelled? (core/cancellation.py)
+        from neuron_tasks.core.cancellation import cancelled
+
+        return cancelled
     raise AttributeError(f"module 'neuron_tasks' has no attribute {name!r}")

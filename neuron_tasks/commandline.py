@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from neuron_tasks import db
+from neuron_tasks import db, embedded
 from neuron_tasks.config import Settings
 from neuron_tasks.core import migrate
 
@@ -48,13 +48,33 @@ def settings() -> Settings:
     return state.settings
 
 
-def database_url(*, upgrade: bool = True) -> str:
-    """The URL (embedded server started when none is set), exported for child processes."""
-    url = db.resolve_url(settings(), export=True)
+def database_url(*, check_schema: bool = True) -> str:
+    """The URL (embedded server started when none is set, said on stderr), exported for child
+    processes. With `check_schema`, a database without every migration applied is refused with one
+    line naming `neuron-tasks db upgrade`: no command but that one changes the schema."""
+    config = settings()
+    if not config.database_url:
+        where = (config.embedded_dir or embedded.default_data_dir()).expanduser().resolve()
+        err.print(f"note: {db.URL_ENV} is not set: using the embedded PostgreSQL, its data in {where}",
+                  highlight=False, markup=False)
+    url = db.resolve_url(config, export=True)
     check_reachable(url)
-    if upgrade:
-        migrate.upgrade(url)
+    if check_schema:
+        check_current(url)
     return url
+
+
+def check_current(url: str) -> None:
+    """Fail with one line naming `neuron-tasks db upgrade` when a migration is not applied. A role
+    that may not read the record of migrations (a producer) is not checked: its statements say."""
+    import psycopg
+
+    try:
+        problem = migrate.outdated(migrate.pending(url))
+    except psycopg.errors.InsufficientPrivilege:
+        return
+    if problem:
+        fail(problem)
 
 
 CONNECT_TIMEOUT_S = 5
@@ -171,7 +191,7 @@ def json_arg(text: str, what: str, kind: type) -> Any:
 
 
 def pool() -> ConnectionPool:
-    """A small pool on the configured (or embedded) database, migrated."""
+    """A small pool on the configured (or embedded) database, its schema checked."""
     return db.make_pool(database_url(), max_size=2, name="neuron_tasks-cli")
 
 

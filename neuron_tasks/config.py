@@ -7,10 +7,11 @@ nothing reads the environment at import time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +20,11 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "NEURON_TASKS_CONFIG"
+#: What a send survives (see docs/semantics.md): on disk, committed, or handed to the process's sender.
+Durability = Literal["durable", "balanced", "volatile"]
+DURABILITY_LEVELS: tuple[Durability, ...] = ("durable", "balanced", "volatile")
+#: Queue names (as neuron_tasks.core.options.QUEUE_NAME).
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 #: The key, in a field's json_schema_extra, that marks a setting read once at start.
 RESTART_REQUIRED = "restart_required"
 
@@ -137,12 +143,37 @@ class Settings(NeuronSettings):
         default=5.0, gt=0, le=3600,
         description="how long send() and enqueue_many() wait for PostgreSQL before raising DatabaseUnavailable",
     )
+    durability: Durability = restart_only(
+        default="durable",
+        description="what a send() survives, for queues not in queue_durability: durable (returns once the "
+        "message is on disk), balanced (returns once committed; a server crash may lose the last fraction of a "
+        "second of sends) or volatile (returns at once; written in the background, so a process that dies "
+        "abruptly loses what it had not written yet); see docs/semantics.md",
+    )
+    queue_durability: dict[str, Durability] = restart_only(
+        default_factory=dict,
+        description='durability per queue, e.g. {"clicks": "volatile"} (environment: JSON); other queues use '
+        "durability",
+    )
     ack_wait: bool = Field(
         default=True,
         description="a worker thread waits until its message's result is written before taking another (a "
         "killed worker re-runs at most one finished job per thread); off: more throughput for jobs of a few "
         "milliseconds, a few more re-runs per kill",
     )
+
+    @field_validator("queue_durability")
+    @classmethod
+    def _queue_names(cls, value: dict[str, Durability]) -> dict[str, Durability]:
+        bad = [name for name in value if not QUEUE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"queue_durability: {bad[0]!r} is not a queue name (1-200 letters, digits, dot, "
+                             "dash or underscore)")
+        return value
+
+    def durability_of(self, queue_name: str) -> Durability:
+        """The durability level of a queue's sends."""
+        return self.queue_durability.get(queue_name, self.durability)
 
     @property
     def heartbeat_s(self) -> float:

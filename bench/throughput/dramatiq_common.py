@@ -8,7 +8,6 @@ default middleware and default prefetch (2 x worker threads).
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -16,43 +15,34 @@ from typing import Any
 
 import dramatiq
 from dramatiq.message import Message
-from harness import QUEUE, LatencyRecorder, System, ignore_sigint, worker_protocol
+from harness import QUEUE, DoneCounter, LatencyRecorder, System, ignore_sigint, run_threads, worker_protocol
 
 WORKER_TIMEOUT_MS = 1000  # dramatiq.Worker default
+SLEEP_S = 0.010  # the "10 ms job" of the topics measurement
 
 
-def declare_actor(broker: dramatiq.Broker, recorder: LatencyRecorder | None) -> dramatiq.Actor[Any, Any]:
-    """The no-op actor. With ``t`` it records its pickup latency (latency test only)."""
+def declare_actor(
+    broker: dramatiq.Broker, recorder: LatencyRecorder | None, done: DoneCounter | None = None
+) -> dramatiq.Actor[Any, Any]:
+    """The no-op actor. With ``t`` it records its pickup latency (latency test only).
+
+    Also declares ``sleep10`` (a 10 ms job, same queue) for the topics measurement.
+    ``done`` counts completions for systems whose side channel needs it.
+    """
 
     def noop(i: int, t: float | None = None) -> None:
         if t is not None and recorder is not None:
             recorder.record(t)
+        if done is not None:
+            done.done()
 
+    def sleep10(i: int) -> None:
+        time.sleep(SLEEP_S)
+        if done is not None:
+            done.done()
+
+    dramatiq.actor(sleep10, broker=broker, actor_name="sleep10", queue_name=QUEUE, max_retries=0)
     return dramatiq.actor(noop, broker=broker, actor_name="noop", queue_name=QUEUE, max_retries=0)
-
-
-def run_threads(n: int, producers: int, fn: Callable[[range], None]) -> None:
-    """Split ``range(n)`` over ``producers`` threads running ``fn``; re-raise failures."""
-    size = n // producers
-    ranges = [range(k * size, n if k == producers - 1 else (k + 1) * size) for k in range(producers)]
-    if producers == 1:
-        fn(ranges[0])
-        return
-    errors: list[BaseException] = []
-
-    def target(r: range) -> None:
-        try:
-            fn(r)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=target, args=(r,)) for r in ranges]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 class DramatiqSystem(System):
@@ -120,13 +110,16 @@ def dramatiq_worker_main(build_broker: Callable[[str, str], dramatiq.Broker]) ->
         broker = build_broker(args.db_url, args.redis_url)
         dramatiq.set_broker(broker)
         recorder = LatencyRecorder(args.latency_file)
-        declare_actor(broker, recorder)
+        done = DoneCounter(args.done_file) if args.done_file else None
+        declare_actor(broker, recorder, done)
         worker = dramatiq.Worker(broker, worker_threads=args.threads, worker_timeout=WORKER_TIMEOUT_MS)
 
         def stop() -> None:
             worker.stop(timeout=10_000)
             broker.close()
             recorder.close()
+            if done is not None:
+                done.close()
 
         worker_protocol(worker.start, stop)
 

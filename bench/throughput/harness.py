@@ -54,6 +54,8 @@ MEASUREMENTS = (
     "e2e",
     "latency",
 )
+#: Measurements only some systems have (``System.custom_measurements``).
+CUSTOM_MEASUREMENTS = ("backlog", "topics")
 
 
 def dist_version(name: str) -> str:
@@ -79,6 +81,9 @@ class Options:
     bulk_chunk: int
     timeout_s: float
     extra: dict[str, str] = field(default_factory=dict)
+
+    def extra_int(self, key: str, default: int) -> int:
+        return int(self.extra.get(key, default))
 
 
 # --------------------------------------------------------------------------
@@ -213,6 +218,59 @@ class LatencyRecorder:
             self.fd = None
 
 
+class DoneCounter:
+    """Completions as bytes of a file, one ``os.write`` (O_APPEND) per finished job.
+
+    The side channel of brokers that cannot tell "queued or in flight" from outside
+    (RabbitMQ, Celery: an acked-early or unacked message is invisible to a queue count).
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.fd: int | None = None
+        if path:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def done(self) -> None:
+        if self.fd is not None:
+            os.write(self.fd, b"x")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def count(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+
+def run_threads(n: int, producers: int, fn: Callable[[range], None]) -> None:
+    """Split ``range(n)`` over ``producers`` threads running ``fn``; re-raise failures."""
+    size = n // producers
+    ranges = [range(k * size, n if k == producers - 1 else (k + 1) * size) for k in range(producers)]
+    if producers == 1:
+        fn(ranges[0])
+        return
+    errors: list[BaseException] = []
+
+    def target(r: range) -> None:
+        try:
+            fn(r)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in ranges]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 # --------------------------------------------------------------------------
 # Systems
 # --------------------------------------------------------------------------
@@ -223,9 +281,13 @@ class System(ABC):
 
     name = "?"
     max_procs = 2
+    #: Measurements of this system beyond the common ones: name -> method(system) -> result.
+    custom_measurements: dict[str, Callable[[System], dict[str, Any]]] = {}
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
+        #: Where workers count their completions (systems whose side channel is a DoneCounter).
+        self.done_file: str | None = None
 
     # -- lifecycle --------------------------------------------------------
     @abstractmethod
@@ -296,6 +358,8 @@ class System(ABC):
         ]
         if latency_file:
             cmd += ["--latency-file", latency_file]
+        if self.done_file:
+            cmd += ["--done-file", self.done_file]
         return cmd
 
     def launch_workers(self, procs: int, threads: int, latency_file: str | None = None) -> WorkerGroup:
@@ -320,6 +384,9 @@ def _wait_drained(system: System, group: WorkerGroup, timeout_s: float, n: int) 
         time.sleep(POLL_INTERVAL_S)
 
 
+wait_drained = _wait_drained
+
+
 def _rate(n: int, seconds: float) -> dict[str, Any]:
     return {"rate": n / seconds if seconds > 0 else None, "seconds": round(seconds, 4), "n": n}
 
@@ -327,6 +394,10 @@ def _rate(n: int, seconds: float) -> dict[str, Any]:
 def measure(system: System, what: str) -> dict[str, Any]:
     n = system.opts.messages
     timeout = system.opts.timeout_s
+    if what in system.custom_measurements:
+        return system.custom_measurements[what](system)
+    if what in CUSTOM_MEASUREMENTS:
+        raise NotApplicable(f"{what}: not measured for this system")
     system.setup()
     if what in ("enqueue_1", "enqueue_4"):
         producers = 1 if what == "enqueue_1" else 4
@@ -421,6 +492,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--latency-file", default=None)
     p.add_argument("--json-out", default=None)
+    p.add_argument("--done-file", default=None)
+    p.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE")
     return p
 
 
@@ -438,6 +511,7 @@ def main(system_cls: type[System], worker_main: WorkerMain) -> None:
         redis_url=args.redis_url,
         bulk_chunk=args.bulk_chunk,
         timeout_s=args.timeout,
+        extra=dict(item.split("=", 1) for item in args.extra),
     )
     result: dict[str, Any]
     system = system_cls(opts)

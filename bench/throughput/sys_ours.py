@@ -17,6 +17,7 @@ import dramatiq
 import harness
 import pgutil
 from dramatiq_common import DramatiqSystem, dramatiq_worker_main
+from ours_extra import measure_backlog, measure_topics
 
 TABLE = "neuron_tasks.messages"
 
@@ -46,6 +47,7 @@ def migrate(db_url: str) -> str:
 
 class OursSystem(DramatiqSystem):
     name = "ours"
+    custom_measurements = {"backlog": measure_backlog, "topics": measure_topics}
 
     build_broker = staticmethod(build_broker)
 
@@ -110,6 +112,7 @@ class OursSystem(DramatiqSystem):
             f"queue_depth={cfg.queue_depth} via NEURON_TASKS_QUEUE_DEPTH (default 10,000 refuses a 20,000 backlog)",
             "bulk": f"broker.enqueue_many(list of {self.opts.bulk_chunk} dramatiq Messages)",
             "side channel": f"EXISTS {TABLE} state in (pending, retrying) OR EXISTS ... state = running",
+            "durability": getattr(cfg, "durability", None) or os.environ.get("NEURON_TASKS_DURABILITY", "default"),
         }
 
 

@@ -3,6 +3,12 @@
 The StubBroker keeps messages in an in-process ``queue.Queue``, so the worker
 runs in the measuring process (1 process x 8 threads only; 2 processes: n/a).
 Runs in the dramatiq-redis venv (same Dramatiq version as every other system).
+
+With ``BENCH_STUB_MIDDLEWARE=ours`` (system ``stub-ours``, run with our
+interpreter) the StubBroker gets neuron_tasks' default middleware list
+(``neuron_tasks.core.broker.default_middleware``) instead of Dramatiq's: the
+ceiling of the Dramatiq worker with our middleware, so that our drain can be
+read as a fraction of it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,17 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_common import WORKER_TIMEOUT_MS, DramatiqSystem, declare_actor
 from harness import dist_version
 
+OUR_MIDDLEWARE = os.environ.get("BENCH_STUB_MIDDLEWARE", "dramatiq") == "ours"
+
 
 def build_broker(db_url: str, redis_url: str) -> dramatiq.Broker:
-    return StubBroker()
+    if not OUR_MIDDLEWARE:
+        return StubBroker()
+    from neuron_tasks.config import Settings
+    from neuron_tasks.core.broker import default_middleware
+    from neuron_tasks.core.keeper import Stats
+
+    return StubBroker(middleware=default_middleware(Settings(), Stats()))
 
 
 class InProcessWorkers(harness.WorkerGroup):
@@ -74,7 +88,9 @@ class StubSystem(DramatiqSystem):
         return {"dramatiq": dist_version("dramatiq")}
 
     def settings(self) -> dict[str, str]:
+        names = ", ".join(type(m).__name__ for m in self.build_broker("", "").middleware)
         return self.dramatiq_settings() | {
+            "middleware": ("neuron_tasks' default list: " if OUR_MIDDLEWARE else "dramatiq defaults: ") + names,
             "broker": "StubBroker (in-process queue.Queue), worker in the measuring process",
             "bulk": "n/a",
             "side channel": "queue.unfinished_tasks == 0",

@@ -91,7 +91,7 @@ def _root(
 @db_app.command("upgrade")
 def db_upgrade(as_json: JsonOpt = False) -> None:
     """Apply pending migrations from schema/ (idempotent; safe to run from two processes at once)."""
-    url = database_url(upgrade=False)
+    url = database_url(check_schema=False)
     applied = migrate.upgrade(url)
     names = [f"{m.version:03d}_{m.name}" for m in applied]
     if as_json:
@@ -105,7 +105,7 @@ def db_upgrade(as_json: JsonOpt = False) -> None:
 @db_app.command("status")
 def db_status(as_json: JsonOpt = False) -> None:
     """Show the database in use and any pending migrations."""
-    url = database_url(upgrade=False)
+    url = database_url(check_schema=False)
     waiting = [f"{m.version:03d}_{m.name}" for m in migrate.pending(url)]
     if as_json:
         print(json.dumps({"database": db.redact(url), "pending": waiting}))
@@ -123,7 +123,8 @@ def worker(
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="Threads per process.")] = 8,
     queues: Annotated[list[str] | None, typer.Option("--queues", "-Q", help="Only these queues (repeat).")] = None,
     metrics_port: Annotated[
-        int, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT (0 = off).")
+        int, typer.Option("--metrics-port", help="Serve Prometheus /metrics on 127.0.0.1:PORT, or on the next "
+                          "free port of the ten from PORT up (one per supervisor on a host); 0 = off.")
     ] = 9191,
     metrics_host: Annotated[str, typer.Option("--metrics-host", help="Address /metrics binds to.")] = "127.0.0.1",
 ) -> None:
@@ -145,12 +146,12 @@ def worker(
 
         metrics_dir = exporter.prepare_multiproc_dir()
         try:
-            exporter.serve(metrics_port, url, metrics_host)
-            console.print(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
+            port = exporter.serve(metrics_port, url, metrics_host)
+            taken = "" if port == metrics_port else f" ({metrics_port} is in use: another supervisor on this host?)"
+            console.print(f"metrics on http://{metrics_host}:{port}/metrics{taken}", highlight=False)
         except OSError as exc:
-            # Another supervisor on this host has the port: run without metrics rather than not at all.
-            err.print(f"[yellow]warning:[/] no /metrics on {metrics_host}:{metrics_port} ({exc}); "
-                      "pass --metrics-port to choose a free port")
+            # Every port of the range is taken: run without metrics rather than not at all.
+            err.print(f"[yellow]warning:[/] no /metrics ({exc}); pass --metrics-port to choose a free port")
         on_exit = exporter.child_died
     level = logging.getLevelName(logging.getLogger().level)
     logging.getLogger("neuron_tasks").setLevel(logging.INFO)
@@ -245,14 +246,14 @@ def enqueue(
 # -- status -----------------------------------------------------------------------------------
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
-    """Per queue: pending, running, retrying, failed (dead letters), finished; and workers."""
+    """Per queue: pending, running, retrying, failed (dead letters), finished, cancelled; and workers."""
     r = repo()
     queues = r.queue_status()
     workers = r.workers()
     if as_json:
         print(json.dumps(jsonable({"queues": queues, "workers": workers}), indent=2))
         return
-    emit(queues, ["queue", "pending", "running", "retrying", "failed", "finished", "finished_last_hour",
+    emit(queues, ["queue", "pending", "running", "retrying", "failed", "finished", "cancelled", "finished_last_hour",
                   "oldest_pending"], as_json=False, title="Queues")
     emit(workers, ["worker_name", "status", "queues", "jobs_processed", "jobs_failed", "avg_runtime_ms",
                    "heartbeat_age_s"], as_json=False, title="Workers")
@@ -364,10 +365,10 @@ def demo(
 
 def _register_command_groups() -> None:
     """The queue's own groups, then every part's (a part whose extra is not installed is left out)."""
-    from neuron_tasks.cli import config, tenants, topics
+    from neuron_tasks.cli import config, messages, queues, tenants, topics
     from neuron_tasks.core import parts
 
-    for module in (config, tenants, topics):
+    for module in (config, tenants, topics, messages, queues):
         app.add_typer(module.app, name=module.NAME)
     for part in parts.parts():
         for command in part.commands:

@@ -61,8 +61,15 @@ def set_(
 @app.command("reset")
 def reset(key: Annotated[str, typer.Argument(help="Setting name.")], as_json: JsonOpt = False) -> None:
     """Drop a runtime value: the file, environment or built-in value applies again."""
-    from neuron_tasks.core import runtime
+    from psycopg.rows import scalar_row
 
-    with psycopg.connect(database_url(), autocommit=True) as conn:
-        found = runtime.reset_value(conn, key)
-    done(as_json, {"key": key, "removed": found}, f"{key}: runtime value {'removed' if found else 'was not set'}")
+    from neuron_tasks.core import runtime
+    from neuron_tasks.sql import q
+
+    if key not in runtime.definitions():
+        fail(f"unknown setting {key!r}; `neuron-tasks config show` lists them")
+    with psycopg.connect(database_url(), autocommit=True) as conn, conn.cursor(row_factory=scalar_row) as cur:
+        removed = bool(cur.execute(q("config_reset"), {"key": key}).fetchone())
+    runtime.forget_values()
+    done(as_json, {"key": key, "removed": removed},
+         f"{key}: runtime value removed" if removed else f"{key}: no runtime value was set; nothing changed")

@@ -1,4 +1,4 @@
-"""Read and admin queries for the CLI and the dashboard: status, workers, dead letters."""
+"""Read and admin queries for the CLI and the dashboard: status, workers, dead letters, cancel, purge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from psycopg_pool import ConnectionPool
 
 from neuron_tasks.sql import q
 
-QUEUE_STATES = ("pending", "running", "retrying", "failed", "finished")
+QUEUE_STATES = ("pending", "running", "retrying", "failed", "finished", "cancelled")
+#: What `purge` removes unless told otherwise: the messages waiting to run.
+WAITING_STATES = ("pending", "retrying")
+#: The states a purge may name ("running" marks those messages as cancelled; it stops nothing).
+PURGE_STATES = ("pending", "retrying", "running", "failed")
 #: Payload options that describe a past failure; cleared when a dead letter is requeued.
 FAILURE_OPTIONS = ("retries", "traceback", "requeue_timestamp")
 
@@ -31,7 +35,7 @@ class Repo:
     def queue_status(self) -> list[dict[str, Any]]:
         """Per queue: pending, running, retrying, failed (dead letters), finished (history)."""
         live = {r["queue_name"]: r for r in self._all("queue_counts")}
-        finished = {r["queue_name"]: r for r in self._all("finished_counts")}
+        finished = {r["queue_name"]: r for r in self._all("outcome_counts")}
         out = []
         for name in sorted(set(live) | set(finished)):
             row = {"queue": name, **dict.fromkeys(QUEUE_STATES, 0), "finished_last_hour": 0, "oldest_pending": None}
@@ -40,6 +44,7 @@ class Repo:
                     row[key] = live[name][key]
             if name in finished:
                 row["finished"] = finished[name]["finished"]
+                row["cancelled"] = finished[name]["cancelled"]
                 row["finished_last_hour"] = finished[name]["finished_last_hour"]
             out.append(row)
         return out
@@ -104,6 +109,33 @@ class Repo:
         with self.pool.connection() as conn:
             cur = conn.execute(q("purge_dead_letters"), {"queue_name": queue, "older_than_s": older_than_s})
             return cur.rowcount
+
+
+    def cancel(self, ids: list[str]) -> dict[str, int]:
+        """Cancel messages by message id or row id: waiting ones leave the queue, running ones are
+        marked. Raises psycopg's error (nothing changed) when an id names no waiting or running message."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(q("cancel_messages"), {"ids": ids}).fetchone()
+        return {"cancelled": int(row["cancelled"]), "marked": int(row["marked"])} if row else {}
+
+    def purge_count(self, queue: str, *, actor: str | None, tenant: str | None, states: list[str]) -> int:
+        with self.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+            params = {"queue_name": queue, "actor_name": actor, "tenant": tenant, "states": states}
+            return int(cur.execute(q("purge_count"), params).fetchone() or 0)
+
+    def purge_queue(self, queue: str, *, actor: str | None = None, tenant: str | None = None,
+                    states: list[str] | None = None) -> dict[str, int]:
+        """Delete a queue's messages in `states` (default: waiting) matching actor and tenant; running
+        ones named in `states` are marked as cancelled. Returns {"purged": n, "marked": m}."""
+        params = {"queue_name": queue, "actor_name": actor, "tenant": tenant,
+                  "states": list(states or WAITING_STATES)}
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(q("purge_queue"), params).fetchone()
+        return {"purged": int(row["purged"]), "marked": int(row["marked"])} if row else {}
+
+    def waiting_queues(self, limit: int = 200) -> list[str]:
+        """Names of the queues with waiting messages."""
+        return [r["queue_name"] for r in self._all("waiting_queue_names", {"limit": limit})]
 
 
 def without_failures(payload: bytes) -> bytes:

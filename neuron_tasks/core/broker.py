@@ -14,13 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
 from dramatiq.broker import Broker, Consumer
-from dramatiq.common import q_name
 from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
@@ -51,9 +49,9 @@ from neuron_tasks.core.middleware import (
     Topics,
     WorkerStats,
 )
-from neuron_tasks.core.options import bounded_delay_ms, prepare_for
 from neuron_tasks.core.policies import Policies
-from neuron_tasks.errors import ConfigurationError, DuplicateJob, QueueFull
+from neuron_tasks.core.producer import Producer
+from neuron_tasks.errors import ConfigurationError
 from neuron_tasks.sql import q
 
 if TYPE_CHECKING:
@@ -61,11 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-
-#: Skip the exact depth count while a queue is known to be under this share of its depth.
-DEPTH_SLACK = 0.9
-DEPTH_RECHECK_S = 1.0
-
 
 class _QuietDeferrals(logging.Filter):
     """Dramatiq logs every skipped message as a warning; a deferral by a limit is routine."""
@@ -120,36 +113,6 @@ def _metrics_middleware() -> list[Middleware]:
     return [Metrics()]
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message checked for enqueue: the row it becomes."""
-
-    message_id: str
-    queue_name: str
-    actor_name: str
-    priority: int
-    delay_ms: int
-    tenant: str | None
-    topic: str | None
-    deadline: datetime | None
-    fingerprint: str | None  # a unique job's key
-    on_duplicate: str  # 'raise' or 'existing'
-    payload: bytes
-
-    def params(self) -> dict[str, Any]:
-        """The parameters of the `insert_message` query."""
-        return {"message_id": self.message_id, "queue_name": self.queue_name, "actor_name": self.actor_name,
-                "priority": self.priority, "delay_ms": self.delay_ms, "tenant": self.tenant, "topic": self.topic,
-                "deadline": self.deadline, "fingerprint": self.fingerprint, "payload": self.payload}
-
-    @property
-    def unique_key(self) -> str:
-        """The fingerprint of a unique job (only a unique job can be refused as a duplicate)."""
-        if self.fingerprint is None:
-            raise AssertionError(f"message {self.message_id} is not a unique job")
-        return self.fingerprint
-
-
 class PostgresBroker(BrokerTestAPI, Broker):
     """A Dramatiq broker whose queues are rows in PostgreSQL.
 
@@ -194,6 +157,8 @@ class PostgresBroker(BrokerTestAPI, Broker):
         self._depth: dict[str, tuple[int, float]] = {}
         self._depth_lock = threading.Lock()
         self._epoch = datetime.now(UTC)
+        self._where: str | None = None
+        self._producer = Producer(self)
 
     # -- connections ----------------------------------------------------------------
     @property
@@ -260,7 +225,14 @@ class PostgresBroker(BrokerTestAPI, Broker):
         """`fn(seconds left)`, retried on lost connections until the deadline (enqueue_timeout_s
         from now when None); then DatabaseUnavailable."""
         left = (deadline if deadline is not None else self._deadline()) - time.monotonic()
-        return db.within(fn, timeout_s=max(left, 0.01), what=what, where=db.redact(self.url))
+        return db.within(fn, timeout_s=max(left, 0.01), what=what, where=self.where)
+
+    @property
+    def where(self) -> str:
+        """The database's URL without its password (for messages)."""
+        if self._where is None:
+            self._where = db.redact(self.url)
+        return self._where
 
     def _fetch(self, name: str, params: Mapping[str, Any], row: RowFactory[R], *, what: str,
                deadline: float | None = None) -> list[R]:
@@ -299,138 +271,28 @@ class PostgresBroker(BrokerTestAPI, Broker):
         return self.queues.copy()
 
     # -- enqueue --------------------------------------------------------------------
-    _overlay: tuple[dict[str, str | None], Settings] | None = None  # (runtime values, settings) of enqueue_settings
+    @property
+    def producer(self) -> Producer:
+        """This broker's send path (core/producer.py)."""
+        return self._producer
 
     def enqueue_settings(self) -> Settings:
-        """The settings enqueue checks against (queue_depth, tenant_policy, max_message_bytes): this
-        broker's, with the runtime settings (`neuron-tasks config set`) on top. A worker process
-        applies those live (reload_settings); any other process reads them here, re-read at most
-        every two seconds (runtime.values_for)."""
-        if self._listener is not None:
-            return self.settings
-        from neuron_tasks.core import runtime
-
-        values = runtime.values_for(self.url)
-        overlay = self._overlay
-        if overlay is not None and overlay[0] is values:
-            return overlay[1]
-        try:
-            merged = runtime.effective(self.settings, values)
-        except ConfigurationError as exc:
-            log.warning("enqueue goes on without the runtime settings: %s", exc)
-            merged = self.settings
-        self._overlay = (values, merged)
-        return merged
-
-    def _row(self, message: Message[Any], delay: int | float | None) -> NewMessage:
-        p = prepare_for(self, message, delay, settings=self.enqueue_settings())
-        return NewMessage(
-            message_id=message.message_id,
-            queue_name=q_name(message.queue_name),
-            actor_name=message.actor_name,
-            priority=p.columns.priority,
-            delay_ms=p.columns.delay_ms,
-            tenant=p.columns.tenant,
-            topic=p.columns.topic,
-            deadline=p.columns.deadline,
-            fingerprint=p.fingerprint,
-            on_duplicate=p.on_duplicate,
-            payload=p.payload,
-        )
+        """The settings enqueue checks against: this broker's, with the runtime settings on top."""
+        return self._producer.enqueue_settings()
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        """Store a message; `delay` is in milliseconds.
+        """Store a message; `delay` is in milliseconds. Returns when the message's queue's
+        durability is met (durable: its commit is on disk; balanced: committed; volatile: handed to
+        this process's sender).
 
         A message this process is running that is enqueued again (Dramatiq's Retries
         middleware does this) is not inserted twice: its row is updated when it is acked.
         """
-        if isinstance(message, PgMessageProxy) and message.is_in_flight():
-            self.emit_before("enqueue", message, delay)
-            message.schedule_retry(message.message.encode(), bounded_delay_ms(delay))
-            self.emit_after("enqueue", message, delay)
-            return message.message
-        deadline = self._deadline()  # DatabaseUnavailable after enqueue_timeout_s, whatever happens
-        row = self._row(message, delay)
-        self.emit_before("enqueue", message, delay)
-        self._reserve_depth(row.queue_name, 1, deadline)
-        if not self._fetch("insert_message", row.params(), scalar_row, what="enqueue", deadline=deadline):
-            existing = self._existing(row.unique_key, deadline)
-            if row.on_duplicate == "existing" and existing is not None:
-                return message.copy(message_id=existing)
-            raise DuplicateJob(row.unique_key, existing)
-        self.emit_after("enqueue", message, delay)
-        return message
-
-    def _existing(self, fingerprint: str, deadline: float | None = None) -> str | None:
-        found = self._fetch("live_by_fingerprint", {"fingerprint": fingerprint}, scalar_row, what="unique job",
-                            deadline=deadline)
-        return str(found[0]) if found else None
+        return self._producer.enqueue(message, delay)
 
     def enqueue_many(self, messages: Sequence[Message[Any]], *, delay: int | None = None) -> list[Message[Any]]:
         """Store many messages in one round trip (one statement, one commit)."""
-        if not messages:
-            return []
-        deadline = self._deadline()
-        rows = [self._row(m, delay) for m in messages]
-        hooked = self._enqueue_hooked()
-        if hooked:
-            for m in messages:
-                self.emit_before("enqueue", m, delay)
-        per_queue: dict[str, int] = {}
-        for r in rows:
-            per_queue[r.queue_name] = per_queue.get(r.queue_name, 0) + 1
-        for queue_name, n in per_queue.items():
-            self._reserve_depth(queue_name, n, deadline)
-        each = [r.params() for r in rows]
-        params = {key: [p[key] for p in each] for key in each[0]}  # one array per column
-
-        def insert(timeout: float) -> set[str]:
-            with self.pool.connection(timeout=timeout) as conn, conn.transaction(), \
-                    conn.cursor(row_factory=scalar_row) as cur:
-                inserted = {str(message_id) for message_id in cur.execute(q("insert_messages"), params)}
-                for r in rows:
-                    if r.message_id not in inserted and r.on_duplicate != "existing":
-                        # Roll the whole batch back: nothing is half-enqueued.
-                        raise DuplicateJob(r.unique_key, None)
-                return inserted
-
-        inserted = self._within(insert, what="enqueue_many", deadline=deadline)
-        out: list[Message[Any]] = []
-        for m, r in zip(messages, rows, strict=True):
-            if r.message_id in inserted:
-                if hooked:
-                    self.emit_after("enqueue", m, delay)
-                out.append(m)
-            else:
-                existing = self._existing(r.unique_key, deadline)
-                out.append(m.copy(message_id=existing) if existing else m)
-        return out
-
-    def _enqueue_hooked(self) -> bool:
-        """Whether any middleware listens to enqueue hooks (Dramatiq's defaults do not): bulk
-        enqueue then skips calling every middleware for every message."""
-        return any(
-            type(m).before_enqueue is not Middleware.before_enqueue
-            or type(m).after_enqueue is not Middleware.after_enqueue
-            for m in self.middleware
-        )
-
-    def _reserve_depth(self, queue_name: str, n: int, deadline: float | None = None) -> None:
-        """Refuse a queue over `queue_depth`; counts exactly whenever the queue is near it."""
-        depth = self.enqueue_settings().queue_depth
-        now = time.monotonic()
-        with self._depth_lock:
-            known = self._depth.get(queue_name)
-            if known and now - known[1] < DEPTH_RECHECK_S and known[0] + n < depth * DEPTH_SLACK:
-                self._depth[queue_name] = (known[0] + n, known[1])
-                return
-        counted = self._fetch("waiting_count", {"queue_name": queue_name, "limit": depth}, scalar_row,
-                              what="queue depth", deadline=deadline)
-        waiting = int(counted[0])
-        if waiting + n > depth:
-            raise QueueFull(queue_name, depth)
-        with self._depth_lock:
-            self._depth[queue_name] = (waiting + n, now)
+        return self._producer.enqueue_many(messages, delay)
 
     # -- consume --------------------------------------------------------------------
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
@@ -447,7 +309,8 @@ class PostgresBroker(BrokerTestAPI, Broker):
         with self._lock:
             if self._completer is None:
                 # Results are written at once (group commit); ack_linger_ms no longer delays them.
-                self._completer = Completer(lambda: self.pool, self.owner, lambda: self.wake(None))
+                # Its connection comes from the soft pool: acks are flushed in groups (see completer.py).
+                self._completer = Completer(lambda: self.soft_pool, self.owner, lambda: self.wake(None))
                 self._completer.start()
             if self._listener is None:
                 self._listener = Listener(self.url, self.wake, self.reload_settings)
@@ -553,8 +416,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
 
     # -- shutdown -------------------------------------------------------------------
     def close(self) -> None:
-        """Write pending results, give back held messages, stop threads, close the pool."""
+        """Write volatile sends and pending results, give back held messages, stop threads, close the pool."""
         self._check_pid()
+        self._producer.close(self.settings.enqueue_timeout_s)
         with self._lock:
             completer, keeper, listener = self._completer, self._keeper, self._listener
             self._completer = self._keeper = self._listener = None

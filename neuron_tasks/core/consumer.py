@@ -237,7 +237,7 @@ class PgConsumer(Consumer):
                             self._outage.recovered()
                             self.cache.extend(rows)
                             continue
-                        due = self._next_due()
+                        due = self._next_due(since=now)
                         self._outage.recovered()
                     except db.UNAVAILABLE as exc:
                         # Try again shortly (the pool reconnects meanwhile); woken earlier by the
@@ -249,8 +249,8 @@ class PgConsumer(Consumer):
                         log.error("claiming from queue %s failed: %s; retrying in %.1fs", self.queue_name,
                                   db.one_line(exc), self.broker.settings.naptime_ms / 1000.0)
                     else:
-                        if due is not None:
-                            self._next_poll = min(self._next_poll, now + max(due, 0.001))
+                        if due is not None:  # counted from now: the queries took some time
+                            self._next_poll = min(self._next_poll, time.monotonic() + due)
             self.event.wait(max(min(self.timeout_s, self._next_poll - time.monotonic()), 0.0))
             return None
 
@@ -404,8 +404,9 @@ class PgConsumer(Consumer):
             self.broker.completer.claimed_again(c.id for c in claims)
         return claims
 
-    def _next_due(self) -> float | None:
-        """Seconds until a claim may find something; None when the queue has nothing waiting."""
+    def _next_due(self, since: float) -> float | None:
+        """Seconds until a claim may find something; None when the queue has nothing waiting.
+        `since`: when the claim that found nothing started."""
         pool = self.broker.soft_pool
         with pool.connection(timeout=CONNECTION_WAIT_S) as conn, conn.cursor(row_factory=class_row(NextDue)) as cur:
             row = cur.execute(q("next_eta"), {"queue_name": self.queue_name}).fetchone()
@@ -414,6 +415,9 @@ class PgConsumer(Consumer):
         due = float(row.due_s)
         if due > 0:
             return due
+        if -due <= time.monotonic() - since:
+            # It became due while the claim ran (after the claim read the clock): claim again now.
+            return 0.0
         # Due messages we could not claim: their tenant is rate-limited or their topic is full.
         blocked = float(row.blocked_s) if row.blocked_s is not None else None
         retry = self.broker.settings.topic_retry_ms / 1000.0

@@ -87,6 +87,25 @@ def pending(url: str) -> list[Migration]:
     return [m for m in load_migrations() if m.version not in done]
 
 
+def outdated(waiting: list[Migration]) -> str | None:
+    """What to tell someone whose database lacks `waiting` migrations (None: it is up to date)."""
+    if not waiting:
+        return None
+    if len(waiting) == len(load_migrations()):
+        return "this database has no neuron_tasks schema yet: run `neuron-tasks db upgrade` to create it"
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in waiting)
+    return (f"the database schema is older than this neuron_tasks ({len(waiting)} migration(s) to apply: {names}): "
+            "run `neuron-tasks db upgrade`")
+
+
+def require_current(url: str) -> None:
+    """Raise MigrationError, saying to run `neuron-tasks db upgrade`, unless every migration is applied.
+    Reads only: never creates or changes anything."""
+    problem = outdated(pending(url))
+    if problem:
+        raise MigrationError(problem)
+
+
 def upgrade(url: str) -> list[Migration]:
     """Apply every pending migration; returns the ones this call applied."""
     migrations = load_migrations()

@@ -19,10 +19,15 @@ PART = Part(
         Tick("neuron_tasks.lease_sweeper", "scheduler_sweeper_every_s", run="neuron_tasks.core.maintenance:sweep_tick"),
     ),
     pages=(
-        Page("tenants", "Tenants", "per-tenant QPS and token budgets, their buckets (throttled counts) and usage "
-             "per minute", tables=("neuron_tasks.tenants", "neuron_tasks.tenant_buckets", "neuron_tasks.tenant_usage")),
-        Page("topics", "Topics", "cluster-wide concurrency, retries, delay and priority per topic; the slots in use",
-             tables=("neuron_tasks.topics", "neuron_tasks.topic_slots")),
+        Page("tenants", "Tenants", "each tenant's limits beside what it uses now: its rate against its QPS limit, "
+             "tokens against its budgets, and how often it was throttled",
+             tables=("neuron_tasks.tenants", "neuron_tasks.tenant_buckets", "neuron_tasks.tenant_usage"),
+             data="neuron_tasks.core.page:tenants", template="neuron_tasks.core:tenants.html", live=True,
+             show_tables=False),
+        Page("topics", "Topics", "each topic's slots in use against its concurrency, and the messages waiting for one",
+             tables=("neuron_tasks.topics", "neuron_tasks.topic_slots"),
+             data="neuron_tasks.core.page:topics", template="neuron_tasks.core:topics.html", live=True,
+             show_tables=False),
     ),
     tables=("neuron_tasks.messages", "neuron_tasks.messages_history", "neuron_tasks.workers", "neuron_tasks.tenants",
             "neuron_tasks.tenant_buckets", "neuron_tasks.tenant_usage", "neuron_tasks.topics",

@@ -38,7 +38,9 @@ def draw(chart: dict[str, Any]) -> Any:
     """A part's chart (title, labels, series of name/values/tone) as SVG."""
     series = [(str(s["name"]), list(s["values"]), f"s-{s.get('tone') or TONES[i % len(TONES)]}")
               for i, s in enumerate(chart.get("series", []))]
-    return charts.lines(series, list(chart.get("labels", [])), title=str(chart.get("title", "")))
+    kind = charts.bars if chart.get("kind") == "bars" else charts.lines
+    return kind(series, list(chart.get("labels", [])), title=str(chart.get("title", "")),
+                unit=str(chart.get("unit", "")), x_label=str(chart.get("x_label", "")))
 
 
 def clean(value: str) -> str:
@@ -85,12 +87,15 @@ class Dashboard:
         ov = await run_in_threadpool(self.data.overview)
         labels = [m["minute"].astimezone().strftime("%H:%M") for m in ov.throughput]
         throughput = charts.bars([("finished", [m["finished"] for m in ov.throughput], "s-finished")],
-                                 labels, title="Finished per minute, last hour")
+                                 labels, title="Finished per minute, last hour", unit="messages / min",
+                                 x_label="time (local)")
         failures = charts.bars([("dead-lettered", [m["failed"] for m in ov.throughput], "s-failed")],
-                               labels, title="Dead-lettered per minute, last hour", height=110)
+                               labels, title="Dead-lettered per minute, last hour", unit="messages / min",
+                               x_label="time (local)")
         depth = charts.bars(
             [(s, [r[s].best for r in ov.queues], f"s-{s}") for s in STATES],
-            [r["queue_name"] for r in ov.queues], title="Messages per queue and state")
+            [r["queue_name"] for r in ov.queues], title="Messages per queue and state", unit="messages",
+            x_label="queue")
         return self.page(request, "overview.html", started, ov=ov, throughput=throughput, failures=failures,
                          depth=depth, states=STATES, live=True, cap=self.data.count_cap)
 
@@ -176,12 +181,8 @@ class Dashboard:
 
     async def workers(self, request: Request) -> Response:
         started = time.perf_counter()
-
-        def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-            return self.data.workers(), self.data.worker_status()
-
-        rows, status = await run_in_threadpool(load)
-        return self.page(request, "workers.html", started, rows=rows, status=status, live=True)
+        rows = await run_in_threadpool(self.data.workers)
+        return self.page(request, "workers.html", started, rows=rows, live=True)
 
     async def part(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -7,6 +7,7 @@ message list scans fixed windows of the primary key, lists are keyset-paged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -28,6 +29,10 @@ STATES = ("pending", "running", "retrying", "failed")
 HISTORY_LOOKUP = 50_000
 #: Largest number of dead letters one "all matching" action touches.
 BULK_LIMIT = 10_000
+#: Most running messages the workers page lists (all workers together).
+BUSY_LIMIT = 500
+#: The results backend's namespace (core.results), part of every result's key.
+RESULTS_NAMESPACE = "neuron-tasks-results"
 
 
 @dataclass
@@ -239,7 +244,25 @@ class DashboardData:
             hist["state"] = "finished"
             hist["errors"] = []
             hist["message"] = None
+            hist["result"] = self.result(hist)
         return hist
+
+    def result(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored result of a finished message (when its actor stores results and it has not
+        expired): {"value": decoded JSON or text, "stored_at", "expires_at"}; else None."""
+        if not self.exists("neuron_tasks.results"):
+            return None
+        key = hashlib.md5(f"{RESULTS_NAMESPACE}:{row['queue_name']}:{row['actor_name']}:{row['message_id']}"
+                          .encode(), usedforsecurity=False).hexdigest()
+        found = self._one("dash_result_by_key", {"key": key})
+        if found is None:
+            return None
+        raw = bytes(found.pop("value"))
+        try:
+            found["value"] = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            found["value"] = raw.decode("utf-8", "replace")
+        return found
 
     # -- dead letters --------------------------------------------------------------------------
     def dead_letters(self, flt: MessageFilter, *, after: tuple[datetime, int] | None, limit: int = 50,
@@ -287,13 +310,17 @@ class DashboardData:
 
     # -- workers and optional parts --------------------------------------------------------------
     def workers(self) -> list[dict[str, Any]]:
-        return self._all("dash_workers_table", {"stale_s": self.stale_s})
-
-    def worker_status(self) -> list[dict[str, Any]] | None:
-        """Rows of neuron_tasks.worker_status() when the database has that function, else None."""
-        if not self.function_exists("worker_status"):
-            return None
-        return self._all("dash_worker_status")
+        """Worker processes of the last hour, each with `running`: the messages it runs now."""
+        rows = self._all("dash_workers_table", {"stale_s": self.stale_s})
+        live = [r["worker_id"] for r in rows if r["status"] != "stopped"]
+        busy: dict[Any, list[dict[str, Any]]] = {}
+        if live:
+            for job in self._all("dash_running_by_worker", {"workers": live, "limit": BUSY_LIMIT}):
+                job["arguments"] = preview(job.pop("payload_head"))
+                busy.setdefault(job["worker_id"], []).append(job)
+        for row in rows:
+            row["running"] = busy.get(row["worker_id"], [])
+        return rows
 
     def table_page(self, table: str, *, after: str | None, limit: int = 50) -> dict[str, Any]:
         """Rows of any table, keyset-paged on its one-column primary key or else on ctid."""
@@ -362,12 +389,38 @@ def decode_payload(payload: bytes) -> dict[str, Any] | str:
         return payload.decode("utf-8", "replace")
 
 
+def call_args(args: Any, kwargs: Any) -> str:
+    """An actor's arguments as a call would spell them: `1, "é", key=true` (JSON values, unescaped)."""
+    shown = [json.dumps(a, ensure_ascii=False, default=str) for a in (args if isinstance(args, list) else [])]
+    if isinstance(kwargs, dict):
+        shown += [f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in kwargs.items()]
+    return ", ".join(shown)
+
+
 def preview(head: Any) -> str:
-    """Args of a message from the first bytes of its payload, for the list (never trusted)."""
+    """The actor's arguments, from the first bytes of a message's payload, for the list (never trusted):
+    read as JSON when the head holds them whole, else the start of their text followed by "…"."""
     if head is None:
         return ""
     text = bytes(head).decode("utf-8", "replace")
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict):
+        return call_args(whole.get("args"), whole.get("kwargs"))
     marker = text.find('"args"')
-    if marker >= 0:
-        text = text[marker + 7:].lstrip(": ")
-    return text[:160]
+    if marker < 0:
+        return text[:160]
+    rest = text[marker + 6:].lstrip().removeprefix(":").lstrip()
+    decoder = json.JSONDecoder()
+    try:
+        args, end = decoder.raw_decode(rest)
+    except ValueError:
+        return rest.removeprefix("[")[:160] + "…"
+    kwargs: Any = None
+    after = rest[end:].lstrip().removeprefix(",").lstrip()
+    if after.startswith('"kwargs"'):
+        with contextlib.suppress(ValueError):
+            kwargs = decoder.raw_decode(after[8:].lstrip().removeprefix(":").lstrip())[0]
+    return call_args(args, kwargs)

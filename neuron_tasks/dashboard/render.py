@@ -41,9 +41,10 @@ def cell(value: Any, limit: int = CELL_CHARS) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, bytes | memoryview):
-        return f"<{len(bytes(value)):,} bytes>"
+        raw = bytes(value)  # a key or digest: its first bytes in hex identify it
+        return raw[:8].hex() + ("…" if len(raw) > 8 else "")
     if isinstance(value, dict | list | tuple):
-        return cut(json.dumps(value, default=str), limit)
+        return cut(json.dumps(value, ensure_ascii=False, default=str), limit)
     return cut(value, limit)
 
 

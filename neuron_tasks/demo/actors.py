@@ -6,12 +6,17 @@ import time
 
 import dramatiq
 
+from neuron_tasks.core.results import ensure_results
+
+# The results backend (table neuron_tasks.results) before any actor that stores its result.
+ensure_results(dramatiq.get_broker())
+
 DEMO_QUEUES = ("demo", "demo_slow")
 
 
-@dramatiq.actor(queue_name="demo", max_retries=0)
+@dramatiq.actor(queue_name="demo", max_retries=0, store_results=True)
 def add(x: int, y: int) -> int:
-    """A quick job."""
+    """A quick job; its result is stored (`message.get_result()` reads it from any process)."""
     return x + y
 
 

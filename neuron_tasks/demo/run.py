@@ -9,10 +9,13 @@ import sys
 import tempfile
 import time
 from types import ModuleType
+from typing import Any
 
 import dramatiq
 import psycopg
+from psycopg.rows import dict_row, scalar_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -43,11 +46,12 @@ def run_demo(url: str, settings: Settings, *, jobs: int, processes: int, console
     console.print(f"started {processes} worker processes x 4 threads (pid {worker.pid}); log: {log_path}")
     started = time.time()
     repo = Repo(broker.pool)
+    counts = RunCounts(broker.pool, actors.DEMO_QUEUES)  # this run's messages only
     try:
-        before = sum(r["finished"] for r in repo.queue_status() if r["queue"].startswith("demo"))
         expected = enqueue_mix(broker, url, actors, jobs, console)
-        ok = watch(repo, expected, console, finished_before=before)
-        show_queues(repo, console)
+        ok = watch(counts, expected, console)
+        show_queues(counts, console)
+        show_result(actors, console)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -108,7 +112,25 @@ def enqueue_mix(broker: PostgresBroker, url: str, actors: ModuleType, jobs: int,
     return expected
 
 
-def watch(repo: Repo, expected: dict[str, int], console: Console, *, finished_before: int = 0) -> bool:
+class RunCounts:
+    """The demo queues' messages enqueued since this run began: an earlier run's are not counted."""
+
+    def __init__(self, pool: ConnectionPool, queues: tuple[str, ...]) -> None:
+        self.pool, self.queues = pool, list(queues)
+        with pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+            self.since = cur.execute(q("now")).fetchone()
+
+    def queues_status(self) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("demo_queue_counts"), {"queues": self.queues, "since": self.since}).fetchall()
+
+    def dead_letters(self, limit: int = 10) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(q("demo_dead_letters"), {"queues": self.queues, "since": self.since,
+                                                        "limit": limit}).fetchall()
+
+
+def watch(counts: RunCounts, expected: dict[str, int], console: Console) -> bool:
     """Show progress until every demo message finished or failed; True when the counts are right."""
     total = expected["finished"] + expected["failed"]
     deadline = time.monotonic() + 120
@@ -117,8 +139,8 @@ def watch(repo: Repo, expected: dict[str, int], console: Console, *, finished_be
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("processing", total=total, detail="")
         while time.monotonic() < deadline:
-            rows = [r for r in repo.queue_status() if r["queue"].startswith("demo")]
-            finished = sum(r["finished"] for r in rows) - finished_before  # history of earlier demos
+            rows = counts.queues_status()
+            finished = sum(r["finished"] for r in rows)
             failed = sum(r["failed"] for r in rows)
             live = sum(r["pending"] + r["running"] + r["retrying"] for r in rows)
             retrying = sum(r["retrying"] for r in rows)
@@ -137,19 +159,27 @@ def watch(repo: Repo, expected: dict[str, int], console: Console, *, finished_be
     return ok
 
 
-def show_queues(repo: Repo, console: Console) -> None:
-    table = Table(title="Queues")
+def show_queues(counts: RunCounts, console: Console) -> None:
+    table = Table(title="Queues (this run's messages)")
     for col in ("queue", "pending", "running", "retrying", "failed", "finished"):
         table.add_column(col)
-    for r in repo.queue_status():
+    for r in counts.queues_status():
         table.add_row(r["queue"], *(str(r[c]) for c in ("pending", "running", "retrying", "failed", "finished")))
     console.print(table)
     dead = Table(title="Dead letters")
     for col in ("id", "actor", "retries", "last error"):
         dead.add_column(col, overflow="fold")
-    for r in repo.dead_letters(limit=10):
+    for r in counts.dead_letters(limit=10):
         dead.add_row(str(r["id"]), r["actor_name"], str(r["retries"]), r["last_error"] or "")
     console.print(dead)
+
+
+def show_result(actors: ModuleType, console: Console) -> None:
+    """Send one job that stores its result and read it back, as any process can."""
+    message = actors.add.send(2, 3)
+    value = message.get_result(block=True, timeout=30_000)
+    console.print(f"add(2, 3) = {value}: stored in neuron_tasks.results by the worker, read back here with "
+                  "message.get_result(block=True)", highlight=False)
 
 
 def show_workers(repo: Repo, settings: Settings, since: float, console: Console) -> None:

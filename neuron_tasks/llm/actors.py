@@ -5,6 +5,7 @@ http_call, sql_task). Thin shells over neuron_tasks.llm; results are stored in P
     from neuron_tasks.llm import actors
     msg = actors.embed.send(["a text", "another"], tenant="acme")
     vectors = msg.get_result(block=True, timeout=30_000)["embeddings"]
+    packed = actors.embed.send(texts, encoding="f32")     # compact: embeddings_of(result) -> float32 matrix
 
 Transient failures (429, 5xx, timeouts, open circuit) are retried with backoff, after the
 provider's Retry-After when it sent one; permanent ones go straight to the dead letters.
@@ -27,6 +28,8 @@ from psycopg_pool import ConnectionPool
 from neuron_tasks.core.results import PostgresResultBackend, ensure_results
 from neuron_tasks.llm import errors
 from neuron_tasks.llm.batcher import Batcher
+from neuron_tasks.llm.encoding import JOB_ENCODINGS
+from neuron_tasks.llm.encoding import check as check_encoding
 from neuron_tasks.llm.service import EmbedRequest, LlmService
 from neuron_tasks.llm.settings import LlmSettings
 
@@ -60,7 +63,8 @@ def configure(settings: LlmSettings | None = None, pool: ConnectionPool | None =
             raise TypeError("LLM actors need a PostgresBroker as the global broker (or pass pool=)")
     service = LlmService(pool, settings)
     batcher: Batcher[EmbedRequest] = Batcher(
-        service.embed_many, max_messages=settings.llm_batch_size, linger_s=settings.llm_batch_linger_ms / 1000.0
+        service.embed_many, max_messages=settings.llm_batch_size, linger_s=settings.llm_batch_linger_ms / 1000.0,
+        capacity=worker_threads,
     )
     from dramatiq.results import Results
 
@@ -109,19 +113,54 @@ def shell(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class WorkerThreads(dramatiq.Middleware):
+    """Counts the running worker threads of this process: an embed group holding that many
+    requests is full (no other thread can join it), so it does not wait out its linger."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: Any) -> None:
+        with self._lock:
+            self.running += 1
+
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        with self._lock:
+            self.running = max(self.running - 1, 0)
+
+
+def _thread_counter(b: dramatiq.Broker) -> WorkerThreads:
+    """The broker's WorkerThreads middleware, added once (a reloaded module finds the old one)."""
+    for mw in b.middleware:
+        if type(mw).__name__ == WorkerThreads.__name__ and hasattr(mw, "running"):
+            return mw  # type: ignore[return-value]
+    counter = WorkerThreads()
+    b.add_middleware(counter)
+    return counter
+
+
+def worker_threads() -> int:
+    """Worker threads running in this process (0 before a worker starts)."""
+    return _threads.running
+
+
 broker = dramatiq.get_broker()
 ensure_results(broker)
+_threads = _thread_counter(broker)
 _opts: dict[str, Any] = {"store_results": True, "throws": PERMANENT}
 
 
 @dramatiq.actor(actor_name="llm_embed", queue_name=LLM_QUEUE, **_opts)
 @shell
 def embed(texts: list[str] | str, model: str | None = None, provider: str | None = None,
-          tenant: str | None = None, cache: bool = True) -> dict[str, Any]:
-    """Embeddings of texts; concurrent embed messages of a process share one model call."""
+          tenant: str | None = None, cache: bool = True, encoding: str = "json") -> dict[str, Any]:
+    """Embeddings of texts; concurrent embed messages of a process share one model call.
+    `encoding="f32"` returns the vectors as one base64 float32 string (`embeddings_of` reads it)."""
     option_tenant, message_id = _current()
     texts = [texts] if isinstance(texts, str) else list(texts)
-    request = EmbedRequest(texts, model, provider, tenant or option_tenant, message_id, cache)
+    request = EmbedRequest(texts, model, provider, tenant or option_tenant, message_id, cache,
+                           encoding=check_encoding(encoding, JOB_ENCODINGS))
     return runtime().batcher.submit(request)
 
 

@@ -1,10 +1,12 @@
 """Cross-message embedding batching inside one worker process.
 
 Each worker thread running an embed message hands its request to the process's batcher and
-waits. The first request of a group leads it: it waits up to `linger_s` for others (or until
-`max_messages` have joined), then takes the model for one call over all their texts; while
-the model is busy with the previous group, the next group keeps filling. So many small embed
-jobs cost about one large encode, and a lone job waits at most `linger_s`.
+waits. The first request of a group leads it: it waits up to `linger_s` for others, or until
+the group is full: `max_messages` joined, or every thread that could submit (`capacity`, the
+worker threads of the process) is in it, so a process with fewer threads than `max_messages`
+never waits for requests that cannot come. Then it takes the model for one call over all their
+texts; while the model is busy with the previous group, the next group keeps filling. So many
+small embed jobs cost about one large encode, and a lone job waits at most `linger_s`.
 """
 
 from __future__ import annotations
@@ -35,15 +37,21 @@ class _Group(Generic[R]):
 class Batcher(Generic[R]):
     """Merges concurrent `submit` calls into calls of `run(requests) -> results` (same order)."""
 
-    def __init__(self, run: Callable[[list[R]], list[Any]], *, max_messages: int, linger_s: float) -> None:
+    def __init__(self, run: Callable[[list[R]], list[Any]], *, max_messages: int, linger_s: float,
+                 capacity: Callable[[], int] | None = None) -> None:
         self.run = run
         self.max_messages = max(1, max_messages)
         self.linger_s = max(0.0, linger_s)
+        self.capacity = capacity  # how many threads may submit at once (0 or None: unknown)
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._open: _Group[R] | None = None
         self.calls = 0
         self.requests = 0
+
+    def _limit(self) -> int:
+        threads = self.capacity() if self.capacity is not None else 0
+        return min(self.max_messages, threads) if threads > 0 else self.max_messages
 
     def submit(self, request: R) -> Any:
         item: _Item[R] = _Item(request)
@@ -53,7 +61,7 @@ class Batcher(Generic[R]):
             if group is None:
                 group = self._open = _Group()
             group.items.append(item)
-            if len(group.items) >= self.max_messages:
+            if len(group.items) >= self._limit():
                 group.closed = True
                 group.full.set()
                 self._open = None

@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row, dict_row, scalar_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -80,21 +81,28 @@ class Cache:
     def put_many(self, entries: list[Entry]) -> None:
         if not entries or not self.enabled:
             return
-        unique = list({e.key: e for e in entries}.values())
-        params = {
-            "keys": [e.key for e in unique],
-            "operations": [e.operation for e in unique],
-            "models": [e.model for e in unique],
-            "inputs": [Jsonb(e.input) for e in unique],
-            "values": [e.value for e in unique],
-            "ttl_s": [self.settings.llm_cache_ttl_s] * len(unique),
-        }
 
         def run() -> None:
             with self.pool.connection() as conn:
-                conn.execute(q("cache_store"), params)
+                store(conn, entries, self.settings.llm_cache_ttl_s)
 
         db.retrying(run, what="cache store")
+
+
+def store(conn: psycopg.Connection[Any], entries: list[Entry], ttl_s: float) -> None:
+    """Insert or replace `entries` in one statement (on the caller's connection, so a caller can
+    pipeline it with other writes); keys and values travel as binary bytea arrays."""
+    unique = list({e.key: e for e in entries}.values())
+    if not unique:
+        return
+    conn.execute(q("cache_store"), {
+        "keys": [e.key for e in unique],
+        "operations": [e.operation for e in unique],
+        "models": [e.model for e in unique],
+        "inputs": [Jsonb(e.input) for e in unique],
+        "values": [e.value for e in unique],
+        "ttl_s": ttl_s,
+    })
 
 
 def _count(pool: ConnectionPool, name: str, params: dict[str, Any]) -> int:

@@ -11,7 +11,17 @@ import psycopg
 import typer
 from psycopg.rows import dict_row
 
-from neuron_tasks.commandline import JsonOpt, console, emit, fail, jsonable, parse_duration, pool
+from neuron_tasks.commandline import (
+    JsonOpt,
+    YesOpt,
+    confirm_destructive,
+    console,
+    emit,
+    fail,
+    jsonable,
+    parse_duration,
+    pool,
+)
 from neuron_tasks.sql import q
 
 app = typer.Typer(
@@ -25,6 +35,9 @@ app = typer.Typer(
 cache_app = typer.Typer(help="The result cache: stats, clear, rotate (expire + LRU eviction).",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+
+#: The operations the result cache keeps entries of.
+CACHE_OPERATIONS = ("embed", "complete", "rerank")
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name (default: from settings).")]
 ProviderOpt = Annotated[str | None, typer.Option("--provider", help="local or http (default: from settings).")]
@@ -173,10 +186,16 @@ def cache_stats(as_json: JsonOpt = False) -> None:
 
 @cache_app.command("clear")
 def cache_clear(operation: Annotated[str | None, typer.Option(help="Only embed, complete or rerank.")] = None,
-                as_json: JsonOpt = False) -> None:
-    """Delete cache entries."""
-    from neuron_tasks.llm.cache import clear
+                yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Delete cache entries (asks first on a terminal; needs --yes elsewhere)."""
+    from neuron_tasks.llm.cache import clear, stats
 
+    if operation is not None and operation not in CACHE_OPERATIONS:
+        fail(f"unknown operation {operation!r}: use one of {', '.join(CACHE_OPERATIONS)}")
+    if not yes:
+        count = sum(int(r["entries"]) for r in stats(pool()) if operation is None or r["operation"] == operation)
+        scope = f"{operation} " if operation else ""
+        confirm_destructive(f"delete {count} {scope}cache entr{'y' if count == 1 else 'ies'}", yes=yes)
     n = clear(pool(), operation)
     print(json.dumps({"deleted": n})) if as_json else console.print(f"deleted {n} cache entries")
 

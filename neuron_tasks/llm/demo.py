@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import dramatiq
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, scalar_row
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -44,9 +44,11 @@ def run(url: str, settings: Settings, console: Console) -> bool:
     dramatiq.set_broker(broker)
     from neuron_tasks.llm import actors as actors
 
+    with broker.pool.connection() as conn, conn.cursor(row_factory=scalar_row) as cur:
+        since = cur.execute(q("now")).fetchone()  # the job view shows this run's jobs only
     ok = True
     try:
-        ok = _jobs(actors, broker, console, fake is not None)
+        ok = _jobs(actors, broker, console, fake is not None, since)
     except Exception as exc:
         console.print(f"[red]LLM demo failed: {exc}[/] (worker log: {log_path})")
         ok = False
@@ -70,7 +72,7 @@ def _wait(messages: list[Any], progress: Progress, task: Any, timeout_s: float) 
     return out
 
 
-def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool) -> bool:
+def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool, since: Any) -> bool:
     cols = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn())
     timings = Table(title="LLM jobs")
@@ -83,7 +85,9 @@ def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool) 
         started = time.perf_counter()
         t = progress.add_task("100 single-text embed jobs (batched across messages)", total=len(singles))
         results = _wait(singles, progress, t, 120)
-        timings.add_row(str(len(singles)), "embed, 1 text each", f"{time.perf_counter() - started:.2f}",
+        cached = sum(r["cached"] for r in results)  # a cache filled by an earlier run answers these
+        timings.add_row(str(len(singles)), "embed, 1 text each" + (f", {cached} from cache" if cached else ""),
+                        f"{time.perf_counter() - started:.2f}",
                         f"{len(singles) / (time.perf_counter() - started):.0f}")
         started = time.perf_counter()
         t = progress.add_task("1 embed job of the same 100 texts (cache hits)", total=1)
@@ -99,8 +103,9 @@ def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool) 
                       actors.rerank.send("cats and fish", TEXTS[:25], top_n=3)], progress, t, 60)
         done.insert(2, _wait([ask("Say hello to the queue.")], progress, t, 60)[0])
     console.print(timings)
-    dims = {r["dims"] for r in results}
-    console.print(f"embeddings: {len(results)} x {dims} dims; the batcher merged concurrent messages per model call")
+    dims = ", ".join(str(d) for d in sorted({r["dims"] for r in results}))
+    console.print(f"embeddings: {len(results)} x {dims} dimensions; the batcher merged concurrent messages per model "
+                  "call", highlight=False)
     tag = "[bold yellow]FAKE PROVIDER[/] " if is_fake else ""
     for r in done[:3]:
         console.print(f"{tag}completion ({r['model']}, cached={r['cached']}): {r['text'][:90]}", highlight=False)
@@ -108,8 +113,8 @@ def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool) 
     console.print(f"rerank ({rr['method']}): " + "; ".join(f"{x['document']} ({x['score']:.2f})"
                                                           for x in rr["results"]), highlight=False)
     with broker.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        status = cur.execute(q("llm_job_status")).fetchall()
-    table = Table(title="neuron_tasks.llm_job_status (the LLM job view)")
+        status = cur.execute(q("llm_job_status_since"), {"since": since}).fetchall()
+    table = Table(title="LLM jobs of this run (neuron_tasks.llm_jobs)")
     for c in ("operation", "status", "count", "avg seconds"):
         table.add_column(c)
     for row in status:

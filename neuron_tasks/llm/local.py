@@ -54,10 +54,24 @@ def load_model(name: str = LOCAL_MODEL, device: str = "cpu", threads: int = 0) -
             if threads > 0:
                 torch.set_num_threads(threads)
 
-            model = SentenceTransformer(model_path(name), device=device)
+            model = _quietly(lambda: SentenceTransformer(model_path(name), device=device))
             _models[key] = model
             log.info("loaded local model %s on %s in %.1fs", name, device, time.perf_counter() - started)
     return model
+
+
+def _quietly(load: Any) -> Any:
+    """Run `load` with the model libraries' progress bars off (they would write to the terminal
+    or a worker's log); their previous state comes back after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def loaded_models() -> list[str]:

@@ -20,8 +20,10 @@ PART = Part(
         Command("cache", "neuron_tasks.llm.commands:cache_app"),
     ),
     pages=(
-        Page("llm-cache", "LLM cache", "cached LLM results (operation, model, input) with hit counts and TTL",
-             tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state")),
+        Page("llm-cache", "LLM cache", "cached LLM results: the hit ratio, the cache's size against its limits, "
+             "entries per model and what the next rotation evicts",
+             tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state"),
+             data="neuron_tasks.llm.page:load", template="neuron_tasks.llm:page.html", live=True, show_tables=False),
     ),
     tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state"),
     demos=(Demo("llm", "neuron_tasks.llm.commands:demo_phase", order=300),),

@@ -13,9 +13,12 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
+from neuron_tasks import db
+from neuron_tasks.llm import encoding
 from neuron_tasks.llm.base import Provider, Usage
 from neuron_tasks.llm.cache import Cache, Entry, cache_key, normalise_text
-from neuron_tasks.llm.errors import InvalidRequest
+from neuron_tasks.llm.cache import store as store_entries
+from neuron_tasks.llm.errors import InvalidRequest, MalformedReply
 from neuron_tasks.llm.pacing import Pacer
 from neuron_tasks.llm.settings import LlmSettings
 from neuron_tasks.llm.usage import UsageRow, record_usage_many
@@ -31,6 +34,7 @@ class EmbedRequest:
     message_id: str | None = None
     use_cache: bool = True  # read the cache (False: compute every text again)
     store: bool = True  # write what was computed to the cache
+    encoding: str = "json"  # how the result carries its vectors: json, f32 or array (llm/encoding.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +47,21 @@ class RefreshCandidate:
 
 
 def _vector_json(vectors: Any) -> list[list[float]]:
-    """Rows as lists of floats rounded to 7 decimals (float32 holds about 7 digits): a third of
-    the JSON of full float64 reprs, for results that travel through Postgres."""
+    """Rows as lists of floats rounded to 7 decimals (the "json" encoding)."""
+    return encoding.vectors_json(vectors)
+
+
+def _packed(rows: list[Any], how: str) -> dict[str, Any]:
+    """`dims`, and the vectors of one request in the encoding it asked for."""
     import numpy as np
 
-    return np.round(vectors.astype(np.float64), 7).tolist()
+    matrix = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+    dims = int(matrix.shape[1]) if matrix.size else 0
+    if how == "f32":
+        return {"dims": dims, "count": len(rows), "encoding": "f32", "embeddings_f32": encoding.f32_text(matrix)}
+    if how == "array":
+        return {"dims": dims, "embeddings": matrix}
+    return {"dims": dims, "embeddings": _vector_json(matrix)}
 
 
 class LlmService:
@@ -82,22 +96,28 @@ class LlmService:
 
     # -- embed ------------------------------------------------------------------------------------
     def embed(self, texts: list[str] | str, *, model: str | None = None, provider: str | None = None,
-              tenant: str | None = None, message_id: str | None = None, use_cache: bool = True) -> dict[str, Any]:
-        """Embeddings of `texts` (one vector per text, unit length for the local model)."""
+              tenant: str | None = None, message_id: str | None = None, use_cache: bool = True,
+              encoding: str = "json") -> dict[str, Any]:
+        """Embeddings of `texts` (one vector per text, unit length for the local model); `encoding`
+        "json" (lists of floats), "f32" (base64 float32) or "array" (a numpy matrix)."""
         if isinstance(texts, str):
             texts = [texts]
-        return self.embed_many([EmbedRequest(list(texts), model, provider, tenant, message_id, use_cache)])[0]
+        return self.embed_many([EmbedRequest(list(texts), model, provider, tenant, message_id, use_cache,
+                                             encoding=encoding)])[0]
 
     def embed_many(self, requests: list[EmbedRequest]) -> list[dict[str, Any]]:
-        """Several embed requests with one cache lookup, one model call and one usage insert
-        per (provider, model): the cross-message batcher hands its groups here."""
+        """Several embed requests with one cache lookup and one model call per (provider, model),
+        then one round trip that writes the new cache entries and every request's usage row:
+        the cross-message batcher hands its groups here."""
         import numpy as np
 
         for r in requests:
             if not isinstance(r.texts, list) or not all(isinstance(t, str) for t in r.texts):
                 raise InvalidRequest("embed: texts must be a list of strings")
+            encoding.check(r.encoding)
         out: list[dict[str, Any] | None] = [None] * len(requests)
         usage: list[UsageRow] = []
+        entries: list[Entry] = []
         groups: dict[tuple[str, str], list[int]] = {}
         for i, r in enumerate(requests):
             p = self.provider(r.provider)
@@ -121,29 +141,43 @@ class LlmService:
                 result = p.embed(misses, model)
                 computed_usage = result.usage
                 arr = np.asarray(result.vectors, dtype=np.float32)
-                entries = []
+                if arr.shape[0] != len(misses):
+                    raise MalformedReply(f"embed: the provider returned {arr.shape[0]} vectors for "
+                                         f"{len(misses)} texts")
                 storing = {t for i in idxs if requests[i].store for t in norm[i]}
                 for t, v in zip(misses, arr, strict=True):
                     vectors[t] = v
                     cached_texts.discard(t)
                     if t in storing:
                         entries.append(Entry(keys[t], "embed", label, {"text": t}, v.tobytes()))
-                if entries:
-                    self.cache.put_many(entries)
             miss_chars = sum(len(t) for t in misses) or 1
             for i in idxs:
                 r = requests[i]
                 mine = [t for t in dict.fromkeys(norm[i]) if t not in cached_texts]
                 share = sum(len(t) for t in mine) / miss_chars
                 tokens = round(computed_usage.prompt_tokens * share)
-                matrix = np.stack([vectors[t] for t in norm[i]]) if norm[i] else np.zeros((0, 0), np.float32)
                 hits = sum(1 for t in norm[i] if t in cached_texts)
-                out[i] = {"model": label, "dims": int(matrix.shape[1]) if matrix.size else 0,
-                          "embeddings": _vector_json(matrix), "cached": hits, "tokens": tokens}
+                out[i] = {"model": label, **_packed([vectors[t] for t in norm[i]], r.encoding),
+                          "cached": hits, "tokens": tokens}
                 usage.append(UsageRow(r.tenant, tokens, tokens, 0, computed_usage.estimated,
                                       bool(norm[i]) and hits == len(norm[i]), "embed", pname, model, r.message_id))
-        self._record(usage)
+        self._write(entries, usage)
         return [o for o in out if o is not None]
+
+    def _write(self, entries: list[Entry], usage: list[UsageRow]) -> None:
+        """New cache entries and usage rows in one round trip (a pipeline of two statements)."""
+        if not self.cache.enabled:
+            entries = []
+        if not entries and not usage:
+            return
+
+        def run() -> None:
+            with self.pool.connection() as conn, conn.pipeline():
+                if entries:
+                    store_entries(conn, entries, self.settings.llm_cache_ttl_s)
+                record_usage_many(conn, usage, wait_flush=False)
+
+        db.retrying(run, what="embed cache and usage write")
 
     # -- complete -----------------------------------------------------------------------------
     def complete(self, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,

@@ -6,7 +6,7 @@ the Tenancy middleware checks) in the same statement, and sets its `charged_at`.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import psycopg
@@ -28,14 +28,15 @@ class UsageRow:
     message_id: str | None = None
 
 
+_COLUMNS = tuple(f.name for f in fields(UsageRow))
+
+
 def record_usage_many(conn: psycopg.Connection, rows: list[UsageRow], *, wait_flush: bool = True) -> None:
     """Insert many usage rows in one statement. `wait_flush=False` (jobs, on an autocommit
     connection) commits without waiting for the WAL flush: the job's ack makes it durable."""
     if not rows:
         return
-    names = [f.name for f in fields(UsageRow)]
-    columns = list(zip(*(astuple(r) for r in rows), strict=True))
-    params: dict[str, Any] = {name: list(col) for name, col in zip(names, columns, strict=True)}
+    params: dict[str, Any] = {name: [getattr(r, name) for r in rows] for name in _COLUMNS}
     params["synchronous_commit"] = "on" if wait_flush else "off"
     conn.execute(q("usage_insert"), params)
 

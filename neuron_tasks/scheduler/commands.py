@@ -21,6 +21,8 @@ app = typer.Typer(
     "    @dramatiq.actor\n"
     "    def report() -> None: ...",
     invoke_without_command=True,
+    # Options may follow the modules (`neuron-tasks scheduler myapp.jobs --no-builtins`), as for a command.
+    context_settings={"allow_interspersed_args": True},
 )
 
 

@@ -10,6 +10,9 @@
     @dramatiq.actor(queue_name="reports")
     def report() -> None: ...
 
+Ticks missed while no scheduler ran are not replayed: a job that missed some (within
+scheduler_misfire_grace_s) fires once, late; `@periodic(..., catch_up=True)` replays each.
+
 Config (`neuron-tasks scheduler --config jobs.toml`, or NEURON_TASKS_SCHEDULER_CONFIG):
 
     [[jobs]]
@@ -19,6 +22,7 @@ Config (`neuron-tasks scheduler --config jobs.toml`, or NEURON_TASKS_SCHEDULER_C
     cron = "0 3 * * *"    # or: every = 30
     args = [1]
     kwargs = {}
+    catch_up = false      # true: replay each missed tick (within the misfire grace)
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ class ScheduledJob:
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    catch_up: bool = True  # after a failover, fire the ticks missed (within the misfire grace)
+    # Ticks missed while no scheduler led (or while a wake-up was late): False (the default) fires
+    # them once, as one late run, as Celery beat and APScheduler's coalesce do; True replays each
+    # one. Either way only ticks within scheduler_misfire_grace_s count.
+    catch_up: bool = False
     requires: str | None = None  # a table that must exist, else the tick is recorded as skipped
     skip_unless: str | None = None  # a named query answering one boolean: false records the tick as skipped
 
@@ -118,8 +125,11 @@ def register(job: ScheduledJob) -> ScheduledJob:
 
 def periodic(*, every: float | None = None, cron: str | None = None, name: str | None = None,
              args: list[Any] | None = None, kwargs: dict[str, Any] | None = None,
-             catch_up: bool = True) -> Callable[[Any], Any]:
-    """Declare a Dramatiq actor periodic: the scheduler's leader enqueues it at each tick."""
+             catch_up: bool = False) -> Callable[[Any], Any]:
+    """Declare a Dramatiq actor periodic: the scheduler's leader enqueues it at each tick.
+
+    Ticks missed while no scheduler ran are not replayed: a job that missed some (within
+    scheduler_misfire_grace_s) fires once, late; `catch_up=True` replays every one of them."""
 
     def deco(actor: Any) -> Any:
         actor_name = getattr(actor, "actor_name", None)
@@ -149,8 +159,15 @@ def load_config(path: Path) -> list[ScheduledJob]:
                                  every=entry.get("every"), cron=entry.get("cron"),
                                  queue=entry.get("queue", "default"), args=list(entry.get("args", [])),
                                  kwargs=dict(entry.get("kwargs", {})), options=dict(entry.get("options", {})),
-                                 catch_up=bool(entry.get("catch_up", True))))
+                                 catch_up=_flag(path, entry, "catch_up")))
     return jobs
+
+
+def _flag(path: Path, entry: dict[str, Any], key: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{path}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def part_jobs(settings: dict[str, Any] | None = None) -> list[ScheduledJob]:

@@ -6,7 +6,8 @@ which releases the lock, so a standby takes over within about a second. The lead
 APScheduler BackgroundScheduler with one job per scheduled job; each wake-up fires every tick
 due since the last one recorded in `scheduler_fires`: the fire row (key job + fire time) and
 the enqueue are one transaction, so a tick happens once whichever node fires it, and a new
-leader first fires the ticks the old one missed (within `scheduler_misfire_grace_s`).
+leader first fires what the old one missed (within `scheduler_misfire_grace_s`): once, late, unless
+the job asks for every missed tick (`catch_up=True`).
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ class SchedulerNode:
                     "name": name, "kind": job.kind, "target": job.target,
                     "queue_name": job.queue if job.kind == "actor" else None, "trigger": job.trigger_text,
                     "next_fire": nxt, "node_id": self.node_id})
+            # Jobs an earlier leader declared and this one does not are no longer scheduled.
+            conn.execute(q("sched_forget_jobs"), {"names": list(self.jobs)})
 
     def _refresh_settings(self) -> None:
         """Runtime settings (`neuron-tasks config set`) apply from the next loop on."""
@@ -184,17 +187,21 @@ class SchedulerNode:
                 last = scalar(conn, "sched_last_fire", {"job": name})
                 now = datetime.now(UTC)
                 due, nxt, skipped = due_times(trigger, last, now, grace_s=s.scheduler_misfire_grace_s,
-                                              limit=s.scheduler_max_catchup, since=self._lead_since)
+                                              limit=s.scheduler_max_catchup if job.catch_up else 1_000_000,
+                                              since=self._lead_since)
                 if skipped:
                     log.warning("scheduler: %s: %d ticks older than the misfire grace were skipped", name, skipped)
-                if not job.catch_up:
+                late = None
+                if not job.catch_up and len(due) > 1:  # missed ticks are not replayed: the latest fires once
+                    late = f"{len(due) - 1} missed tick(s) not replayed (catch_up is off)"
+                    log.info("scheduler: %s: %s", name, late)
                     due = due[-1:]
                 for t in due:
                     with conn.transaction():
                         recorded = scalar(conn, "sched_record_fire", {"job": name, "fire_time": t,
                                                                       "node_id": self.node_id, "note": None})
                         if recorded is not None:  # else another node fired this tick
-                            self._run(conn, job, t)
+                            self._run(conn, job, t, late)
                             fired += 1
                 if due:
                     conn.execute(q("sched_upsert_job"), {
@@ -206,15 +213,15 @@ class SchedulerNode:
             log.warning("scheduler: firing %s failed (%s); will retry", name, exc)
         return fired
 
-    def _run(self, conn: psycopg.Connection[Any], job: ScheduledJob, t: datetime) -> None:
-        note: str | None = None
+    def _run(self, conn: psycopg.Connection[Any], job: ScheduledJob, t: datetime, late: str | None = None) -> None:
+        note: str | None = late
         message_id: str | None = None
         if job.requires and not scalar(conn, "sched_table_exists", {"name": job.requires}):
             note = f"skipped: {job.requires} does not exist (its part is not installed)"
         elif job.skip_unless and not scalar(conn, job.skip_unless, {}):
             note = f"skipped: nothing to do ({job.skip_unless} is false)"
         elif job.kind == "builtin":
-            note = builtin(conn, job.target)
+            note = builtin(conn, job.target) + (f"; {late}" if late else "")
         else:
             message_id = scalar(conn, "sched_enqueue", {
                 "queue": job.queue, "actor": job.target, "args": Jsonb(job.args), "kwargs": Jsonb(job.kwargs),

@@ -23,9 +23,11 @@ PART = Part(
         Command("schedules", "neuron_tasks.scheduler.schedules:app"),
     ),
     pages=(
-        Page("schedules", "Schedules", "periodic jobs with their next fire, the scheduler nodes (leader) and the "
-             "fire log", tables=("neuron_tasks.scheduler_jobs", "neuron_tasks.scheduler_nodes",
-                                 "neuron_tasks.scheduler_fires")),
+        Page("schedules", "Schedules", "periodic jobs with their next and last fire, the scheduler nodes (which "
+             "one leads) and the fire log", tables=("neuron_tasks.scheduler_jobs", "neuron_tasks.scheduler_nodes",
+                                                   "neuron_tasks.scheduler_fires"),
+             data="neuron_tasks.scheduler.page:load", template="neuron_tasks.scheduler:page.html", live=True,
+             show_tables=False),
     ),
     tables=("neuron_tasks.scheduler_jobs", "neuron_tasks.scheduler_nodes", "neuron_tasks.scheduler_fires"),
 )

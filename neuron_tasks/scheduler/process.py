@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from neuron_tasks.config import Settings
+from neuron_tasks.errors import ConfigurationError
 from neuron_tasks.scheduler.jobs import REGISTRY, ScheduledJob, load_config, part_jobs
 from neuron_tasks.scheduler.node import SchedulerNode
 from neuron_tasks.scheduler.settings import SchedulerSettings
@@ -30,13 +33,26 @@ def build_jobs(url: str, modules: list[str], config: Path | None, settings: Sche
 
         # Actor modules bind to the global broker when imported; the scheduler only enqueues.
         dramatiq.set_broker(PostgresBroker(url, settings=core))
-        for name in modules:
-            importlib.import_module(name)
+        import_modules(modules)
     jobs += list(REGISTRY.values())
     path = config or settings.scheduler_config
     if path is not None:
         jobs += load_config(Path(path))
     return jobs
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import the user's modules as `dramatiq` and `neuron-tasks worker` do: the current directory
+    first on the path, then PYTHONPATH and the installed packages."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import {name!r} ({exc}); modules are imported from the current "
+                                     f"directory ({cwd}) and PYTHONPATH") from exc
 
 
 def run(url: str, modules: list[str], config: Path | None = None, *, settings: SchedulerSettings | None = None,

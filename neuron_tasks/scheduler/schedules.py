@@ -17,7 +17,7 @@ app = typer.Typer(help="Scheduled jobs (last and next fire) and scheduler nodes 
 
 def snapshot(p: Any, stale_s: float = 10.0) -> dict[str, Any]:
     with p.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        jobs = cur.execute(q("sched_jobs"), {}).fetchall()
+        jobs = cur.execute(q("sched_jobs"), {"stale_s": stale_s}).fetchall()
         nodes = cur.execute(q("sched_nodes"), {"stale_s": stale_s}).fetchall()
     leader = next((n for n in nodes if n["is_leader"]), None)
     return {"leader": leader, "nodes": nodes, "jobs": jobs}

@@ -17,7 +17,9 @@ class SchedulerSettings(NeuronSettings):
         description="a standby tries to take the leader lock this often; the leader checks its lock connection",
     )
     scheduler_misfire_grace_s: float = Field(
-        default=60.0, ge=0, description="after a failover, ticks up to this old are still fired (none lost)"
+        default=60.0, ge=0,
+        description="ticks missed (scheduler down, failover) up to this long ago still fire: once, late, or each "
+        "one for a job with catch_up"
     )
     scheduler_max_catchup: int = Field(default=300, ge=1, description="most ticks of one job fired in one go")
     scheduler_builtins: bool = restart_only(

@@ -31,14 +31,15 @@ def tuner_charts(source: PageSource) -> dict[str, Any]:
     for name, rows in tuner_history(source).items():
         labels = [r["at"].astimezone().strftime("%H:%M") for r in rows]
         heading = f"Index {name}: ef_search, recall, latency (tuner decisions, last day)"
+        axis = {"labels": labels, "x_label": "tuner decision (local time)"}
         charts += [
-            {"heading": heading, "title": f"{name} ef_search", "labels": labels,
+            {"heading": heading, "title": f"{name}: ef_search chosen", "unit": "ef_search", **axis,
              "series": [{"name": "ef_search", "values": [r["ef"] for r in rows], "tone": "pending"}]},
-            {"title": f"{name} recall", "labels": labels,
+            {"title": f"{name}: recall at that ef", "unit": "recall (0-1)", **axis,
              "series": [{"name": "recall", "values": [r["recall"] for r in rows], "tone": "finished"}]},
-            {"title": f"{name} latency p95/p99 ms", "labels": labels,
-             "series": [{"name": "p95 ms", "values": [r["p95_ms"] for r in rows], "tone": "retrying"},
-                        {"name": "p99 ms", "values": [r["p99_ms"] for r in rows], "tone": "failed"}]},
+            {"title": f"{name}: search latency", "unit": "ms", **axis,
+             "series": [{"name": "p95", "values": [r["p95_ms"] for r in rows], "tone": "retrying"},
+                        {"name": "p99", "values": [r["p99_ms"] for r in rows], "tone": "failed"}]},
         ]
     return {"charts": charts}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -54,16 +55,31 @@ class QueueCollector:
         yield workers
 
 
-def serve(port: int, url: str, host: str = "127.0.0.1") -> None:
-    """Serve /metrics on host:port in a background thread."""
+#: Ports tried from the configured one up: each supervisor on a host (`honcho start -c worker=N`)
+#: takes the first free one, so N supervisors serve on port .. port+N-1.
+PORT_RANGE = 10
+
+
+def serve(port: int, url: str, host: str = "127.0.0.1", tries: int = PORT_RANGE) -> int:
+    """Serve /metrics in a background thread on host:port, or on the next free port of the
+    `tries` from `port` up when it is taken; returns the port. OSError when every one is taken."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     registry.register(QueueCollector(url))
-    start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    end = min(port + max(tries, 1), 65536)
+    for candidate in range(port, end):
+        try:
+            start_http_server(candidate, addr=host, registry=registry)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # another supervisor on this host: try the next port
+                continue
+            raise
+        log.info("metrics on http://%s:%d/metrics", host, candidate)
+        return candidate
+    raise OSError(errno.EADDRINUSE, f"ports {port}-{end - 1} on {host} are all in use")
 
 
 def child_died(pid: int) -> None:

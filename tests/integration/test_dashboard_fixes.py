@@ -35,7 +35,7 @@ def test_per_queue_chart_draws_each_queues_bars_over_its_own_label(clean_db: str
     enqueue(clean_db, "add", [5], queue="beta")
     with client(clean_db) as c:
         svg = depth_chart(c.get("/").text)
-    labels = {unescape(t): float(x) for x, t in re.findall(r'<text class="tick" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
+    labels = {unescape(t): float(x) for x, t in re.findall(r'<text class="tick x" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
               if t in ("alpha", "beta")}
     assert set(labels) == {"alpha", "beta"}
     half = (labels["beta"] - labels["alpha"]) / 2  # each label sits in the middle of its queue's slot
@@ -58,9 +58,9 @@ def test_bars_keep_inside_their_slots_with_many_labels() -> None:
     labels = [f"q{i}" for i in range(500)]
     svg = str(charts.bars([(s, [1] * 500, f"s-{s}") for s in ("pending", "running", "retrying", "failed")],
                           labels, title="t"))
-    group = (1200 - 44 - 6) / 500
+    group = (charts.WIDTH - charts.PAD_L - charts.PAD_R) / 500
     for x, w, i in re.findall(r'x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*><title>q(\d+) ', svg):
-        slot = 44 + int(i) * group
+        slot = charts.PAD_L + int(i) * group
         assert slot - 0.1 <= float(x) and float(x) + float(w) <= slot + group + 0.1
 
 

@@ -110,7 +110,7 @@ def test_llm_cli_jobs_usage_providers_and_cache(llm_db: str) -> None:
     assert json.loads(cli(llm_db, "llm", "usage", "--json"))[0]["tokens"] == 7
     assert json.loads(cli(llm_db, "llm", "jobs", "--json")) == {"status": [], "failed": []}
     assert json.loads(cli(llm_db, "llm", "providers", "--json")) == []
-    assert json.loads(cli(llm_db, "llm", "cache", "clear", "--json")) == {"deleted": 1}
+    assert json.loads(cli(llm_db, "llm", "cache", "clear", "--yes", "--json")) == {"deleted": 1}
     assert "expired 0" in cli(llm_db, "llm", "cache", "rotate")
 
 

@@ -99,7 +99,7 @@ def check_exactly_once(url: str) -> list[datetime]:
 
 
 def test_concurrent_fires_are_recorded_once(sdb: str) -> None:
-    job = ScheduledJob("tick", "actor", "tick", every=1, queue="sched_test")
+    job = ScheduledJob("tick", "actor", "tick", every=1, queue="sched_test", catch_up=True)
     nodes = [SchedulerNode(sdb, [job], settings=SchedulerSettings()) for _ in range(2)]
     with psycopg.connect(sdb, autocommit=True) as conn:
         conn.execute("INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, node_id) VALUES "
@@ -133,7 +133,8 @@ def test_builtin_sweeper_reclaims_expired_leases(sdb: str) -> None:
 @pytest.fixture
 def jobs_file(tmp_path: Path) -> Path:
     path = tmp_path / "jobs.toml"
-    path.write_text('[[jobs]]\nactor = "tick"\nqueue = "sched_test"\nevery = 1\n')
+    # catch_up: every tick fires, even one whose wake-up came late on a loaded machine
+    path.write_text('[[jobs]]\nactor = "tick"\nqueue = "sched_test"\nevery = 1\ncatch_up = true\n')
     return path
 
 
@@ -222,7 +223,7 @@ def test_feature_jobs_skip_until_installed(sdb: str) -> None:
     with psycopg.connect(sdb, autocommit=True) as conn:
         conn.execute("TRUNCATE neuron_tasks.vector_indexes CASCADE")
     tuner = next(j for j in part_jobs({"scheduler_tuner_every_s": 1}) if j.name == "neuron_tasks.tuner")
-    needs = ScheduledJob("needs", "actor", "x", every=1, requires="neuron_tasks.no_such_table")
+    needs = ScheduledJob("needs", "actor", "x", every=1, requires="neuron_tasks.no_such_table", catch_up=True)
     node = SchedulerNode(sdb, [tuner, needs])
     node.leading.set()
     node._lead_since = datetime.now(UTC) - timedelta(seconds=3)

@@ -5,45 +5,6 @@
 -- The server's clock (leases, join epochs).
 SELECT now();
 
--- name: insert_message
--- Enqueue one message; the INSERT trigger NOTIFYs listening workers. A unique job whose
--- fingerprint is already pending, running or retrying is not inserted (no row returned).
-INSERT INTO neuron_tasks.messages
-    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, fingerprint, payload)
-VALUES (%(message_id)s, %(queue_name)s, %(actor_name)s, %(priority)s,
-        now() + %(delay_ms)s * interval '1 millisecond',
-        %(tenant)s, %(topic)s, %(deadline)s, %(fingerprint)s, %(payload)s)
-ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending', 'running', 'retrying')
-DO NOTHING
-RETURNING id;
-
--- name: insert_messages
--- Enqueue many messages in one round trip (arrays of equal length); returns the message ids
--- inserted (unique jobs already live are skipped).
-INSERT INTO neuron_tasks.messages
-    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, fingerprint, payload)
-SELECT m.message_id, m.queue_name, m.actor_name, m.priority,
-       now() + m.delay_ms * interval '1 millisecond', m.tenant, m.topic, m.deadline, m.fingerprint, m.payload
-FROM unnest(%(message_id)s::text[], %(queue_name)s::text[], %(actor_name)s::text[],
-            %(priority)s::integer[], %(delay_ms)s::bigint[], %(tenant)s::text[],
-            %(topic)s::text[], %(deadline)s::timestamptz[], %(fingerprint)s::text[], %(payload)s::bytea[])
-     AS m(message_id, queue_name, actor_name, priority, delay_ms, tenant, topic, deadline, fingerprint, payload)
-ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending', 'running', 'retrying')
-DO NOTHING
-RETURNING message_id;
-
--- name: live_by_fingerprint
--- The live message holding a unique job's fingerprint.
-SELECT message_id FROM neuron_tasks.messages
-WHERE fingerprint = %(fingerprint)s AND state IN ('pending', 'running', 'retrying');
-
--- name: waiting_count
--- Waiting messages of a queue, counted no further than the queue depth.
-SELECT count(*) AS waiting FROM (
-    SELECT 1 FROM neuron_tasks.messages
-    WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
-    LIMIT %(limit)s) AS w;
-
 -- name: dequeue
 -- Claim up to `limit` ready messages of a queue for this worker. Fair across tenants: each
 -- tenant with ready messages (found by a skip scan of messages_ready_idx) gets an equal share of
@@ -140,6 +101,15 @@ INSERT INTO neuron_tasks.messages_history
 SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
        enqueued_at, started_at, %(owner)s FROM done
 RETURNING id;
+
+-- name: durable_commit
+-- The completer's connection commits without waiting for the WAL flush; this transaction waits.
+SELECT set_config('synchronous_commit', 'on', true);
+
+-- name: flush_commits
+-- One commit that waits for the WAL flush (it takes a transaction id, so it writes a commit
+-- record): every earlier commit of the server, acks written without waiting, is then durable.
+SELECT set_config('synchronous_commit', 'on', true), pg_current_xact_id();
 
 -- name: retry
 -- Failed but retryable: back to the queue after a backoff, with the updated message.

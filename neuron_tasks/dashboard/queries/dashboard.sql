@@ -100,7 +100,7 @@ GROUP BY 1;
 SELECT m.id, m.message_id, m.queue_name, m.actor_name, m.state, m.priority, m.tenant, m.topic,
        m.attempts, m.retries, m.eta, m.enqueued_at, m.failed_at,
        left(m.last_error, 300) AS last_error,
-       substring(m.payload from 1 for 600) AS payload_head
+       substring(m.payload from 1 for 2000) AS payload_head
 FROM (SELECT * FROM neuron_tasks.messages
       WHERE id < %(before)s
       ORDER BY id DESC
@@ -190,7 +190,7 @@ DELETE FROM neuron_tasks.messages WHERE id = ANY(%(ids)s) AND state = 'failed';
 
 -- name: dash_workers_table
 -- Worker processes with a status from their heartbeat.
-SELECT worker_name, host, pid, queues, started_at, heartbeat_at, stopped_at,
+SELECT worker_id, worker_name, host, pid, queues, started_at, heartbeat_at, stopped_at,
        CASE WHEN stopped_at IS NOT NULL THEN 'stopped'
             WHEN heartbeat_at < now() - %(stale_s)s * interval '1 second' THEN 'stale'
             ELSE 'running' END AS status,
@@ -248,10 +248,20 @@ SELECT *, ctid::text AS _cursor FROM {table} ORDER BY ctid LIMIT %(limit)s;
 -- The rows after a ctid (keyset paging in physical order).
 SELECT *, ctid::text AS _cursor FROM {table} WHERE ctid > %(after)s::tid ORDER BY ctid LIMIT %(limit)s;
 
--- name: dash_worker_status
--- Rows of neuron_tasks.worker_status() (shown when the function exists).
-SELECT * FROM neuron_tasks.worker_status() LIMIT 500;
-
 -- name: dash_ping
 -- Health check.
 SELECT 1 AS ok;
+
+-- name: dash_result_by_key
+-- A finished message's stored result (the results backend's row, by its message key).
+SELECT value, stored_at, expires_at FROM neuron_tasks.results WHERE key = %(key)s AND expires_at > now();
+
+-- name: dash_running_by_worker
+-- What every live worker runs now: its running messages (messages_lease_owner_idx), oldest first.
+SELECT m.lease_owner AS worker_id, m.id, m.message_id, m.queue_name, m.actor_name, m.tenant, m.topic,
+       m.started_at, m.attempts, extract(epoch FROM now() - m.started_at)::float8 AS running_s,
+       substring(m.payload from 1 for 2000) AS payload_head
+FROM neuron_tasks.messages m
+WHERE m.state = 'running' AND m.lease_owner = ANY(%(workers)s::uuid[])
+ORDER BY m.started_at NULLS LAST, m.id
+LIMIT %(limit)s;

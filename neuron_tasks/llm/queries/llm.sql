@@ -2,24 +2,25 @@
 -- Parameters are psycopg named placeholders; nothing here is built from user input.
 
 -- name: cache_lookup
--- Cache hits among `keys`: counts the hit and the access time (no WAL flush wait: a lost
--- hit count after a crash does not matter).
+-- Cache hits among `keys` (sent as a binary bytea array): counts the hit and the access time
+-- (no WAL flush wait: a lost hit count after a crash does not matter).
 WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 UPDATE neuron_tasks.llm_cache c
 SET hits = c.hits + 1, last_access = now()
 FROM async
-WHERE c.key = ANY(%(keys)s) AND c.expires_at > now()
+WHERE c.key = ANY(%(keys)b::bytea[]) AND c.expires_at > now()
 RETURNING c.key, c.value;
 
 -- name: cache_store
--- Store computed results (arrays of equal length); an existing key is replaced. A cache may
--- lose its last writes in a crash: committed without waiting for the WAL flush.
+-- Store computed results (arrays of equal length; keys and values as binary bytea arrays, which
+-- costs a quarter of hex text); an existing key is replaced. A cache may lose its last writes
+-- in a crash: committed without waiting for the WAL flush.
 WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, expires_at)
 SELECT c.key, c.operation, c.model, c.input, c.value, octet_length(c.value) + octet_length(c.input::text),
-       now() + c.ttl_s * interval '1 second'
-FROM unnest(%(keys)s::bytea[], %(operations)s::text[], %(models)s::text[], %(inputs)s::jsonb[],
-            %(values)s::bytea[], %(ttl_s)s::float8[]) AS c(key, operation, model, input, value, ttl_s), async
+       now() + %(ttl_s)s::float8 * interval '1 second'
+FROM unnest(%(keys)b::bytea[], %(operations)s::text[], %(models)s::text[], %(inputs)s::jsonb[],
+            %(values)b::bytea[]) AS c(key, operation, model, input, value), async
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, input = excluded.input, bytes = excluded.bytes,
     created_at = now(), last_access = now(), expires_at = excluded.expires_at;
@@ -120,6 +121,15 @@ ORDER BY provider;
 -- name: llm_job_status
 -- The LLM job view: jobs per operation and status, with average seconds.
 SELECT operation, status, count, avg_seconds FROM neuron_tasks.llm_job_status ORDER BY operation, status;
+
+-- name: llm_job_status_since
+-- The LLM job view of the jobs enqueued since a time (the demo's own run).
+SELECT operation, status, count(*) AS count,
+       avg(extract(epoch FROM (completed_at - created_at)))::float8 AS avg_seconds
+FROM neuron_tasks.llm_jobs
+WHERE created_at >= %(since)s
+GROUP BY operation, status
+ORDER BY operation, status;
 
 -- name: llm_failed_jobs
 -- The LLM job view: the latest failed jobs with their error and retry count.

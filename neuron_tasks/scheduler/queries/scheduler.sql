@@ -53,12 +53,20 @@ ON CONFLICT (name) DO UPDATE
 SET kind = excluded.kind, target = excluded.target, queue_name = excluded.queue_name, trigger = excluded.trigger,
     next_fire = excluded.next_fire, node_id = excluded.node_id, updated_at = now();
 
+-- name: sched_forget_jobs
+-- The leader's job list replaces the one an earlier leader published.
+DELETE FROM neuron_tasks.scheduler_jobs WHERE NOT (name = ANY(%(names)s::text[]));
+
 -- name: sched_jobs
--- Jobs with their last fire (and its message) and next fire.
+-- The jobs the live leader declares, with their last fire (and its message) and next fire;
+-- none when no scheduler leads (a leader silent for stale_s is gone).
 SELECT j.name, j.kind, j.target, j.queue_name, j.trigger, j.next_fire, j.updated_at,
        f.fire_time AS last_fire, f.fired_at AS last_fired_at, f.message_id AS last_message_id, f.note AS last_note,
        (SELECT count(*) FROM neuron_tasks.scheduler_fires c WHERE c.job = j.name) AS fires
 FROM neuron_tasks.scheduler_jobs j
+JOIN neuron_tasks.scheduler_nodes n
+  ON n.node_id = j.node_id AND n.leader_since IS NOT NULL AND n.stopped_at IS NULL
+ AND n.heartbeat_at > now() - make_interval(secs => %(stale_s)s)
 LEFT JOIN LATERAL (SELECT * FROM neuron_tasks.scheduler_fires f WHERE f.job = j.name
                    ORDER BY fire_time DESC LIMIT 1) f ON true
 ORDER BY j.name;
