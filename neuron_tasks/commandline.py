@@ -195,7 +195,12 @@ def pool() -> ConnectionPool:
     return db.make_pool(database_url(), max_size=2, name="neuron_tasks-cli")
 
 
-def repo() -> Repo:
+def repo(*, read: bool = False) -> Repo:
+    """The admin queries on the primary; with `read`, on NEURON_TASKS_READ_URL's replica when set
+    (reads that tolerate lag: status)."""
     from neuron_tasks.core.admin import Repo
 
+    read_url = settings().read_url if read else None
+    if read_url:
+        return Repo(db.make_pool(read_url, max_size=2, name="neuron_tasks-cli-read", read_only=True))
     return Repo(pool())

@@ -96,6 +96,14 @@ class Settings(NeuronSettings):
     embedded_dir: Path | None = restart_only(
         default=None, description="data folder of the embedded PostgreSQL (default: per-user, under /var/tmp)"
     )
+    session_url: str | None = restart_only(
+        default=None, description="PostgreSQL itself, when database_url is a pooler in transaction mode (PgBouncer): "
+        "LISTEN and session advisory locks use it; unset = database_url"
+    )
+    read_url: str | None = restart_only(
+        default=None, description="a replica's PostgreSQL URL for reads that tolerate lag (dashboard pages, "
+        "status, metrics scrapes, vector searches); unset = everything reads the primary"
+    )
     naptime_ms: int = Field(default=1000, ge=10, le=600_000, description="fallback poll when no NOTIFY arrives")
     batch_size: int = Field(default=100, ge=1, le=10_000, description="messages a worker process prefetches")
     queue_depth: int = Field(default=10_000, ge=1, description="waiting messages a queue may hold")

@@ -98,11 +98,13 @@ def make_pool(
     statement_timeout_ms: int = 0,
     idle_in_transaction_timeout_ms: int = 0,
     open_timeout_s: float = 15.0,
+    read_only: bool = False,
 ) -> ConnectionPool:
     """An autocommit pool; connections identify themselves in pg_stat_activity.
 
     `durable=False` commits without waiting for the WAL flush (synchronous_commit=off): for soft
     state a crash may roll back by a fraction of a second (topic slots, token buckets).
+    `read_only=True`: every transaction is read-only (the pool of `make_read_pool`).
     Raises DatabaseUnavailable when no connection is made within `open_timeout_s`.
     """
     # JIT compiles our small OLTP statements for ~1 s when their estimates look big: off.
@@ -110,8 +112,14 @@ def make_pool(
     # Connection hygiene: no statement of ours runs forever, no transaction is left open.
     options += f" -c statement_timeout={int(statement_timeout_ms)}"
     options += f" -c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_ms)}"
+    if read_only:  # a replica's pool: a write fails at once, wherever it is sent
+        options += " -c default_transaction_read_only=on"
     kwargs: dict[str, Any] = {"autocommit": True, "application_name": name, "options": options,
                               **connection_hygiene()}
+    if Settings().session_url:
+        # database_url is a transaction-mode pooler: a server-side prepared statement would not
+        # follow the next transaction to its server connection.
+        kwargs["prepare_threshold"] = None
     pool = Pool(url, min_size=1, max_size=max_size, kwargs=kwargs, name=name, open=False, reconnect_timeout=60)
     try:
         pool.open(wait=True, timeout=max(open_timeout_s, 0.1))
@@ -119,6 +127,22 @@ def make_pool(
         pool.close()
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
     return pool
+
+
+def make_read_pool(settings: Settings, primary: ConnectionPool, *, name: str, max_size: int = 4) -> ConnectionPool:
+    """The pool for reads that tolerate replication lag: on `settings.read_url` (a replica) when it
+    is set, its sessions read-only, else `primary` itself. The caller closes it when it is not
+    `primary`. Claims, acks, leases, enqueues, unique-job checks, admin actions and anything read
+    in order to write stay on the primary."""
+    if not settings.read_url:
+        return primary
+    return make_pool(settings.read_url, max_size=max_size, name=f"{name}-read", read_only=True)
+
+
+def session_url(url: str) -> str:
+    """The URL of a connection that needs a session of its own (LISTEN, a session advisory lock):
+    NEURON_TASKS_SESSION_URL when set (`url` is then a transaction-mode pooler), else `url`."""
+    return Settings().session_url or url
 
 
 def connection_hygiene() -> dict[str, Any]:

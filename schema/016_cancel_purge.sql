@@ -182,7 +182,8 @@ REVOKE ALL ON FUNCTION neuron_tasks.purge_queue(text, text, text, text[]) FROM P
 GRANT EXECUTE ON FUNCTION neuron_tasks.cancel_messages(text[]) TO neuron_tasks_admin;
 GRANT EXECUTE ON FUNCTION neuron_tasks.purge_queue(text, text, text, text[]) TO neuron_tasks_admin;
 
--- The monitoring views count cancelled messages apart from finished ones.
+-- The monitoring views count cancelled messages apart from finished ones (job_counts: a row of its own;
+-- tenant_stats: finished only).
 CREATE OR REPLACE VIEW neuron_tasks.job_counts AS
     SELECT state AS status, count(*)::bigint AS jobs FROM neuron_tasks.messages GROUP BY state
     UNION ALL
@@ -191,3 +192,21 @@ CREATE OR REPLACE VIEW neuron_tasks.job_counts AS
                  count(*) FILTER (WHERE outcome = 'cancelled')::bigint AS cancelled
           FROM neuron_tasks.messages_history) AS h
     CROSS JOIN LATERAL (VALUES ('finished', h.finished), ('cancelled', h.cancelled)) AS v(status, jobs);
+
+CREATE OR REPLACE VIEW neuron_tasks.tenant_stats AS
+    WITH live AS (
+        SELECT coalesce(tenant, '') AS tenant,
+               count(*) FILTER (WHERE state = 'pending')  AS pending,
+               count(*) FILTER (WHERE state = 'running')  AS running,
+               count(*) FILTER (WHERE state = 'retrying') AS retrying,
+               count(*) FILTER (WHERE state = 'failed')   AS failed
+        FROM neuron_tasks.messages GROUP BY 1),
+    done AS (
+        SELECT coalesce(tenant, '') AS tenant, count(*) AS finished,
+               avg(extract(epoch FROM finished_at - enqueued_at))::float8 AS avg_completion_s
+        FROM neuron_tasks.messages_history WHERE outcome = 'finished' GROUP BY 1)
+    SELECT coalesce(live.tenant, done.tenant) AS tenant,
+           coalesce(live.pending, 0) AS pending, coalesce(live.running, 0) AS running,
+           coalesce(live.retrying, 0) AS retrying, coalesce(live.failed, 0) AS failed,
+           coalesce(done.finished, 0) AS finished, done.avg_completion_s
+    FROM live FULL JOIN done ON live.tenant = done.tenant;

@@ -1,13 +1,16 @@
-"""Embedding jobs vs one direct model.encode(), in one run.
+"""Embedding jobs vs direct model.encode() on the same machine, in the same run.
 
-  python bench/embeddings/run.py [--texts 2000] [--threads 8] [--batch-sizes 10,32] [--json out.json]
+  python bench/embeddings/run.py [--texts 2000] [--threads 8,64] [--encodings json,f32] [--nocost] [--json out.json]
 
-Measures, on the local model (all-MiniLM-L6-v2, CPU unless --device cuda):
-  direct     one model.encode() over all texts (the ceiling);
-  singles    N single-text embed jobs (cross-message batching, per --batch-sizes);
-  batched    N/100 jobs of 100 texts;
-  cache hit  p50/p95 of a cached embed: the plain function (one lookup) and a whole job
-             (enqueue -> worker -> result read by the caller).
+Every round measures, back to back, on the local model (all-MiniLM-L6-v2, CPU unless --device cuda):
+  direct b256   one model.encode() over all texts in batches of 256 (the ceiling of batched jobs);
+  direct c64    model.encode() called once per 64 texts (the ceiling of single-text jobs);
+  singles       N single-text embed jobs (llm_batch_size --batch-size), per --threads;
+  batched       N/100 jobs of 100 texts;
+and compares singles with direct c64, batched with direct b256 (ratio = direct s / phase s).
+--nocost adds the same job phases with a no-cost embedder (nocost.py) and a trivial job (the
+queue's own floor), reporting our CPU per message and per text (this process and the database's
+backends), and LlmService.embed_many's own cost per text. Last, cache-hit latency.
 Jobs run on an in-process dramatiq.Worker on the Postgres broker (the same process holds the
 model, loaded once); every job stores its result in Postgres; the cache is cleared before each
 phase so every phase computes every vector. Uses NEURON_TASKS_DATABASE_URL (a fresh database
@@ -24,11 +27,16 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 import psycopg
 from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nocost import Cpu, FixedVectors
 
 from neuron_tasks import PostgresBroker, Settings, embedded
 from neuron_tasks.core import migrate
@@ -83,118 +91,251 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
+class Bench:
+    """One database, one broker, one in-process worker per thread count."""
+
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        self.args, self.url = args, url
+        self.broker = PostgresBroker(url, settings=Settings(database_url=url))
+        dramatiq.set_broker(self.broker)
+        name = "neuron_tasks.llm.actors"
+        self.actors = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
+
+        @dramatiq.actor(actor_name="bench_trivial", queue_name="llm", store_results=True)
+        def trivial(texts: list[str]) -> dict[str, int]:
+            return {"texts": len(texts)}
+
+        self.trivial = trivial
+        self.worker: dramatiq.Worker | None = None
+        self.threads = 0
+
+    def use_threads(self, n: int) -> None:
+        if self.threads == n:
+            return
+        if self.worker is not None:
+            old = self.worker
+            old.stop(timeout=10_000)
+            # a stopped Worker leaves its hook middleware on the broker: take it off
+            self.broker.middleware[:] = [m for m in self.broker.middleware if getattr(m, "worker", None) is not old]
+        self.worker = dramatiq.Worker(self.broker, worker_threads=n, worker_timeout=20)
+        self.worker.start()
+        self.threads = n
+
+    def configure(self, batch_size: int, provider: str = "local") -> Any:
+        a = self.args
+        rt = self.actors.configure(LlmSettings(llm_provider="local", llm_local_device=a.device,
+                                               llm_local_threads=a.torch_threads, llm_batch_size=batch_size,
+                                               llm_batch_linger_ms=a.linger_ms), pool=self.broker.pool)
+        if provider != "local":
+            rt.service.use_provider(FixedVectors())
+        return rt
+
+    def jobs(self, items: list[str], per_job: int, threads: int, *, provider: str = "local", encoding: str = "json",
+             trivial: bool = False) -> dict[str, float]:
+        """Run len(items)/per_job embed jobs; seconds, texts/s, messages per model call, CPU."""
+        self.use_threads(threads)
+        rt = self.configure(self.args.batch_size, provider)
+        clear(self.url)
+        kw: dict[str, Any] = {}
+        if not trivial:
+            kw = {"provider": provider} if provider != "local" else {}
+            if encoding != "json":
+                kw["encoding"] = encoding
+        actor = self.trivial if trivial else self.actors.embed
+        messages = [actor.message(items[i:i + per_job], **kw) for i in range(0, len(items), per_job)]
+        cpu = Cpu(self.url)
+        cpu.start()
+        secs = run_jobs(self.broker, messages, self.url)
+        spent = cpu.stop()
+        b = rt.batcher
+        out = {"seconds": secs, "texts_per_s": len(items) / secs, "messages": len(messages),
+               "messages_per_model_call": b.requests / max(b.calls, 1),
+               "python_ms_per_message": spent.python_s / len(messages) * 1000,
+               "python_ms_per_text": spent.python_s / len(items) * 1000}
+        if spent.postgres_s is not None:
+            out["postgres_ms_per_message"] = spent.postgres_s / len(messages) * 1000
+            out["postgres_ms_per_text"] = spent.postgres_s / len(items) * 1000
+        return out
+
+
+def direct(model: Any, items: list[str], call_size: int, batch_size: int) -> float:
+    """Seconds to encode `items` in calls of `call_size` texts (batch_size inside a call)."""
+    t0 = time.perf_counter()
+    for i in range(0, len(items), call_size):
+        model.encode(items[i:i + call_size], batch_size=batch_size, convert_to_numpy=True,
+                     normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - t0
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Median of every number over the rounds; for ratios also min and max (the noise)."""
+    out: dict[str, dict[str, float]] = {}
+    for phase, rs in runs.items():
+        m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        if "ratio" in rs[0]:
+            m["ratio_min"], m["ratio_max"] = min(r["ratio"] for r in rs), max(r["ratio"] for r in rs)
+        out[phase] = m
+    return out
+
+
+def show(phase: str, r: dict[str, float]) -> None:
+    extra = "".join(f", {k} {r[k]:.2f}" for k in ("ratio", "messages_per_model_call", "python_ms_per_message",
+                                                   "postgres_ms_per_message", "python_ms_per_text") if k in r)
+    print(f"  {phase:28s} {r['texts_per_s']:8.0f} texts/s{extra}", flush=True)
+
+
+def model_rounds(bench: Bench, model: Any, items: list[str], out: dict[str, Any]) -> None:
+    a = bench.args
+    runs: dict[str, list[dict[str, float]]] = {}
+
+    def record(phase: str, r: dict[str, float], against: float | None = None) -> None:
+        if against is not None:
+            r["ratio"] = against / r["seconds"]
+        runs.setdefault(phase, []).append(r)
+        show(phase, r)
+
+    n = len(items)
+    for rnd in range(a.rounds):
+        print(f"-- round {rnd + 1} of {a.rounds} ({n} texts, model on {a.device})", flush=True)
+        b256 = direct(model, items, n, 256)
+        c64 = direct(model, items, 64, 64)
+        record("direct_b256", {"seconds": b256, "texts_per_s": n / b256})
+        record("direct_c64", {"seconds": c64, "texts_per_s": n / c64})
+        for size in a.direct_calls:
+            s = direct(model, items, size, size)
+            record(f"direct_c{size}", {"seconds": s, "texts_per_s": n / s})
+        for enc in a.encodings:
+            for t in a.threads:
+                record(f"singles_{enc}_t{t}", bench.jobs(items, 1, t, encoding=enc), c64)
+            record(f"batched{a.per_job}_{enc}_t{a.threads[0]}", bench.jobs(items, a.per_job, a.threads[0],
+                                                                          encoding=enc), b256)
+    out["model_runs"] = runs
+    out["model_median"] = summarise(runs)
+
+
+def nocost_rounds(bench: Bench, out: dict[str, Any]) -> None:
+    """The job phases with the model taken out; and embed_many's own cost per text."""
+    from neuron_tasks.llm.service import EmbedRequest
+
+    a = bench.args
+    items = texts(a.nocost_texts)
+    runs: dict[str, list[dict[str, float]]] = {}
+    for rnd in range(a.rounds):
+        print(f"-- no-cost embedder, round {rnd + 1} of {a.rounds} ({len(items)} texts)", flush=True)
+        for t in a.threads:
+            phases: list[tuple[str, Callable[[], dict[str, float]]]] = [
+                (f"trivial_job_t{t}", lambda t=t: bench.jobs(items, 1, t, trivial=True))]
+            for enc in a.encodings:
+                phases.append((f"singles_{enc}_t{t}", lambda t=t, enc=enc: bench.jobs(
+                    items, 1, t, provider="fixed", encoding=enc)))
+                phases.append((f"batched{a.per_job}_{enc}_t{t}", lambda t=t, enc=enc: bench.jobs(
+                    items, a.per_job, t, provider="fixed", encoding=enc)))
+            for name, fn in phases:
+                r = fn()
+                runs.setdefault(name, []).append(r)
+                show(name, r)
+        rt = bench.configure(a.batch_size, "fixed")
+        for enc in a.encodings:
+            for per in (1, a.per_job):
+                clear(bench.url)
+                group = 64 if per == 1 else 1
+                cpu = Cpu(bench.url)
+                cpu.start()
+                how = {"encoding": enc} if enc != "json" else {}
+                for g in range(0, len(items), group * per):
+                    rt.service.embed_many([EmbedRequest(items[g + i * per:g + (i + 1) * per], provider="fixed", **how)
+                                           for i in range(group)])
+                spent = cpu.stop()
+                name = f"embed_many_{enc}_{group}x{per}"
+                r = {"seconds": spent.wall_s, "texts_per_s": len(items) / spent.wall_s,
+                     "python_ms_per_text": spent.python_s / len(items) * 1000}
+                if spent.postgres_s is not None:
+                    r["postgres_ms_per_text"] = spent.postgres_s / len(items) * 1000
+                runs.setdefault(name, []).append(r)
+                show(name, r)
+    out["nocost_runs"] = runs
+    out["nocost_median"] = summarise(runs)
+
+
+def cache_hits(bench: Bench, items: list[str], out: dict[str, Any]) -> None:
+    a = bench.args
+    bench.use_threads(a.threads[0])
+    rt = bench.configure(a.batch_size)
+    service = rt.service
+    service.embed(items[:a.hits])
+    fn_ms = []
+    for i in range(a.hits):
+        t0 = time.perf_counter()
+        r = service.embed([items[i]])
+        fn_ms.append((time.perf_counter() - t0) * 1000)
+        assert r["cached"] == 1
+    job_ms = []
+    for i in range(min(a.hits, 100)):
+        t0 = time.perf_counter()
+        r = bench.actors.embed.send([items[i]]).get_result(block=True, timeout=10_000)
+        job_ms.append((time.perf_counter() - t0) * 1000)
+        assert r["cached"] == 1
+    out["cache_hit_function_ms"] = {"p50": statistics.median(fn_ms), "p95": pct(fn_ms, 95)}
+    out["cache_hit_job_ms"] = {"p50": statistics.median(job_ms), "p95": pct(job_ms, 95)}
+    print(f"cache hit, plain function: p50 {statistics.median(fn_ms):.2f} ms, p95 {pct(fn_ms, 95):.2f} ms", flush=True)
+    print(f"cache hit, whole job (send -> worker -> result): p50 {statistics.median(job_ms):.1f} ms, "
+          f"p95 {pct(job_ms, 95):.1f} ms", flush=True)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--per-job", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=16, help="worker threads (at least the largest batch size)")
-    ap.add_argument("--batch-sizes", default="10,32", help="llm_batch_size values for the single-text phase")
+    ap.add_argument("--threads", type=ints, default=[8, 64], help="worker thread counts (comma-separated)")
+    ap.add_argument("--batch-size", type=int, default=64, help="llm_batch_size (messages per model call at most)")
     ap.add_argument("--linger-ms", type=float, default=5.0)
+    ap.add_argument("--encodings", type=lambda s: s.split(","), default=["json"], help="json and/or f32")
+    ap.add_argument("--direct-calls", type=ints, default=[], help="more direct phases: calls of N texts (e.g. 10)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads in the jobs (0: default)")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--hits", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3, help="repeat every phase; medians are reported")
+    ap.add_argument("--nocost", action="store_true", help="also profile our own cost with a no-cost embedder")
+    ap.add_argument("--nocost-texts", type=int, default=4000)
+    ap.add_argument("--no-model", action="store_true", help="skip the model phases (with --nocost: profile only)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     server = os.environ.get("NEURON_TASKS_DATABASE_URL") or embedded.start(None)
     url = fresh_database(server)
     items = texts(args.texts)
-    out: dict[str, Any] = {"texts": args.texts, "threads": args.threads, "device": args.device}
-    from neuron_tasks.llm.local import load_model
-
-    t0 = time.perf_counter()
-    model = load_model(device=args.device)
-    out["model_load_s"] = time.perf_counter() - t0
-    model.encode(items[:64], batch_size=64, normalize_embeddings=True)  # warm-up
-    import torch
-
-    default_threads = torch.get_num_threads()
-
-    def direct() -> float:
-        """The faster of one encode with torch's default threads and one with the jobs' threads."""
-        best = float("inf")
-        for n in dict.fromkeys([default_threads, args.torch_threads or default_threads]):
-            torch.set_num_threads(n)
-            t0 = time.perf_counter()
-            model.encode(items, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
-                         show_progress_bar=False)
-            secs = time.perf_counter() - t0
-            best = min(best, secs)
-            print(f"direct encode ({n} torch threads): {args.texts} texts in {secs:.2f}s = "
-                  f"{args.texts / secs:.0f} texts/s", flush=True)
-        torch.set_num_threads(args.torch_threads or default_threads)
-        return best
-
-    settings = Settings(database_url=url)
-    broker = PostgresBroker(url, settings=settings)
-    dramatiq.set_broker(broker)
-    name = "neuron_tasks.llm.actors"
-    actors = importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    threads = max([args.threads, *sizes])
-    out["worker_threads"] = threads
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=20)
-    worker.start()
+    out: dict[str, Any] = {"texts": args.texts, "threads": args.threads, "batch_size": args.batch_size,
+                           "device": args.device, "cpus": os.cpu_count()}
+    bench = Bench(args, url)
     try:
-        out["torch_threads"] = {"direct": default_threads, "jobs": args.torch_threads or default_threads}
-        runs: dict[str, list[dict[str, float]]] = {}
+        if not args.no_model:
+            from neuron_tasks.llm.local import load_model
 
-        def record(phase: str, secs: float, direct_s: float, **extra: float) -> None:
-            runs.setdefault(phase, []).append({"seconds": secs, "texts_per_s": args.texts / secs,
-                                               "ratio": direct_s / secs, **extra})
-
-        for rnd in range(args.rounds):
-            print(f"-- round {rnd + 1} of {args.rounds}", flush=True)
-            direct_s = direct()
-            record("direct", direct_s, direct_s)
-            for bs in sizes:
-                rt = actors.configure(LlmSettings(llm_provider="local", llm_local_device=args.device,
-                                                  llm_batch_size=bs, llm_batch_linger_ms=args.linger_ms),
-                                      pool=broker.pool)
-                clear(url)
-                secs = run_jobs(broker, [actors.embed.message([t]) for t in items], url)
-                b = rt.batcher
-                per_call = b.requests / max(b.calls, 1)
-                record(f"singles_bs{bs}", secs, direct_s, model_calls=b.calls, messages_per_call=per_call)
-                print(f"{args.texts} single-text jobs (batch_size {bs}): {secs:.2f}s = {args.texts / secs:.0f} "
-                      f"texts/s, {direct_s / secs:.2f}x direct; {b.calls} model calls, {per_call:.1f} messages "
-                      "per call", flush=True)
-            rt = actors.configure(LlmSettings(llm_provider="local", llm_local_device=args.device), pool=broker.pool)
-            clear(url)
-            n = args.per_job
-            secs = run_jobs(broker, [actors.embed.message(items[i:i + n]) for i in range(0, args.texts, n)], url)
-            record("batched", secs, direct_s)
-            print(f"{args.texts // n} jobs of {n}: {secs:.2f}s = {args.texts / secs:.0f} texts/s, "
-                  f"{direct_s / secs:.2f}x direct", flush=True)
-        out["runs"] = runs
-        out["median"] = {phase: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for phase, rs in runs.items()}
-        print("medians over rounds (ratio = direct seconds / phase seconds, per round):", flush=True)
-        for phase, m in out["median"].items():
-            print(f"  {phase:16s} {m['texts_per_s']:7.0f} texts/s  ratio {m['ratio']:.2f}", flush=True)
-
-        service = rt.service
-        fn_ms = []
-        for i in range(args.hits):
             t0 = time.perf_counter()
-            r = service.embed([items[i % args.texts]])
-            fn_ms.append((time.perf_counter() - t0) * 1000)
-            assert r["cached"] == 1
-        job_ms = []
-        for i in range(min(args.hits, 100)):
-            t0 = time.perf_counter()
-            r = actors.embed.send([items[i]]).get_result(block=True, timeout=10_000)
-            job_ms.append((time.perf_counter() - t0) * 1000)
-            assert r["cached"] == 1
-        out["cache_hit_function_ms"] = {"p50": statistics.median(fn_ms), "p95": pct(fn_ms, 95)}
-        out["cache_hit_job_ms"] = {"p50": statistics.median(job_ms), "p95": pct(job_ms, 95)}
-        print(f"cache hit, plain function: p50 {statistics.median(fn_ms):.2f} ms, p95 {pct(fn_ms, 95):.2f} ms",
-              flush=True)
-        print(f"cache hit, whole job (send -> worker -> result): p50 {statistics.median(job_ms):.1f} ms, "
-              f"p95 {pct(job_ms, 95):.1f} ms", flush=True)
+            model = load_model(device=args.device, threads=args.torch_threads)
+            out["model_load_s"] = time.perf_counter() - t0
+            model.encode(items[:64], batch_size=64, normalize_embeddings=True)  # warm-up
+            import torch
+
+            out["torch_threads"] = torch.get_num_threads()
+            model_rounds(bench, model, items, out)
+        if args.nocost:
+            nocost_rounds(bench, out)
+        if not args.no_model:
+            cache_hits(bench, items, out)
+        print("medians over rounds (ratio = direct seconds / phase seconds in the same round; min-max):", flush=True)
+        for key in ("model_median", "nocost_median"):
+            for phase, m in out.get(key, {}).items():
+                noise = f" ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})" if "ratio" in m else ""
+                show(phase + noise, m)
     finally:
-        worker.stop(timeout=10_000)
-        broker.close()
+        if bench.worker is not None:
+            bench.worker.stop(timeout=10_000)
+        bench.broker.close()
         drop_database(server, url)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -57,6 +57,11 @@ class OursSystem(DramatiqSystem):
         self.migrated_with = "?"
 
     def reset_storage(self) -> None:
+        if os.environ.get("NEURON_TASKS_DURABILITY"):
+            from neuron_tasks.config import Settings
+
+            if "durability" not in Settings.model_fields:
+                raise harness.NotApplicable("this version has no durability setting")
         if self.probe is not None:
             self.probe.close()
             self.probe = None

@@ -247,7 +247,7 @@ def enqueue(
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Per queue: pending, running, retrying, failed (dead letters), finished, cancelled; and workers."""
-    r = repo()
+    r = repo(read=True)
     queues = r.queue_status()
     workers = r.workers()
     if as_json:

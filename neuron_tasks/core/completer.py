@@ -114,11 +114,13 @@ class Batch:
     nacks: list[DeadLetter] = field(default_factory=list)
     defers: list[Deferral] = field(default_factory=list)
     releases: list[int] = field(default_factory=list)
+    handoffs: list[tuple[int, int]] = field(default_factory=list)  # topic slots: (finished, next holder)
     labels: dict[int, str] = field(default_factory=dict)
     done: dict[int, Done] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers) + len(self.releases)
+        return (len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers) + len(self.releases)
+                + len(self.handoffs))
 
     def note(self, row_id: int, message_id: str, done: Done | None) -> None:
         if message_id:
@@ -133,6 +135,7 @@ class Batch:
         self.nacks[:0] = earlier.nacks
         self.defers[:0] = earlier.defers
         self.releases[:0] = earlier.releases
+        self.handoffs[:0] = earlier.handoffs
         self.labels.update(earlier.labels)
         self.done.update(earlier.done)
 
@@ -142,6 +145,8 @@ class Batch:
         out += [Batch(nacks=[n]) for n in self.nacks] + [Batch(defers=[d]) for d in self.defers]
         if self.releases:
             out.append(Batch(releases=list(self.releases)))
+        if self.handoffs:  # first: a slot handed over is not freed with its old holder's result
+            out.insert(0, Batch(handoffs=list(self.handoffs)))
         for single in out:
             for row_id in single.row_ids():
                 single.note(row_id, self.labels.get(row_id, ""), self.done.get(row_id))
@@ -244,6 +249,13 @@ class Completer(threading.Thread):
     def defer(self, result: Deferral, *, message_id: str = "", done: Done | None = None) -> None:
         self._add(result.id, message_id, done, lambda b: b.defers.append(result))
 
+    def hand_over(self, old: int, new: int) -> None:
+        """Message `old` (done) hands its topic slot to message `new` of this process, which runs
+        next; written before any later result (so before `new`'s own)."""
+        with self._cond:
+            self._batch.handoffs.append((old, new))
+            self._cond.notify()
+
     def release(self, row_ids: Iterable[int], *, done: Done | None = None) -> None:
         """Give claimed messages back to their queues (`done` is called once per message)."""
         with self._cond:
@@ -261,6 +273,10 @@ class Completer(threading.Thread):
     def pending(self) -> int:
         with self._cond:
             return len(self._batch) + self._in_flight
+
+    def unflushed(self) -> int:
+        """Acks written but not yet known to be flushed (written again if the connection is lost)."""
+        return len(self._unconfirmed) + len(self._replay)
 
     # -- read by the keeper and the consumer --------------------------------------
     def abandoned(self) -> list[int]:
@@ -359,6 +375,17 @@ class Completer(threading.Thread):
     def _make_durable(self, *, now: bool = False) -> None:
         """Acks to write again come first; acks not flushed for CONFIRM_EVERY_S get one flushed
         commit (it flushes every earlier commit of the server, so theirs too)."""
+        try:
+            self._flush_or_replay(now=now)
+        except db.UNAVAILABLE:
+            raise
+        except psycopg.Error as exc:  # never loop on it: the server's WAL writer flushes them soon
+            log.warning("could not flush %d acks (%s); the server flushes them on its own within a second",
+                        self.unflushed(), db.one_line(exc))
+            self._unconfirmed, self._replay = [], []
+            self._confirmed_at = time.monotonic()
+
+    def _flush_or_replay(self, *, now: bool) -> None:
         if self._replay:
             conn = self._connection()
             with conn.transaction(), conn.cursor(row_factory=scalar_row) as cur:
@@ -407,6 +434,11 @@ class Completer(threading.Thread):
             single.finish()
         return True
 
+    def _hand_over(self, cur: psycopg.Cursor[Any], handoffs: list[tuple[int, int]]) -> None:
+        moves = _chains(handoffs)
+        got = set(cur.execute(q("hand_over_slots"), {"old": list(moves), "new": list(moves.values())}).fetchall())
+        self._missed_hand_overs(moves, got)
+
     def _report(self, batch: Batch, unmatched: list[int]) -> None:
         """Results that matched no row: the message was no longer this worker's."""
         for row_id in unmatched:
@@ -433,6 +465,8 @@ class Completer(threading.Thread):
             self._unconfirmed.extend(written)
             return [i for i in batch.acks if i not in written]
         durable = bool(batch.retries or batch.nacks or batch.defers or batch.releases)
+        if not durable:
+            return self._write_slots(conn, batch)
         with conn.transaction():
             with conn.cursor(row_factory=scalar_row) as cur:
                 if durable:  # a lost retry, dead letter or release would leave its row running
@@ -440,6 +474,8 @@ class Completer(threading.Thread):
                 if batch.acks:
                     written = set(cur.execute(q("ack"), {"ids": batch.acks, "owner": self.owner}).fetchall())
                     unmatched += [i for i in batch.acks if i not in written]
+                if batch.handoffs:
+                    self._hand_over(cur, batch.handoffs)
                 if self._took_slots:  # this process claimed messages holding topic slots
                     conn.execute(q("free_slots"), {"ids": batch.row_ids()})
                 for name, results in (("retry", batch.retries), ("nack", batch.nacks), ("defer", batch.defers)):
@@ -459,6 +495,41 @@ class Completer(threading.Thread):
         elif batch.acks:
             self._unconfirmed.extend(i for i in batch.acks if i not in unmatched)
         return unmatched
+
+
+    def _write_slots(self, conn: psycopg.Connection[Any], batch: Batch) -> list[int]:
+        """Acks and topic-slot hand-overs (a process holding topic slots): one transaction sent
+        in one round trip (pipeline), no flush."""
+        moves = _chains(batch.handoffs)
+        with conn.pipeline(), conn.transaction():
+            acked = conn.cursor(row_factory=scalar_row)
+            moved = conn.cursor(row_factory=scalar_row)
+            if batch.acks:
+                acked.execute(q("ack"), {"ids": batch.acks, "owner": self.owner})
+            if moves:
+                moved.execute(q("hand_over_slots"), {"old": list(moves), "new": list(moves.values())})
+            if self._took_slots:  # this process claimed messages holding topic slots
+                conn.execute(q("free_slots"), {"ids": batch.row_ids()})
+        written = set(acked.fetchall()) if batch.acks else set()
+        self._missed_hand_overs(moves, set(moved.fetchall()) if moves else set())
+        unmatched = [i for i in batch.acks if i not in written]
+        self._unconfirmed.extend(written)
+        return unmatched
+
+    def _missed_hand_overs(self, moves: dict[int, int], got: set[int]) -> None:
+        for old, new in moves.items():
+            if new not in got:
+                log.warning("the topic slot of message row %s could not be handed to row %s (its lease had "
+                            "expired and the slot was taken back); row %s runs without one", old, new, new)
+
+
+def _chains(handoffs: list[tuple[int, int]]) -> dict[int, int]:
+    """Hand-overs in order, a chain (a to b, then b to c) folded into one (a to c): one UPDATE
+    moves each slot once."""
+    root: dict[int, int] = {}  # newest holder -> the holder the slot has in the database
+    for old, new in handoffs:
+        root[new] = root.pop(old, old)
+    return {first: last for last, first in root.items()}
 
 
 def _returned(cur: psycopg.Cursor[Any]) -> set[Any]:

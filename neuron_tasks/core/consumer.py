@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 CONNECTION_WAIT_S = 1.0
 #: A worker thread waiting this long for its result to be written says so (and keeps waiting).
 RESULT_WAIT_REPORT_S = 10.0
+#: Messages of a topic with a concurrency limit claimed without a slot, per slot this process
+#: holds: each waits for the slot of a job of its topic in this process (handed over as it ends).
+WAITERS_PER_SLOT = 2
 
 
 class Room:
@@ -85,7 +88,8 @@ class Claim:
     payload: bytes
     attempts: int
     deaths: int
-    has_slot: bool  # took a slot of its topic's concurrency limit with the claim
+    topic: str | None
+    has_slot: bool  # took a slot of its topic's concurrency limit with the claim (or was handed one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,8 @@ class PgMessageProxy(MessageProxy):
         self._consumer: PgConsumer | None = consumer
         self._retry: RetryPlan | None = None
         self._defer: DeferPlan | None = None
-        self.has_slot = False  # holds a topic concurrency slot (taken with the claim)
+        self.has_slot = False  # holds a topic concurrency slot (taken with the claim, or handed over)
+        self.topic: str | None = None  # the row's topic
         self.written: threading.Event | None = None  # set once its result is written
 
     @property
@@ -200,7 +205,9 @@ class PgConsumer(Consumer):
         self.room = broker.room(queue_name)
         self._next_poll = 0.0
         self._to_free: list[int] = []  # topic slots of finished messages, freed in one statement
-        self._free_lock = threading.Lock()
+        self._free_lock = threading.Lock()  # guards _to_free, _holding and _waiting
+        self._holding: dict[str, int] = {}  # topic slots held by messages of this consumer, by topic
+        self._waiting: dict[str, deque[Claim]] = {}  # claimed without a slot, waiting for one of ours
         self._outage = db.Outage(log, f"claiming messages of queue {queue_name!r}")
         self.closed = False
 
@@ -219,6 +226,8 @@ class PgConsumer(Consumer):
         while True:
             if self._to_free:
                 self._free_slots()
+            if self._waiting:
+                self._give_back_stranded()
             if self.cache:
                 proxy = self._decode(self.cache.popleft())
                 if proxy is None:
@@ -233,7 +242,8 @@ class PgConsumer(Consumer):
                 if room >= max(1, self.limit // 4) or held == 0:
                     try:
                         rows = self._claim(room)
-                        if rows:
+                        waiting = self._claim_waiting(room - len(rows))
+                        if rows or waiting:
                             self._outage.recovered()
                             self.cache.extend(rows)
                             continue
@@ -319,19 +329,19 @@ class PgConsumer(Consumer):
         ids = []
         for message in messages:
             proxy = self._own(message)
-            if self._finish(proxy) is not None:
+            if self._finish(proxy, hand_over=False) is not None:
                 ids.append(proxy.row_id)
         ids.extend(claim.id for claim in self.cache)
         self.cache.clear()
+        ids.extend(self._take_waiting())
         self._give_back(ids)
         self._free_slots()
 
     def close(self) -> None:
         self._free_slots()
-        if self.cache:
-            ids = [claim.id for claim in self.cache]
-            self.cache.clear()
-            self._give_back(ids)
+        ids = [claim.id for claim in self.cache] + self._take_waiting()
+        self.cache.clear()
+        self._give_back(ids)
         self.closed = True
 
     def _give_back(self, ids: list[int]) -> None:
@@ -354,7 +364,7 @@ class PgConsumer(Consumer):
             raise TypeError(f"{message!r} was not claimed from a PostgresBroker")
         return message
 
-    def _finish(self, proxy: PgMessageProxy) -> Done | None:
+    def _finish(self, proxy: PgMessageProxy, *, hand_over: bool = True) -> Done | None:
         """The message is done with: free its topic slot; returns the callback that frees its room
         once its result is written (None when it was already done with)."""
         claimer = proxy.detach()  # after a consumer restart, acks arrive through the new one
@@ -362,15 +372,69 @@ class PgConsumer(Consumer):
             log.warning("%s was already acknowledged or given back; ignoring it this time", proxy.message_id)
             return None
         if proxy.has_slot:
-            # Its actor is done: its topic slot is freed before this consumer claims again, with
-            # the slots of the other messages finished meanwhile in one statement, without
-            # waiting for the results to be written (worker threads ack; the consumer thread,
-            # woken, frees and claims).
             proxy.has_slot = False
-            with self._free_lock:
-                self._to_free.append(proxy.row_id)
-            self.event.set()
+            claimer._slot_done(proxy, hand_over=hand_over)
         return claimer.room.free
+
+    def _slot_done(self, proxy: PgMessageProxy, *, hand_over: bool) -> None:
+        """The actor of a message holding a topic slot is done. A message of the same topic that
+        waits in this process takes the slot at once: the completer records the hand-over (before
+        the result of either message), and the waiting message runs next. Otherwise the slot is
+        freed before this consumer claims again, with the slots of the other messages finished
+        meanwhile in one statement, without waiting for the results to be written (worker
+        threads ack; the consumer thread, woken, frees and claims)."""
+        topic = proxy.topic or ""
+        with self._free_lock:
+            queue = self._waiting.get(topic) if hand_over else None
+            waiter = queue.popleft() if queue else None
+            if waiter is None:
+                self._holding[topic] = max(self._holding.get(topic, 0) - 1, 0)
+                self._to_free.append(proxy.row_id)
+        if waiter is not None:
+            self.broker.completer.hand_over(proxy.row_id, waiter.id)
+            self.cache.appendleft(dataclasses.replace(waiter, has_slot=True))
+        self.event.set()
+
+    def _claim_waiting(self, room: int) -> list[Claim]:
+        """Claim messages to wait for the slots this process holds (see `_slot_done`)."""
+        with self._free_lock:
+            want = {t: WAITERS_PER_SLOT * n - len(self._waiting.get(t, ())) for t, n in self._holding.items()}
+        want = {t: n for t, n in want.items() if n > 0 and t}
+        if not want or room <= 0:
+            return []
+        params = {
+            "queue_name": self.queue_name,
+            "owner": self.broker.owner,
+            "lease_s": self.broker.settings.lease_s,
+            "topics": list(want),
+            "room": [min(n, room) for n in want.values()],
+        }
+        with self.broker.soft_pool.connection(timeout=CONNECTION_WAIT_S) as conn, \
+                conn.cursor(row_factory=class_row(Claim)) as cur:
+            claims = cur.execute(q("claim_waiting"), params).fetchall()
+        claims.sort(key=lambda c: (c.priority, c.eta, c.id))
+        self.room.take(len(claims))
+        if claims:
+            self.broker.completer.claimed_again(c.id for c in claims)
+        with self._free_lock:
+            for claim in claims:
+                self._waiting.setdefault(claim.topic or "", deque()).append(claim)
+        return claims
+
+    def _take_waiting(self) -> list[int]:
+        """Every waiting message's row (they are given back)."""
+        with self._free_lock:
+            ids = [claim.id for queue in self._waiting.values() for claim in queue]
+            self._waiting.clear()
+        return ids
+
+    def _give_back_stranded(self) -> None:
+        """Waiting messages of a topic this process no longer holds a slot of go back to the queue."""
+        with self._free_lock:
+            stranded = [t for t, queue in self._waiting.items() if not queue or not self._holding.get(t)]
+            ids = [claim.id for t in stranded for claim in self._waiting.pop(t)]
+        if ids:
+            self._give_back(ids)
 
     def _free_slots(self) -> None:
         with self._free_lock:
@@ -399,6 +463,10 @@ class PgConsumer(Consumer):
         claims.sort(key=lambda c: (c.priority, c.eta, c.id))
         if any(c.has_slot for c in claims):
             self.broker.completer.slots_taken()
+            with self._free_lock:
+                for c in claims:
+                    if c.has_slot and c.topic:
+                        self._holding[c.topic] = self._holding.get(c.topic, 0) + 1
         self.room.take(len(claims))
         if claims:
             self.broker.completer.claimed_again(c.id for c in claims)
@@ -433,10 +501,15 @@ class PgConsumer(Consumer):
                 options = {k: v for k, v in options.items() if k != "eta"}
                 message = dataclasses.replace(message, queue_name=self.queue_name, options=options)
         except Exception as exc:
+            if claim.has_slot:  # the dead letter's write frees its slot
+                with self._free_lock:
+                    topic = claim.topic or ""
+                    self._holding[topic] = max(self._holding.get(topic, 0) - 1, 0)
             self._dead_letter_undecodable(claim.id, exc)
             return None
         proxy = PgMessageProxy(message, claim.id, claim.attempts, self, claim.deaths)
         proxy.has_slot = claim.has_slot
+        proxy.topic = claim.topic
         return proxy
 
     def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:

@@ -27,7 +27,7 @@ class Listener(threading.Thread):
         self, url: str, wake: Callable[[str | None], None], on_settings: Callable[[], object] | None = None
     ) -> None:
         super().__init__(name="neuron-tasks-listener", daemon=True)
-        self.url = url
+        self.url = db.session_url(url)  # LISTEN needs a session: never a transaction-mode pooler
         self.wake = wake
         self.on_settings = on_settings
         self._halt = threading.Event()

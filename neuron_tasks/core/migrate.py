@@ -81,8 +81,8 @@ def applied_versions(conn: psycopg.Connection[Any]) -> dict[int, str]:
         return {a.version: a.checksum for a in cur.execute(q("applied_migrations"))}
 
 
-def pending(url: str) -> list[Migration]:
-    with psycopg.connect(url, autocommit=True) as conn:
+def pending(url: str, *, connect_timeout: int = 10) -> list[Migration]:
+    with psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout) as conn:
         done = applied_versions(conn)
     return [m for m in load_migrations() if m.version not in done]
 

@@ -83,7 +83,7 @@ def topics(source: PageSource) -> dict[str, Any]:
                        "series": [{"name": "in use", "values": [r["in_use"] for r in rows], "tone": "running"},
                                   {"name": "concurrency", "values": [r["concurrency"] or 0 for r in rows],
                                    "tone": "pending"}]})
-        charts.append({"kind": "bars", "title": "Messages waiting, per topic", "unit": "messages",
+        charts.append({"kind": "bars", "title": "Messages waiting and running, per topic", "unit": "messages",
                        "x_label": "topic", "labels": labels,
                        "series": [{"name": "waiting", "values": [r["waiting"] for r in rows], "tone": "pending"},
                                   {"name": "running", "values": [r["running"] for r in rows],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuron_tasks.core.parts import Page, Part, Retention, Tick
+from neuron_tasks.core.parts import Action, Page, Part, Retention, Tick
 
 PART = Part(
     name="queue",
@@ -28,6 +28,11 @@ PART = Part(
              tables=("neuron_tasks.topics", "neuron_tasks.topic_slots"),
              data="neuron_tasks.core.page:topics", template="neuron_tasks.core:topics.html", live=True,
              show_tables=False),
+        Page("queue-admin", "Cancel and purge", "cancel messages by id; purge a queue's waiting messages",
+             tables=("neuron_tasks.messages",), data="neuron_tasks.core.queue_page:load",
+             template="neuron_tasks.core:queue_admin.html", show_tables=False,
+             actions=(Action("cancel", "neuron_tasks.core.queue_page:cancel_action"),
+                      Action("purge", "neuron_tasks.core.queue_page:purge_action"))),
     ),
     tables=("neuron_tasks.messages", "neuron_tasks.messages_history", "neuron_tasks.workers", "neuron_tasks.tenants",
             "neuron_tasks.tenant_buckets", "neuron_tasks.tenant_usage", "neuron_tasks.topics",

@@ -39,8 +39,10 @@ def draw(chart: dict[str, Any]) -> Any:
     series = [(str(s["name"]), list(s["values"]), f"s-{s.get('tone') or TONES[i % len(TONES)]}")
               for i, s in enumerate(chart.get("series", []))]
     kind = charts.bars if chart.get("kind") == "bars" else charts.lines
+    y_max = chart.get("y_max")
     return kind(series, list(chart.get("labels", [])), title=str(chart.get("title", "")),
-                unit=str(chart.get("unit", "")), x_label=str(chart.get("x_label", "")))
+                unit=str(chart.get("unit", "")), x_label=str(chart.get("x_label", "")),
+                y_max=float(y_max) if isinstance(y_max, int | float) else None)
 
 
 def clean(value: str) -> str:
@@ -67,12 +69,18 @@ def message_filter(request: Request) -> MessageFilter:
 
 
 class Dashboard:
-    def __init__(self, pool: ConnectionPool, settings: DashboardSettings) -> None:
+    def __init__(self, pool: ConnectionPool, settings: DashboardSettings,
+                 read_pool: ConnectionPool | None = None) -> None:
         self.settings = settings
         self.data = DashboardData(pool, count_cap=settings.dashboard_count_cap,
                                   window=settings.dashboard_scan_window, stale_s=settings.dashboard_stale_s)
+        #: Reads that tolerate replication lag (overview, lists, /metrics): a replica's when configured;
+        #: actions, and what they read first, use `data` (the primary).
+        self.reads = self.data if read_pool is None or read_pool is pool else DashboardData(
+            read_pool, count_cap=settings.dashboard_count_cap, window=settings.dashboard_scan_window,
+            stale_s=settings.dashboard_stale_s)
         self.templates = templates()
-        self.registry = registry(self.data)
+        self.registry = registry(self.reads)
 
     def page(self, request: Request, name: str, started: float, status_code: int = 200,
              **context: Any) -> Response:
@@ -84,7 +92,7 @@ class Dashboard:
     # -- pages -----------------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
         started = time.perf_counter()
-        ov = await run_in_threadpool(self.data.overview)
+        ov = await run_in_threadpool(self.reads.overview)
         labels = [m["minute"].astimezone().strftime("%H:%M") for m in ov.throughput]
         throughput = charts.bars([("finished", [m["finished"] for m in ov.throughput], "s-finished")],
                                  labels, title="Finished per minute, last hour", unit="messages / min",
@@ -103,7 +111,7 @@ class Dashboard:
         started = time.perf_counter()
         flt = message_filter(request)
         before = int_param(request, "before")
-        page = await run_in_threadpool(self.data.messages, flt, before=before,
+        page = await run_in_threadpool(self.reads.messages, flt, before=before,
                                        limit=self.settings.dashboard_page_size)
         next_url = None
         if page.next_before is not None:
@@ -136,7 +144,7 @@ class Dashboard:
             except ValueError:
                 after = None
         limit = self.settings.dashboard_page_size
-        rows, cursor = await run_in_threadpool(self.data.dead_letters, flt, after=after, limit=limit)
+        rows, cursor = await run_in_threadpool(self.reads.dead_letters, flt, after=after, limit=limit)
         query = {k: v for k, v in flt.query().items() if k != "state"}
         next_url = None
         if cursor is not None:
@@ -181,7 +189,7 @@ class Dashboard:
 
     async def workers(self, request: Request) -> Response:
         started = time.perf_counter()
-        rows = await run_in_threadpool(self.data.workers)
+        rows = await run_in_threadpool(self.reads.workers)
         return self.page(request, "workers.html", started, rows=rows, live=True)
 
     async def part(self, request: Request) -> Response:
@@ -255,9 +263,10 @@ def timeline(row: dict[str, Any]) -> list[tuple[Any, str]]:
     return [(at, what) for _, at, what in events]
 
 
-def create_app(pool: ConnectionPool, settings: DashboardSettings | None = None) -> Starlette:
+def create_app(pool: ConnectionPool, settings: DashboardSettings | None = None, *,
+               read_pool: ConnectionPool | None = None) -> Starlette:
     settings = settings or DashboardSettings()
-    dash = Dashboard(pool, settings)
+    dash = Dashboard(pool, settings, read_pool)
     guard = Guard(settings.dashboard_token)
     routes = [
         Route("/", dash.overview),

@@ -14,6 +14,8 @@ from markupsafe import Markup, escape
 WIDTH, HEIGHT = 720, 250
 PAD_L, PAD_R, PAD_T, PAD_B = 52, 14, 58, 36
 SWATCH = 10
+#: About how wide one character of a label is, in the drawing's units.
+CHAR_PX = 7.5
 
 
 def _fmt(v: float) -> str:
@@ -26,24 +28,36 @@ def _fmt(v: float) -> str:
     return f"{int(v)}"
 
 
+def _legend(series: Sequence[tuple[str, str]], width: int) -> tuple[list[str], int]:
+    """The legend's swatches and names, in rows that fit the drawing; returns (svg, rows)."""
+    out = ['<g class="legend">']
+    x, row = 4.0, 0
+    for name, cls in series:
+        room = SWATCH + 16 + 7.5 * len(name)
+        if x > 4 and x + room > width - PAD_R:
+            x, row = 4.0, row + 1
+        y = 22 + 16 * row
+        out.append(f'<rect class="{escape(cls)} swatch" x="{x:.0f}" y="{y}" width="{SWATCH}" height="{SWATCH}"/>'
+                   f'<text class="legend-label" x="{x + SWATCH + 4:.0f}" y="{y + 9}">{escape(name)}</text>')
+        x += room
+    out.append("</g>")
+    return out, row + 1
+
+
 def _frame(title: str, unit: str, x_label: str, top: float, series: Sequence[tuple[str, str]],
-           width: int, height: int) -> list[str]:
-    """The SVG's head: title, legend, axes, y ticks (0, half, top) with the unit, the x caption."""
-    plot_h = height - PAD_T - PAD_B
-    base = PAD_T + plot_h
+           width: int, height: int) -> tuple[list[str], int, int]:
+    """The SVG's head: title, legend, axes, y ticks (0, half, top) with the unit, the x caption.
+    Returns (svg, the plot's top, the drawing's height): a legend of several rows pushes the plot down."""
+    legend, rows = _legend(series, width)
+    pad_t = PAD_T + 16 * (rows - 1)
+    height += pad_t - PAD_T
+    plot_h = height - pad_t - PAD_B
+    base = pad_t + plot_h
     parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" preserveAspectRatio="xMinYMin meet" '
              f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}"><title>{escape(title)}</title>',
-             f'<text class="chart-title" x="{PAD_L}" y="16">{escape(title)}</text>']
-    legend = ['<g class="legend">']
-    x = float(PAD_L)
-    for name, cls in series:
-        legend.append(f'<rect class="{escape(cls)} swatch" x="{x:.0f}" y="22" width="{SWATCH}" height="{SWATCH}"/>'
-                      f'<text class="legend-label" x="{x + SWATCH + 4:.0f}" y="31">{escape(name)}</text>')
-        x += SWATCH + 16 + 7.5 * len(name)
-    legend.append("</g>")
-    parts += legend
+             f'<text class="chart-title" x="4" y="16">{escape(title)}</text>', *legend]
     parts.append(f'<line class="axis" x1="{PAD_L}" y1="{base}" x2="{width - PAD_R}" y2="{base}"/>'
-                 f'<line class="axis" x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{base}"/>')
+                 f'<line class="axis" x1="{PAD_L}" y1="{pad_t}" x2="{PAD_L}" y2="{base}"/>')
     for frac in (0.0, 0.5, 1.0):
         y = base - plot_h * frac
         value = _fmt(round(top * frac, 3))
@@ -51,49 +65,53 @@ def _frame(title: str, unit: str, x_label: str, top: float, series: Sequence[tup
             parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{width - PAD_R}" y2="{y:.1f}"/>')
         parts.append(f'<text class="tick" x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     if unit:
-        parts.append(f'<text class="unit" x="4" y="{PAD_T - 10}">{escape(unit)}</text>')
+        parts.append(f'<text class="unit" x="4" y="{pad_t - 10}">{escape(unit)}</text>')
     if x_label:
         parts.append(f'<text class="axis-label" x="{width - PAD_R}" y="{height - 6}" text-anchor="end">'
                      f"{escape(x_label)}</text>")
-    return parts
+    return parts, pad_t, height
 
 
 def _x_labels(labels: Sequence[str], xs: Sequence[float], width: int, height: int, every: int) -> list[str]:
-    """Labels under the x axis: every `every`-th, the first anchored at its start and the last at
-    its end when they would otherwise stick out of the drawing."""
+    """Labels under the x axis: every `every`-th, each cut to the room it has (the full text stays
+    in its tooltip), the first and last kept inside the drawing."""
     out = []
-    chosen = list(range(0, len(labels), every))
-    for i in chosen:
+    room = (xs[1] - xs[0]) * every if len(xs) > 1 else float(width - PAD_L - PAD_R)
+    fits = max(int(room / CHAR_PX) - 1, 3)
+    for i in range(0, len(labels), every):
+        text = labels[i] if len(labels[i]) <= fits else labels[i][:fits - 1] + "…"
         x = xs[i]
-        half = 3.3 * len(labels[i])
+        half = CHAR_PX / 2 * len(text)
         anchor = "middle"
-        if x - half < PAD_L - 40:
-            anchor, x = "start", max(x - half, 2.0)
+        if x - half < 2:
+            anchor, x = "start", 2.0
         elif x + half > width - 2:
             anchor, x = "end", float(width - 2)
-        out.append(f'<text class="tick x" x="{x:.1f}" y="{height - PAD_B + 14}" text-anchor="{anchor}">'
-                   f"{escape(labels[i])}</text>")
+        tip = f"<title>{escape(labels[i])}</title>" if text != labels[i] else ""
+        out.append(f'<text class="tick x" x="{x:.1f}" y="{height - PAD_B + 15}" text-anchor="{anchor}">'
+                   f"{tip}{escape(text)}</text>")
     return out
 
 
 def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[str], *, title: str,
-         unit: str = "", x_label: str = "", width: int = WIDTH, height: int = HEIGHT) -> Markup:
+         unit: str = "", x_label: str = "", y_max: float | None = None, width: int = WIDTH,
+         height: int = HEIGHT) -> Markup:
     """Grouped vertical bars: one group per label, one bar per series (name, values, css class)."""
-    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
-    top = max([max(v, default=0) for _, v, _ in series] + [1])
+    top = max([max(v, default=0) for _, v, _ in series] + [y_max or 1])
+    parts, pad_t, height = _frame(title, unit, x_label, top, [(name, cls) for name, _, cls in series], width, height)
+    plot_w, plot_h = width - PAD_L - PAD_R, height - pad_t - PAD_B
     n = max(len(labels), 1)
     group = plot_w / n  # each label owns one slot; its bars sit centred in it, its label under their middle
     bar = min(group * 0.9 / max(len(series), 1), 48.0)
     inset = (group - bar * len(series)) / 2
-    parts = _frame(title, unit, x_label, top, [(name, cls) for name, _, cls in series], width, height)
     for i, label in enumerate(labels):
         for s, (name, values, cls) in enumerate(series):
-            v = float(values[i]) if i < len(values) else 0.0
+            v = float(values[i] or 0) if i < len(values) else 0.0
             if v <= 0:
                 continue
             h = plot_h * v / top
             x = PAD_L + i * group + inset + s * bar
-            parts.append(f'<rect class="{escape(cls)}" x="{x:.1f}" y="{PAD_T + plot_h - h:.1f}" width="{bar:.1f}" '
+            parts.append(f'<rect class="{escape(cls)}" x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar:.1f}" '
                          f'height="{h:.1f}"><title>{escape(label)} {escape(name)}: {_fmt(v)}</title></rect>')
     step = max(n // 6, 1) if n > 12 else 1  # a few labels: every one; many (minutes): every step-th
     parts += _x_labels(labels, [PAD_L + (i + 0.5) * group for i in range(len(labels))], width, height, step)
@@ -102,17 +120,18 @@ def bars(series: Sequence[tuple[str, Sequence[float], str]], labels: Sequence[st
 
 
 def lines(series: Sequence[tuple[str, Sequence[float | None], str]], labels: Sequence[str], *, title: str,
-          unit: str = "", x_label: str = "", width: int = WIDTH, height: int = HEIGHT) -> Markup:
+          unit: str = "", x_label: str = "", y_max: float | None = None, width: int = WIDTH,
+          height: int = HEIGHT) -> Markup:
     """Line chart: one polyline per series (name, values, css class); gaps where a value is None.
     A series of one point is drawn as a dot."""
-    plot_w, plot_h = width - PAD_L - PAD_R, height - PAD_T - PAD_B
     vals = [float(v) for _, vs, _ in series for v in vs if v is not None]
-    top = max([*vals, 1e-9])
+    top = max([*vals, y_max or 1e-9])
+    parts, pad_t, height = _frame(title, unit, x_label, top, [(name, cls) for name, _, cls in series], width, height)
+    plot_w, plot_h = width - PAD_L - PAD_R, height - pad_t - PAD_B
     n = max(len(labels), 2)
     xs = [PAD_L + i * plot_w / (n - 1) for i in range(max(len(labels), 1))]
-    parts = _frame(title, unit, x_label, top, [(name, cls) for name, _, cls in series], width, height)
     for name, values, cls in series:
-        pts = [(xs[i] if i < len(xs) else PAD_L + i * plot_w / (n - 1), PAD_T + plot_h - plot_h * float(v) / top)
+        pts = [(xs[i] if i < len(xs) else PAD_L + i * plot_w / (n - 1), pad_t + plot_h - plot_h * float(v) / top)
                for i, v in enumerate(values) if v is not None]
         if len(pts) == 1:
             parts.append(f'<circle class="{escape(cls)}" cx="{pts[0][0]:.1f}" cy="{pts[0][1]:.1f}" r="3">'

@@ -55,12 +55,18 @@ def serve(
         fail(str(exc))
     url = database_url()
     pool = db.make_pool(url, max_size=settings.dashboard_pool_max_size, name="neuron_tasks-dashboard")
-    server = make_server(pool, settings)
+    from neuron_tasks.config import Settings
+
+    reads = db.make_read_pool(Settings(), pool, name="neuron_tasks-dashboard",
+                              max_size=settings.dashboard_pool_max_size)  # a replica's, when configured
+    server = make_server(pool, settings, read_pool=reads)
     console.print(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}/ "
                   f"(database {db.redact(url)}); Ctrl-C to stop", highlight=False)
     try:
         server.run()
     finally:
+        if reads is not pool:
+            reads.close()
         pool.close()
     if not server.started:
         fail(f"could not bind {settings.dashboard_host}:{settings.dashboard_port}"

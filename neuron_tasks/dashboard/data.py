@@ -167,11 +167,11 @@ class DashboardData:
         rows = self._all("dash_queue_counts", {"queues": names, "cap": self.count_cap})
         capped: list[tuple[str, str]] = []
         for row in rows:
-            waiting_capped = int(row.pop("waiting")) >= self.count_cap
+            row.pop("waiting")
             for state in (*STATES, "finished_last_hour"):
                 n = int(row[state])
-                # pending / retrying: the split was read from the first `cap` waiting rows only
-                over = waiting_capped if state in ("pending", "retrying") else n >= self.count_cap
+                # live counts are exact (the database keeps them); only finished_last_hour stops at the cap
+                over = state == "finished_last_hour" and n >= self.count_cap
                 row[state] = Count(n, exact=not over)
                 if over and state != "finished_last_hour":
                     capped.append((row["queue_name"], state))

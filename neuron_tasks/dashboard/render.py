@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 from starlette.templating import Jinja2Templates
 
 from neuron_tasks.core import parts
@@ -46,6 +48,16 @@ def cell(value: Any, limit: int = CELL_CHARS) -> str:
     if isinstance(value, dict | list | tuple):
         return cut(json.dumps(value, ensure_ascii=False, default=str), limit)
     return cut(value, limit)
+
+
+_HYPHENATED = re.compile(r"\S*-\S*")
+
+
+def words(value: Any) -> Markup:
+    """Text for a table cell, escaped, whose hyphenated words ("photo-12.jpg", "node-1", dates) are
+    kept whole: a cell then wraps between words only, never at a word's hyphen."""
+    text = str(escape(value))  # entities hold no space, so a word is wrapped whole
+    return Markup(_HYPHENATED.sub(lambda m: f'<span class="nw">{m.group(0)}</span>', text))
 
 
 def pretty(value: Any, limit: int = BLOCK_CHARS) -> str:
@@ -98,5 +110,5 @@ def templates() -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(cell=cell, cut=cut, pretty=pretty, age=age, epoch=epoch)
+    env.filters.update(cell=cell, cut=cut, pretty=pretty, age=age, epoch=epoch, words=words)
     return Jinja2Templates(env=env)

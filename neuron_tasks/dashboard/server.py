@@ -30,9 +30,12 @@ def check_bind(settings: DashboardSettings) -> None:
         )
 
 
-def make_server(pool: ConnectionPool, settings: DashboardSettings) -> uvicorn.Server:
+def make_server(pool: ConnectionPool, settings: DashboardSettings,
+                read_pool: ConnectionPool | None = None) -> uvicorn.Server:
+    """`read_pool`: a replica's pool for the pages and /metrics (see `db.make_read_pool`)."""
     check_bind(settings)
-    config = uvicorn.Config(create_app(pool, settings), host=settings.dashboard_host, port=settings.dashboard_port,
+    app = create_app(pool, settings, read_pool=read_pool)
+    config = uvicorn.Config(app, host=settings.dashboard_host, port=settings.dashboard_port,
                             log_level="warning", lifespan="off", access_log=False, server_header=False)
     return uvicorn.Server(config)
 

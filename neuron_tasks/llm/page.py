@@ -51,7 +51,7 @@ def load(source: PageSource) -> dict[str, Any]:
             slot[0] += int(c["calls"])
             slot[1] += int(c["cached"])
         labels = [h.astimezone().strftime("%H:00") for h in axis]
-        charts.append({"title": "Cache hit ratio per hour, last 24 hours", "unit": "% of calls",
+        charts.append({"title": "Cache hit ratio per hour, last 24 hours", "unit": "% of calls", "y_max": 100,
                        "x_label": "hour (local)", "labels": labels,
                        "series": [{"name": "hit ratio", "tone": "finished",
                                    "values": [round(100 * by_hour[h][1] / by_hour[h][0], 1) if h in by_hour else None
@@ -63,11 +63,16 @@ def load(source: PageSource) -> dict[str, Any]:
                                   {"name": "from the provider", "tone": "pending",
                                    "values": [by_hour.get(h, [0, 0])[0] - by_hour.get(h, [0, 0])[1] for h in axis]}]})
     if models:
-        shown = models[:12]
+        by_model: dict[str, list[int]] = {}
+        for m in models:
+            slot = by_model.setdefault(str(m["model"]), [0, 0])
+            slot[0] += int(m["entries"])
+            slot[1] += int(m["expired"])
+        shown = sorted(by_model.items(), key=lambda kv: -kv[1][0])[:12]
         charts.append({"kind": "bars", "title": "Cache entries per model", "unit": "entries", "x_label": "model",
-                       "labels": [str(m["model"]) for m in shown],
-                       "series": [{"name": "entries", "values": [m["entries"] for m in shown], "tone": "pending"},
-                                  {"name": "expired", "values": [m["expired"] for m in shown], "tone": "failed"}]})
+                       "labels": [name for name, _ in shown],
+                       "series": [{"name": "entries", "values": [v[0] for _, v in shown], "tone": "pending"},
+                                  {"name": "expired", "values": [v[1] for _, v in shown], "tone": "failed"}]})
     return {
         "models": models, "entries": entries, "bytes": size, "expired": expired,
         "max_entries": settings.llm_cache_max_entries, "max_bytes": max_bytes,

@@ -90,6 +90,11 @@ class LlmService:
             self._providers[name] = found
         return found
 
+    def use_provider(self, provider: Provider) -> None:
+        """Serve messages that name `provider.name` with this provider (benchmarks register a
+        no-cost embedder this way; "local" and "http" are built on first use)."""
+        self._providers[provider.name] = provider
+
     def _record(self, rows: list[UsageRow]) -> None:
         with self.pool.connection() as conn:
             record_usage_many(conn, rows, wait_flush=False)

@@ -1,4 +1,4 @@
-"""The scheduler process: APScheduler on an elected leader fires periodic jobs exactly once.
+"""The scheduler process: APScheduler on an elected leader fires periodic jobs, no tick twice.
 
 `neuron-tasks scheduler [MODULES...]` runs one node; run several for failover (a Postgres
 advisory lock elects the leader). The leader fires every part's periodic jobs (`Part.ticks`)

@@ -12,14 +12,17 @@ from neuron_tasks.commandline import database_url, fail, settings
 app = typer.Typer(
     help="Run a scheduler process: APScheduler on the elected leader fires every part's periodic jobs "
     "(the lease sweeper, retention and the maintenance of each installed part) and your periodic actors, "
-    "each tick exactly once. Start several for failover; a standby takes over within about a second of the "
+    "no tick twice. Start several for failover; a standby takes over within about a second of the "
     "leader's death. It only enqueues: workers run the jobs, and every worker loads every part's actors "
     "by itself.\n\n"
-    "Declare your periodic actors in MODULES:\n\n"
+    "Declare your periodic actors in MODULES (imported from the current directory or PYTHONPATH; name "
+    "them to the workers too):\n\n"
     "    from neuron_tasks import periodic\n\n"
     "    @periodic(every=60)   # or cron=\"*/5 * * * *\"\n"
     "    @dramatiq.actor\n"
-    "    def report() -> None: ...",
+    "    def report() -> None: ...\n\n"
+    "Ticks missed while no scheduler ran are not replayed: such a job fires once, late (within "
+    "scheduler_misfire_grace_s); @periodic(..., catch_up=True) replays each missed tick.",
     invoke_without_command=True,
     # Options may follow the modules (`neuron-tasks scheduler myapp.jobs --no-builtins`), as for a command.
     context_settings={"allow_interspersed_args": True},

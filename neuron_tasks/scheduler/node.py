@@ -24,6 +24,7 @@ import psycopg
 from psycopg.rows import scalar_row
 from psycopg.types.json import Jsonb
 
+from neuron_tasks import db
 from neuron_tasks.config import Settings
 from neuron_tasks.core import parts
 from neuron_tasks.scheduler.jobs import ScheduledJob, due_times
@@ -99,7 +100,8 @@ class SchedulerNode:
     # -- leadership ---------------------------------------------------------------------------
     def _try_lead(self) -> None:
         if self._lock_conn is None or self._lock_conn.closed:
-            conn = psycopg.connect(self.url, autocommit=True, application_name="neuron_tasks-scheduler-leader")
+            conn = psycopg.connect(db.session_url(self.url), autocommit=True,  # a session lock: no pooler
+                                   application_name="neuron_tasks-scheduler-leader")
             conn.execute(q("sched_leader_keepalives"))
             self._lock_conn = conn
         with self._lock_conn.cursor(row_factory=scalar_row) as cur:

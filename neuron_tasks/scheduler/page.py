@@ -14,7 +14,7 @@ from neuron_tasks.core.parts import PageSource
 from neuron_tasks.sql import q
 
 SHOWN = 200
-FIRES_SHOWN = 50
+FIRES_SHOWN = 25
 #: A built-in job firing at least this often is an internal tick, left out of the fire log.
 TICK_S = 60.0
 _EVERY = re.compile(r"^every ([0-9.]+)s$")
@@ -55,4 +55,5 @@ def load(source: PageSource) -> dict[str, Any]:
                            "series": [{"name": k, "values": [per[k].get(h, 0) for h in axis]} for k in busiest]})
     leader = next((n for n in nodes if n["is_leader"]), None)
     return {"jobs": jobs, "nodes": nodes, "fires": fires, "leader": leader, "charts": charts,
+            "charts_in_template": True,
             "ticks": [j["name"] for j in jobs if j["tick"]], "tick_s": TICK_S, "fires_shown": FIRES_SHOWN}

@@ -51,6 +51,7 @@ class Vectors:
         self._url = url or self.settings.database_url
         self._pool = pool
         self._own_pool = pool is None
+        self._read_pool: ConnectionPool | None = None
         self._lock = threading.RLock()
         self._states: dict[str, IndexState] = {}
         self._recorder: MetricsRecorder | None = None
@@ -87,6 +88,23 @@ class Vectors:
                     self._recorder = rec
         return self._recorder
 
+    @property
+    def read_pool(self) -> ConnectionPool:
+        """Searches' reads (filters, item details): a replica's pool when NEURON_TASKS_READ_URL is set."""
+        if self._read_pool is None:
+            with self._lock:
+                if self._read_pool is None:
+                    from neuron_tasks.config import Settings
+
+                    self._read_pool = db.make_read_pool(Settings(), self.pool, name="neuron_tasks-vectors")
+        return self._read_pool
+
+    def read_rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """`rows`, on the read pool (searches tolerate a replica's lag)."""
+        with self.read_pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(q(name), params)
+            return cur.fetchall() if cur.description else []
+
     def rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """Run the named query on this client's pool; its rows by column name (none for a
         statement that returns none)."""
@@ -110,6 +128,9 @@ class Vectors:
         if self._recorder is not None:
             self._recorder.stop()
             self._recorder = None
+        if self._read_pool is not None and self._read_pool is not self._pool:
+            self._read_pool.close()
+        self._read_pool = None
         if self._own_pool and self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -313,7 +334,7 @@ class Vectors:
         if flt is None:
             return None
         if isinstance(flt, dict):
-            return {int(r["id"]) for r in self.rows("vec_filter_ids", {"name": name, "filter": Jsonb(flt)})}
+            return {int(r["id"]) for r in self.read_rows("vec_filter_ids", {"name": name, "filter": Jsonb(flt)})}
         return {int(i) for i in flt}
 
     def search(self, index: str, query: Any, k: int = 10, ef: int | None = None,
@@ -343,7 +364,8 @@ class Vectors:
         return result
 
     def attach_details(self, index: str, hits: list[Hit]) -> None:
-        rows = {int(r["id"]): r for r in self.rows("vec_item_details", {"name": index, "ids": [h.id for h in hits]})}
+        rows = {int(r["id"]): r for r in self.read_rows("vec_item_details",
+                                                         {"name": index, "ids": [h.id for h in hits]})}
         for h in hits:
             if h.id in rows:
                 h.metadata, h.text = rows[h.id]["metadata"], rows[h.id]["body"]

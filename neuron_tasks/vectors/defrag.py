@@ -35,6 +35,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from neuron_tasks import db
 from neuron_tasks.sql import q
 from neuron_tasks.vectors import store
 from neuron_tasks.vectors.base import IndexState, decode
@@ -260,7 +261,7 @@ def defrag_index(vectors: Vectors, name: str, settings: DefragSettings | None = 
     Returns the run's report (also stored in neuron_tasks.defrag_runs)."""
     settings = settings or DefragSettings()
     now = now or datetime.now(UTC)
-    with psycopg.connect(vectors.url, autocommit=True, row_factory=dict_row) as lock:
+    with psycopg.connect(db.session_url(vectors.url), autocommit=True, row_factory=dict_row) as lock:
 
         def one(query: str, params: dict[str, Any]) -> dict[str, Any]:
             row = lock.execute(q(query), params).fetchone()

@@ -35,7 +35,7 @@ def tuner_charts(source: PageSource) -> dict[str, Any]:
         charts += [
             {"heading": heading, "title": f"{name}: ef_search chosen", "unit": "ef_search", **axis,
              "series": [{"name": "ef_search", "values": [r["ef"] for r in rows], "tone": "pending"}]},
-            {"title": f"{name}: recall at that ef", "unit": "recall (0-1)", **axis,
+            {"title": f"{name}: recall at that ef", "unit": "recall (0-1)", "y_max": 1, **axis,
              "series": [{"name": "recall", "values": [r["recall"] for r in rows], "tone": "finished"}]},
             {"title": f"{name}: search latency", "unit": "ms", **axis,
              "series": [{"name": "p95", "values": [r["p95_ms"] for r in rows], "tone": "retrying"},

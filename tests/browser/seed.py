@@ -4,6 +4,7 @@ cache and a tuned vector index. Everything is written directly in SQL (no worker
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -26,7 +27,8 @@ SQL = [
        SELECT 1000000 + g, md5(g::text), q, a, 'acme', 0, 1, 0, t - interval '80 ms', t - interval '40 ms', t
        FROM generate_series(1, 3000) g,
             LATERAL (SELECT (ARRAY['emails', 'media', 'llm', 'reports'])[1 + g % 4] AS q,
-                            (ARRAY['send_email', 'resize_image', 'neuron_tasks.llm_embed', 'build_report'])[1 + g % 4] AS a,
+                            (ARRAY['send_email', 'resize_image', 'neuron_tasks.llm_embed',
+                                   'build_report'])[1 + g % 4] AS a,
                             now() - ((g * 7919) % 3600) * interval '1 second' AS t) x
        WHERE random() < 0.55 + 0.45 * sin(extract(epoch FROM x.t) / 600.0)""",
     """INSERT INTO neuron_tasks.tenants (name, qps, burst, tokens_per_minute, tokens_per_day) VALUES
@@ -50,14 +52,16 @@ SQL = [
         date_trunc('hour', now()) + interval '1 hour', '00000000-0000-0000-0000-00000000aaaa'),
        ('neuron_tasks.lease_sweeper', 'builtin', 'neuron_tasks.core.maintenance:sweep_tick', NULL, 'every 10s',
         now() + interval '4 s', '00000000-0000-0000-0000-00000000aaaa')""",
-    """INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, node_id, message_id)
+    """INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, fired_at, node_id, message_id)
        SELECT 'refresh_feeds', date_trunc('hour', now()) - g * interval '15 minutes',
+              date_trunc('hour', now()) - g * interval '15 minutes' + (g % 4 + 1) * interval '70 ms',
               '00000000-0000-0000-0000-00000000aaaa', md5('feed' || g)
        FROM generate_series(0, 95) g""",
-    """INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, node_id, message_id)
+    """INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, fired_at, node_id, message_id)
        SELECT 'nightly_report', date_trunc('day', now()) - g * interval '1 day' + interval '3 hours',
+              date_trunc('day', now()) - g * interval '1 day' + interval '3 hours 0.2 s',
               '00000000-0000-0000-0000-00000000aaaa', md5('night' || g)
-       FROM generate_series(1, 3) g""",
+       FROM generate_series(0, 2) g""",
     """INSERT INTO neuron_tasks.scheduler_fires (job, fire_time, node_id, note)
        SELECT 'neuron_tasks.lease_sweeper', date_trunc('minute', now()) - g * interval '10 s',
               '00000000-0000-0000-0000-00000000aaaa', 'ran on the leader'
@@ -110,7 +114,7 @@ def seed(url: str) -> dict[str, Any]:
                      " runtime_ms, last_run) VALUES (%s, 'node-1.worker-1', 'node-1', 4101, '{}', 5210, 182000,"
                      " now()), (%s, 'node-2.worker-1', 'node-2', 4102, '{emails,media}', 3980, 121000, now())",
                      (worker, uuid.uuid4()))
-        for i in range(24):
+        for i in range(16):
             queue = list(QUEUES)[i % 4]
             _insert(conn, queue, i, tenant=("acme", "globex", "initech")[i % 3],
                     topic="openai" if queue == "llm" else None)
@@ -125,12 +129,20 @@ def seed(url: str) -> dict[str, Any]:
                      (deferred,))
         dead = _insert(conn, "emails", 300, tenant="globex")
         conn.execute("UPDATE neuron_tasks.messages SET state = 'failed', failed_at = now(), retries = 3, attempts = 4,"
+                     " enqueued_at = now() - interval '11 minutes',"
                      " last_error = %s, errors = %s WHERE id = %s",
                      ("smtplib.SMTPServerDisconnected: Connection unexpectedly closed",
-                      Jsonb([{"at": 1_790_000_000.5, "attempt": n, "type": "SMTPServerDisconnected",
+                      Jsonb([{"at": time.time() - 600 + 120 * n, "attempt": n, "type": "SMTPServerDisconnected",
                               "message": "Connection unexpectedly closed",
                               "traceback": "Traceback (most recent call last):\n  File \"mail.py\", line 12, in send\n"
                                            "smtplib.SMTPServerDisconnected: Connection unexpectedly closed\n"}
                              for n in range(1, 5)]), dead))
         conn.execute("ANALYZE neuron_tasks.messages")
     return {"dead": dead, "deferred": deferred, "running": running}
+
+
+def keep_alive(url: str) -> None:
+    """Fresh heartbeats for the seeded workers and scheduler nodes (as if they were running)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE neuron_tasks.workers SET heartbeat_at = now() WHERE stopped_at IS NULL")
+        conn.execute("UPDATE neuron_tasks.scheduler_nodes SET heartbeat_at = now() WHERE stopped_at IS NULL")

@@ -1,5 +1,5 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright;
-no browser is downloaded). Screenshots go to artifacts/ (gitignored)."""
+no browser is downloaded). Screenshots go to $NEURON_TASKS_ARTIFACTS, else a temporary folder."""
 
 from __future__ import annotations
 
@@ -17,12 +17,10 @@ from neuron_tasks import PostgresBroker, pipelines
 from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
-from tests.conftest import ROOT
 from tests.integration.dashboard_helpers import enqueue, kill, states
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARTIFACTS = ROOT / "artifacts"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is absent: apt-get install -y chromium (scripts/test does)")
@@ -55,14 +53,25 @@ def dashboard(clean_db: str) -> Iterator[str]:
     pool.close()
 
 
-def shot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"dashboard-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("NEURON_TASKS_ARTIFACTS")
+    path = Path(where) if where else tmp_path_factory.mktemp("dashboard-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def test_overview_shows_live_numbers(page: Any, dashboard: str, clean_db: str) -> None:
+@pytest.fixture
+def shot(artifacts: Path) -> Any:
+    def take(page: Any, name: str) -> Path:
+        path = artifacts / f"dashboard-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+def test_overview_shows_live_numbers(page: Any, dashboard: str, clean_db: str, shot: Any) -> None:
     for i in range(3):
         enqueue(clean_db, "add", [i], queue="live")
     kill(clean_db, enqueue(clean_db, "add", [99], queue="live"))
@@ -80,7 +89,7 @@ def test_overview_shows_live_numbers(page: Any, dashboard: str, clean_db: str) -
 
 
 def test_dead_letter_requeued_from_the_page_then_runs(page: Any, dashboard: str, broker: PostgresBroker,
-                                                      worker: dramatiq.Worker) -> None:
+                                                      worker: dramatiq.Worker, shot: Any) -> None:
     done: list[int] = []
 
     @dramatiq.actor(queue_name="browser_q", max_retries=0)
@@ -104,7 +113,7 @@ def test_dead_letter_requeued_from_the_page_then_runs(page: Any, dashboard: str,
     assert page.locator("#no-dead-letters").count() == 1
 
 
-def test_a_filter_narrows_the_list(page: Any, dashboard: str, clean_db: str) -> None:
+def test_a_filter_narrows_the_list(page: Any, dashboard: str, clean_db: str, shot: Any) -> None:
     for i in range(12):
         enqueue(clean_db, "resize_image" if i % 3 == 0 else "send_email", [i], queue="media")
     page.goto(dashboard + "/messages")
@@ -124,7 +133,8 @@ def test_a_filter_narrows_the_list(page: Any, dashboard: str, clean_db: str) -> 
     shot(page, "filter")
 
 
-def test_pipelines_page_shows_badges_and_sync_now_enqueues(page: Any, dashboard: str, clean_db: str) -> None:
+def test_pipelines_page_shows_badges_and_sync_now_enqueues(page: Any, dashboard: str, clean_db: str,
+                                                           shot: Any) -> None:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipelines").fetchall():
             conn.execute("SELECT neuron_tasks.drop_pipeline(%s, true)", [name])

@@ -12,31 +12,40 @@ from typing import Any
 
 import pytest
 
+from neuron_tasks.core import parts
 from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
-from tests.browser.seed import seed
+from neuron_tasks.testing import truncate
+from tests.browser.seed import keep_alive, seed
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 WIDTHS = (390, 1440)
-PAGES = [("overview", "/"), ("messages", "/messages"), ("message", "/messages/{dead}"),
-         ("message-deferred", "/messages/{deferred}"), ("dead-letters", "/dead-letters"), ("workers", "/workers"),
-         ("tenants", "/parts/tenants"), ("topics", "/parts/topics"), ("schedules", "/parts/schedules"),
-         ("indexes", "/parts/indexes"), ("llm-cache", "/parts/llm-cache"), ("pipelines", "/parts/pipelines")]
+#: The dashboard's own pages; every part's page follows (see `pages`).
+OWN = [("overview", "/"), ("messages", "/messages"), ("message", "/messages/{dead}"),
+       ("message-deferred", "/messages/{deferred}"), ("dead-letters", "/dead-letters"), ("workers", "/workers")]
 #: Pages that draw charts (each is checked to draw at least one).
 CHARTED = {"overview", "tenants", "topics", "schedules", "indexes", "llm-cache"}
+
+
+
+def pages() -> list[tuple[str, str]]:
+    """Every page: the dashboard's own, then each part's (whatever parts are installed)."""
+    return [*OWN, *((slug, f"/parts/{slug}") for slug in parts.pages())]
+
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is absent: apt-get install -y chromium (scripts/test does)")
 
-#: Words of table cells drawn on more than one line (a break after "-" or "/" is a fair break).
+#: Words of table cells drawn on more than one line (a break after "/" is a fair break; one after
+#: "-", as in a date, is not).
 BROKEN_WORDS = """() => {
   const bad = [];
   for (const cell of document.querySelectorAll("td, th")) {
     const walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
     for (let node = walk.nextNode(); node; node = walk.nextNode()) {
-      for (const m of node.data.matchAll(/[^\\s\\-\\/]+/g)) {
+      for (const m of node.data.matchAll(/[^\\s\\/]+/g)) {
         const r = document.createRange();
         r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
         const tops = new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
@@ -95,12 +104,14 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def seeded(clean_db: str) -> Iterator[tuple[str, dict[str, Any]]]:
     ids = seed(clean_db)
+    keep_alive(clean_db)
     pool = make_pool(clean_db, max_size=4, name="neuron_tasks-dashboard-test")
     server = BackgroundDashboard(pool, DashboardSettings(dashboard_port=0, dashboard_refresh_s=0))
     url = server.start()
     yield url.rstrip("/"), ids
     server.stop()
     pool.close()
+    truncate(clean_db)  # the other parts' tables too: later tests expect them empty
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -111,7 +122,7 @@ def test_every_page_reads_at_phone_and_desktop_width(browser: Any, seeded: tuple
     page = context.new_page()
     problems: list[str] = []
     try:
-        for name, path in PAGES:
+        for name, path in pages():
             response = page.goto(base + path.format(**ids))
             assert response is not None and response.status == 200, f"{name}: {response and response.status}"
             page.screenshot(path=str(artifacts / f"{name}-{width}.png"), full_page=True)

@@ -30,7 +30,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(240),
     pytest.mark.skipif(server_bin_dir() is None,
-                       reason="needs PostgreSQL server binaries (initdb, pg_basebackup): apt-get install postgresql-15"),
+                       reason="needs PostgreSQL server binaries (initdb, pg_basebackup): "
+                              "apt-get install postgresql-15"),
 ]
 
 PREFILL = 240
@@ -152,3 +153,38 @@ def test_failover_to_a_promoted_standby_loses_nothing(pair: ReplicatedPair,
     assert len(producer.acked) > 0
     assert all(w.proc.poll() is None for w in hosts), "a worker supervisor exited\n" + log
     broker.close()
+
+
+def test_reads_that_tolerate_lag_go_to_the_replica(pair: ReplicatedPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NEURON_TASKS_READ_URL: the dashboard's pages and /metrics, `status` and vector searches read
+    the standby; the dashboard's actions still write on the primary; a write sent to the read pool fails."""
+    from starlette.testclient import TestClient
+
+    from neuron_tasks import db
+    from neuron_tasks.core.admin import Repo
+    from neuron_tasks.dashboard.app import create_app
+    from neuron_tasks.dashboard.settings import DashboardSettings
+
+    url = setup_database(pair)
+    replica = pair.standby.url("nt_failover")
+    monkeypatch.setenv("NEURON_TASKS_READ_URL", replica)
+    broker = PostgresBroker(url)
+    broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="sleepy", args=("r", 0.0), kwargs={}, options={}))
+    broker.close()
+    primary = db.make_pool(url, max_size=2, name="nt-test-primary")
+    reads = db.make_read_pool(Settings(), primary, name="nt-test")
+    try:
+        assert reads is not primary
+        wait_for(lambda: any(q.get("queue") == QUEUE and q["pending"] == 1 for q in Repo(reads).queue_status()),
+                 "the enqueue to reach the replica's status", timeout=30)
+        with reads.connection() as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE public.nope (x int)")
+        with TestClient(create_app(primary, DashboardSettings(), read_pool=reads), base_url="http://127.0.0.1") as c:
+            assert c.get("/").status_code == 200
+            assert c.get("/metrics").status_code == 200
+        with psycopg.connect(replica, autocommit=True) as conn:
+            names = {r[0] for r in conn.execute("SELECT application_name FROM pg_stat_activity")}
+        assert "nt-test-read" in names  # the pages and the scrape were served by the replica
+    finally:
+        reads.close()
+        primary.close()

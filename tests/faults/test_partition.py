@@ -96,7 +96,7 @@ def test_a_cut_off_host_is_taken_over_once_and_rejoins(
     host: netns.SimulatedHost, database: tuple[PrivateCluster, str],
     cut_off_worker: Callable[[str], Workers], spawn_workers: Callable[..., Workers],
 ) -> None:
-    pg, url = database
+    _pg, url = database
     cut_url = make_conninfo(url, host=host.gateway)
     a = cut_off_worker(cut_url)
     held = [enqueue(url, "sleepy", [f"held{i}", JOB_S]) for i in range(2)]

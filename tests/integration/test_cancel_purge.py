@@ -231,3 +231,27 @@ def test_cancel_and_purge_functions_are_for_admins_only(clean_db: str) -> None:
     with login_role(clean_db, "neuron_tasks_producer") as role:
         line = error_line(run(role.url, "queues", "purge", "pq", "--yes"))
         assert "permission denied" in line and "neuron_tasks_admin" in line
+
+
+# -- the dashboard's buttons --------------------------------------------------------------------
+def test_dashboard_cancel_and_purge_buttons_need_the_csrf_field(clean_db: str) -> None:
+    from tests.integration.dashboard_helpers import client, csrf
+
+    first, second = enqueue(clean_db, "a", [1], queue="dq"), enqueue(clean_db, "a", [2], queue="dq")
+    enqueue(clean_db, "b", [3], queue="dq")
+    with client(clean_db) as c:
+        page = c.get("/parts/queue-admin")
+        assert page.status_code == 200 and 'id="purge-form"' in page.text and "dq" in page.text
+        token = csrf(page.text)
+        assert c.post("/parts/queue-admin/cancel", data={"name": str(first)}).status_code == 403
+        done = c.post("/parts/queue-admin/cancel", data={"name": f"{first} no-such", "csrf": token})
+        assert done.status_code == 200 and "Nothing was done: no waiting or running message no-such" in done.text
+        done = c.post("/parts/queue-admin/cancel", data={"name": str(first), "csrf": token})
+        assert "Cancelled 1 waiting message(s)" in done.text
+        done = c.post("/parts/queue-admin/purge", data={"queue": "dq", "actor": "a", "csrf": token})
+        assert "tick the confirm box" in done.text and len(states(clean_db, "dq")) == 2
+        done = c.post("/parts/queue-admin/purge", data={"queue": "dq", "actor": "a", "confirm": "yes",
+                                                        "state_pending": "1", "csrf": token})
+        assert "Purged 1 pending message(s) of queue dq" in done.text
+    assert [r[0] for r in rows(clean_db, "SELECT actor_name FROM neuron_tasks.messages")] == ["b"]
+    assert second not in [r[0] for r in rows(clean_db, "SELECT id FROM neuron_tasks.messages")]

@@ -35,8 +35,8 @@ def test_per_queue_chart_draws_each_queues_bars_over_its_own_label(clean_db: str
     enqueue(clean_db, "add", [5], queue="beta")
     with client(clean_db) as c:
         svg = depth_chart(c.get("/").text)
-    labels = {unescape(t): float(x) for x, t in re.findall(r'<text class="tick x" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
-              if t in ("alpha", "beta")}
+    ticks = re.findall(r'<text class="tick x" x="([\d.]+)"[^>]*>([^<]+)</text>', svg)
+    labels = {unescape(t): float(x) for x, t in ticks if t in ("alpha", "beta")}
     assert set(labels) == {"alpha", "beta"}
     half = (labels["beta"] - labels["alpha"]) / 2  # each label sits in the middle of its queue's slot
     bars = re.findall(r'<rect class="s-(\w+)" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"[^>]*>'

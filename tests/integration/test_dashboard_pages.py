@@ -12,6 +12,7 @@ from html import unescape
 
 import psycopg
 
+from neuron_tasks.testing import truncate
 from tests.integration.dashboard_helpers import client, enqueue
 
 
@@ -78,6 +79,7 @@ def test_topics_show_slots_in_use_against_concurrency_and_waiting(clean_db: str)
 
 def test_schedules_show_next_and_last_fire_leader_and_a_log_without_ticks(clean_db: str) -> None:
     node = uuid.uuid4()
+    truncate(clean_db, "scheduler")
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO neuron_tasks.scheduler_nodes (node_id, host, pid, leader_since)"
                      " VALUES (%s, 'sched-host', 4242, now() - interval '1 hour')", (node,))
@@ -105,9 +107,11 @@ def test_schedules_show_next_and_last_fire_leader_and_a_log_without_ticks(clean_
 
 
 def test_llm_cache_shows_hit_ratio_size_against_limits_and_entries_per_model(clean_db: str) -> None:
+    truncate(clean_db, "llm")
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, hits, expires_at)"
-                     " SELECT sha256(g::text::bytea), 'embed', CASE WHEN g <= 3 THEN 'fake:small' ELSE 'fake:large' END,"
+                     " SELECT sha256(g::text::bytea), 'embed',"
+                     " CASE WHEN g <= 3 THEN 'fake:small' ELSE 'fake:large' END,"
                      " jsonb_build_object('text', 'café ' || g), '\\x00'::bytea, 1024, g,"
                      " CASE WHEN g = 5 THEN now() - interval '1 s' ELSE now() + interval '1 day' END"
                      " FROM generate_series(1, 5) g")

@@ -7,7 +7,6 @@ import statistics
 import threading
 
 import dramatiq
-import psycopg
 from dramatiq.errors import Retry
 from dramatiq.middleware import CurrentMessage
 
@@ -15,9 +14,9 @@ from neuron_tasks import PostgresBroker
 from neuron_tasks.core.consumer import PgMessageProxy
 
 
-def lateness_s(url: str, row_id: int) -> float:
+def lateness_s(broker: PostgresBroker, row_id: int) -> float:
     """Seconds between the message's eta and now, by the server's clock (negative: early)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with broker.pool.connection() as conn:
         row = conn.execute("SELECT extract(epoch FROM clock_timestamp() - eta)::float8 FROM neuron_tasks.messages"
                            " WHERE id = %s", (row_id,)).fetchone()
     assert row is not None
@@ -36,7 +35,7 @@ def test_a_retried_message_runs_after_its_delay_and_not_before(broker: PostgresB
         assert isinstance(message, PgMessageProxy)
         if message.attempt == 1:
             raise Retry(f"try {i} again", delay=100)
-        late.append(lateness_s(broker.url, message.row_id))
+        late.append(lateness_s(broker, message.row_id))
         if len(late) == rounds:
             done.set()
 
@@ -58,7 +57,7 @@ def test_a_delayed_message_runs_after_its_delay(broker: PostgresBroker, worker: 
     def later() -> None:
         message = CurrentMessage.get_current_message()
         assert isinstance(message, PgMessageProxy)
-        late.append(lateness_s(broker.url, message.row_id))
+        late.append(lateness_s(broker, message.row_id))
 
     for delay in (30, 80, 150):
         later.send_with_options(delay=delay)

@@ -75,8 +75,60 @@ SET state = 'running',
     updated_at = now()
 FROM picked
 WHERE m.id = picked.id
-RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths,
+RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths, m.topic,
           m.id IN (SELECT holder FROM grab) AS has_slot;
+
+-- name: claim_waiting
+-- Claim up to `room` ready messages of each topic in `topics` (arrays of equal length) for this
+-- worker WITHOUT a topic slot: they wait in the worker, which holds slots of those topics, for a
+-- slot one of its own jobs hands over when it ends (`hand_over_slots`), so that a slot goes from
+-- one job to the next without a result write and a new claim between them. Tenants blocked by
+-- their rate limit are left alone, as in `dequeue`.
+WITH RECURSIVE tenants AS (
+    (SELECT coalesce(tenant, '') AS t FROM neuron_tasks.messages
+     WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying')
+     ORDER BY coalesce(tenant, '') LIMIT 1)
+    UNION ALL
+    SELECT (SELECT coalesce(m.tenant, '') FROM neuron_tasks.messages m
+            WHERE m.queue_name = %(queue_name)s AND m.state IN ('pending', 'retrying')
+              AND coalesce(m.tenant, '') > tenants.t
+            ORDER BY coalesce(m.tenant, '') LIMIT 1)
+    FROM tenants WHERE tenants.t IS NOT NULL
+),
+open_tenants AS (
+    SELECT t FROM tenants
+    WHERE t IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM neuron_tasks.tenant_buckets b WHERE b.tenant = tenants.t AND b.blocked_until > now())
+),
+want AS (
+    SELECT w.topic, w.n FROM unnest(%(topics)s::text[], %(room)s::int[]) AS w(topic, n)
+),
+candidates AS (
+    SELECT c.id, c.topic, c.priority, c.eta FROM open_tenants o CROSS JOIN LATERAL (
+        SELECT m.id, m.topic, m.priority, m.eta FROM neuron_tasks.messages m
+        WHERE m.queue_name = %(queue_name)s AND coalesce(m.tenant, '') = o.t
+          AND m.state IN ('pending', 'retrying') AND m.eta <= now() AND m.topic = ANY(%(topics)s::text[])
+        ORDER BY m.priority, m.eta, m.id
+        LIMIT (SELECT sum(n) FROM want)
+        FOR UPDATE SKIP LOCKED) AS c
+),
+picked AS (
+    SELECT r.id FROM (
+        SELECT c.id, c.topic, row_number() OVER (PARTITION BY c.topic ORDER BY c.priority, c.eta, c.id) AS rn
+        FROM candidates c) AS r
+    JOIN want w ON w.topic = r.topic
+    WHERE r.rn <= w.n
+)
+UPDATE neuron_tasks.messages AS m
+SET state = 'running',
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease_s)s * interval '1 second',
+    attempts = m.attempts + 1,
+    started_at = now(),
+    updated_at = now()
+FROM picked
+WHERE m.id = picked.id
+RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths, m.topic, false AS has_slot;
 
 -- name: next_eta
 -- Seconds until the next message of a queue is due (NULL when none waits), and until the first
@@ -182,6 +234,14 @@ freed AS (
     UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
     WHERE holder IN (SELECT id FROM back))
 SELECT queue_name FROM back;
+
+-- name: hand_over_slots
+-- Finished messages hand their topic slots to messages of the same worker that waited for one
+-- (`claim_waiting`; pairs of arrays); returns the new holders that got their slot.
+UPDATE neuron_tasks.topic_slots AS s SET holder = h.new_holder, acquired_at = now()
+FROM unnest(%(old)s::bigint[], %(new)s::bigint[]) AS h(old_holder, new_holder)
+WHERE s.holder = h.old_holder
+RETURNING h.new_holder;
 
 -- name: free_slots
 -- Messages that finished, failed, retry or wait give their topic slots back (completer batch).
@@ -311,15 +371,20 @@ WHERE queue_name = ANY(%(queues)s) AND state = 'failed'
 ORDER BY failed_at, id;
 
 -- name: queue_counts
--- Live messages per queue and state (the hot table holds only live messages and dead letters).
-SELECT queue_name,
-       count(*) FILTER (WHERE state = 'pending')  AS pending,
-       count(*) FILTER (WHERE state = 'running')  AS running,
-       count(*) FILTER (WHERE state = 'retrying') AS retrying,
-       count(*) FILTER (WHERE state = 'failed')   AS failed,
-       min(enqueued_at) FILTER (WHERE state = 'pending') AS oldest_pending
-FROM neuron_tasks.messages
-GROUP BY queue_name;
+-- Live messages per queue and state, from the counters the database keeps (schema/014: a few rows
+-- per queue, whatever the backlog), and when the pending message due first was enqueued (the
+-- first entries of messages_eta_idx).
+SELECT c.queue_name,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'pending'), 0)::bigint  AS pending,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'running'), 0)::bigint  AS running,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'retrying'), 0)::bigint AS retrying,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'failed'), 0)::bigint   AS failed,
+       (SELECT m.enqueued_at FROM neuron_tasks.messages m
+        WHERE m.queue_name = c.queue_name AND m.state IN ('pending', 'retrying') AND m.state = 'pending'
+        ORDER BY m.eta LIMIT 1) AS oldest_pending
+FROM neuron_tasks.queue_counters c
+GROUP BY c.queue_name
+HAVING sum(c.n) <> 0;
 
 -- name: finished_counts
 -- Finished messages per queue kept in history (within retention) and in the last hour.

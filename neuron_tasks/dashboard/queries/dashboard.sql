@@ -2,45 +2,25 @@
 -- stays fast with millions of messages: no unbounded count(*) on neuron_tasks.messages.
 
 -- name: dash_queue_names
--- Every queue with live messages or recent history, by loose index scans (one probe per queue).
-WITH RECURSIVE ready AS (
-    (SELECT queue_name FROM neuron_tasks.messages
-     WHERE state IN ('pending', 'retrying') ORDER BY queue_name LIMIT 1)
-    UNION ALL
-    SELECT (SELECT m.queue_name FROM neuron_tasks.messages m
-            WHERE m.state IN ('pending', 'retrying') AND m.queue_name > r.queue_name
-            ORDER BY m.queue_name LIMIT 1)
-    FROM ready r WHERE r.queue_name IS NOT NULL
-), dead AS (
-    (SELECT queue_name FROM neuron_tasks.messages
-     WHERE state = 'failed' ORDER BY queue_name LIMIT 1)
-    UNION ALL
-    SELECT (SELECT m.queue_name FROM neuron_tasks.messages m
-            WHERE m.state = 'failed' AND m.queue_name > d.queue_name
-            ORDER BY m.queue_name LIMIT 1)
-    FROM dead d WHERE d.queue_name IS NOT NULL
-), done AS (
+-- Every queue with live messages (the counters of schema/014) or recent history (a loose index
+-- scan: one probe per queue).
+WITH RECURSIVE done AS (
     (SELECT queue_name FROM neuron_tasks.messages_history ORDER BY queue_name LIMIT 1)
     UNION ALL
     SELECT (SELECT h.queue_name FROM neuron_tasks.messages_history h
             WHERE h.queue_name > d.queue_name ORDER BY h.queue_name LIMIT 1)
     FROM done d WHERE d.queue_name IS NOT NULL
 )
-SELECT queue_name FROM ready WHERE queue_name IS NOT NULL
-UNION SELECT queue_name FROM dead WHERE queue_name IS NOT NULL
+SELECT queue_name FROM neuron_tasks.queue_counters GROUP BY queue_name HAVING sum(n) <> 0
 UNION SELECT queue_name FROM done WHERE queue_name IS NOT NULL
-UNION SELECT DISTINCT queue_name FROM neuron_tasks.messages WHERE state = 'running'
 ORDER BY 1
 LIMIT 500;
 
 -- name: dash_queue_counts
--- Per queue: counts by state, each bounded by %(cap)s and read from a partial index (waiting =
--- pending + retrying, split by state only below the cap), and the age of the oldest due message.
-SELECT q.queue_name, w.waiting, w.pending, w.retrying,
-       (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
-         WHERE m.queue_name = q.queue_name AND m.state = 'running' LIMIT %(cap)s) x) AS running,
-       (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages m
-         WHERE m.queue_name = q.queue_name AND m.state = 'failed' LIMIT %(cap)s) x) AS failed,
+-- Per queue: exact counts by state from the counters the database keeps (schema/014: a few rows
+-- per queue, whatever the backlog); finished in the last hour bounded by %(cap)s; the age of the
+-- oldest due message.
+SELECT q.queue_name, w.waiting, w.pending, w.retrying, w.running, w.failed,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages_history h
          WHERE h.queue_name = q.queue_name AND h.finished_at > now() - interval '1 hour'
          LIMIT %(cap)s) x) AS finished_last_hour,
@@ -48,19 +28,13 @@ SELECT q.queue_name, w.waiting, w.pending, w.retrying,
         FROM neuron_tasks.messages m  -- NULL when nothing waiting is due (greatest() would make that 0)
          WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')) AS oldest_ready_age_s
 FROM unnest(%(queues)s::text[]) AS q(queue_name)
-CROSS JOIN LATERAL (  -- index-only: how many wait, up to the cap
-    SELECT count(*) AS waiting FROM (
-        SELECT 1 FROM neuron_tasks.messages m
-        WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
-        ORDER BY m.eta LIMIT %(cap)s) x
-) n
-CROSS JOIN LATERAL (  -- the split by state, read only below the cap (above it: estimates)
-    SELECT n.waiting,
-           count(*) FILTER (WHERE x.state = 'pending') AS pending,
-           count(*) FILTER (WHERE x.state = 'retrying') AS retrying
-    FROM (SELECT m.state FROM neuron_tasks.messages m
-          WHERE n.waiting < %(cap)s AND m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
-          ORDER BY m.eta LIMIT %(cap)s) x  -- ordered: read through messages_eta_idx, never a table scan
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(c.n) FILTER (WHERE c.state IN ('pending', 'retrying')), 0)::bigint AS waiting,
+           coalesce(sum(c.n) FILTER (WHERE c.state = 'pending'), 0)::bigint AS pending,
+           coalesce(sum(c.n) FILTER (WHERE c.state = 'retrying'), 0)::bigint AS retrying,
+           coalesce(sum(c.n) FILTER (WHERE c.state = 'running'), 0)::bigint AS running,
+           coalesce(sum(c.n) FILTER (WHERE c.state = 'failed'), 0)::bigint AS failed
+    FROM neuron_tasks.queue_counters c WHERE c.queue_name = q.queue_name
 ) w
 ORDER BY q.queue_name;
 

@@ -19,7 +19,7 @@ WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, expires_at)
 SELECT c.key, c.operation, c.model, c.input, c.value, octet_length(c.value) + octet_length(c.input::text),
        now() + %(ttl_s)s::float8 * interval '1 second'
-FROM unnest(%(keys)b::bytea[], %(operations)s::text[], %(models)s::text[], %(inputs)s::jsonb[],
+FROM unnest(%(keys)b::bytea[], %(operations)b::text[], %(models)b::text[], %(inputs)b::jsonb[],
             %(values)b::bytea[]) AS c(key, operation, model, input, value), async
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, input = excluded.input, bytes = excluded.bytes,
@@ -76,9 +76,9 @@ ins AS (
         (tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model, message_id,
          charged_at)
     SELECT u.*, CASE WHEN u.tenant IS NOT NULL THEN now() END
-    FROM unnest(%(tenant)s::text[], %(tokens)s::integer[], %(prompt_tokens)s::integer[],
-                %(completion_tokens)s::integer[], %(estimated)s::boolean[], %(cached)s::boolean[],
-                %(operation)s::text[], %(provider)s::text[], %(model)s::text[], %(message_id)s::text[])
+    FROM unnest(%(tenant)b::text[], %(tokens)b::integer[], %(prompt_tokens)b::integer[],
+                %(completion_tokens)b::integer[], %(estimated)b::boolean[], %(cached)b::boolean[],
+                %(operation)b::text[], %(provider)b::text[], %(model)b::text[], %(message_id)b::text[])
          AS u(tenant, tokens, prompt_tokens, completion_tokens, estimated, cached, operation, provider, model,
               message_id), sync
     RETURNING tenant, tokens)

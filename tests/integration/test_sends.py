@@ -1,0 +1,263 @@
+"""Sends of one process are written in groups (one INSERT and one commit per group), each caller
+getting its own outcome; durability levels per queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dramatiq
+import psycopg
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from pydantic import ValidationError
+
+from neuron_tasks import PostgresBroker, QueueFull, Settings
+from neuron_tasks.config import DURABILITY_LEVELS
+from neuron_tasks.errors import DuplicateJob
+
+
+def rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+@contextmanager
+def writes_held(url: str) -> Iterator[None]:
+    """Every insert into the message table waits while this is open (its trigger needs the counters)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("LOCK TABLE neuron_tasks.queue_counters IN EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
+def queued(broker: PostgresBroker) -> int:
+    sender = broker.producer.sender()
+    with sender._cond:
+        return len(sender._queue)
+
+
+def test_many_threads_lose_and_double_nothing(broker: PostgresBroker) -> None:
+    @dramatiq.actor(queue_name="gc")
+    def job(i: int) -> None: ...
+
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def produce(t: int) -> None:
+        for i in range(250):
+            message = job.send(t * 1000 + i)
+            with lock:
+                sent.append(message.message_id)
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(sent) == 2000
+    stored = rows(broker.url, "SELECT message_id, count(*) FROM neuron_tasks.messages GROUP BY message_id")
+    assert len(stored) == 2000 and {m for m, _ in stored} == set(sent) and {n for _, n in stored} == {1}
+    stats = broker.producer.sender().stats
+    assert stats.messages == 2000 and stats.groups <= 2000
+
+
+def test_what_arrives_during_a_write_goes_into_one_group(broker: PostgresBroker) -> None:
+    @dramatiq.actor(queue_name="gc")
+    def job(i: int) -> None: ...
+
+    job.send(0)
+    sender = broker.producer.sender()
+    before = sender.stats.groups
+    with writes_held(broker.url):
+        threads = [threading.Thread(target=job.send, args=(i,)) for i in range(1, 7)]
+        for th in threads:
+            th.start()
+        wait_until(lambda: queued(broker) == 5)  # one is being written (held); five wait
+    for th in threads:
+        th.join()
+    assert sender.stats.groups - before == 2 and sender.stats.largest_group == 5
+    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages") == [(7,)]
+
+
+def test_each_caller_gets_its_own_outcome_in_a_group(broker: PostgresBroker) -> None:
+    @dramatiq.actor(queue_name="gc")
+    def job(i: int) -> None: ...
+
+    first = job.send_with_options(args=(0,), unique_key="k")
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            outcomes[name] = fn()
+        except Exception as exc:
+            outcomes[name] = exc
+
+    calls = {
+        "leader": lambda: job.send(1),
+        "duplicate": lambda: job.send_with_options(args=(2,), unique_key="k"),
+        "existing": lambda: job.send_with_options(args=(3,), unique_key="k", on_duplicate="existing"),
+        "plain": lambda: job.send(4),
+        "twice_a": lambda: job.send_with_options(args=(5,), unique_key="new"),
+    }
+    with writes_held(broker.url):
+        leader = threading.Thread(target=call, args=("leader", calls.pop("leader")))
+        leader.start()
+        wait_until(lambda: broker.producer.sender()._leading and queued(broker) == 0)  # the leader writes (held)
+        threads = [threading.Thread(target=call, args=(n, fn)) for n, fn in calls.items()]
+        for th in threads:
+            th.start()
+        wait_until(lambda: queued(broker) == 4)
+    for th in [leader, *threads]:
+        th.join()
+    assert isinstance(outcomes["duplicate"], DuplicateJob)
+    assert outcomes["existing"].message_id == first.message_id
+    assert not isinstance(outcomes["plain"], Exception) and not isinstance(outcomes["twice_a"], Exception)
+    stored = {m for (m,) in rows(broker.url, "SELECT message_id FROM neuron_tasks.messages")}
+    assert stored == {first.message_id, outcomes["leader"].message_id, outcomes["plain"].message_id,
+                      outcomes["twice_a"].message_id}
+
+
+def test_one_producers_sends_keep_their_order(broker: PostgresBroker) -> None:
+    @dramatiq.actor(queue_name="order")
+    def job(i: int) -> None: ...
+
+    ids = [job.send(i).message_id for i in range(200)]
+    stored = [m for (m,) in rows(broker.url, "SELECT message_id FROM neuron_tasks.messages ORDER BY id")]
+    assert stored == ids
+
+
+def test_balanced_commits_without_waiting_for_the_flush(settings: Settings) -> None:
+    broker = PostgresBroker(settings=settings.model_copy(update={"queue_durability": {"bal": "balanced"}}))
+    dramatiq.set_broker(broker)
+    try:
+
+        @dramatiq.actor(queue_name="bal")
+        def fast(i: int) -> None: ...
+
+        @dramatiq.actor(queue_name="safe")
+        def safe(i: int) -> None: ...
+
+        fast.send(1)
+        stats = broker.producer.sender().stats
+        assert stats.by_commit == {"durable": 0, "async": 1}
+        safe.send(2)
+        assert stats.by_commit == {"durable": 1, "async": 1}
+        with broker.soft_pool.connection() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        with broker.pool.connection() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert rows(broker.url, "SELECT queue_name FROM neuron_tasks.messages ORDER BY id") == [("bal",), ("safe",)]
+    finally:
+        broker.close()
+
+
+def test_volatile_sends_are_written_on_close(settings: Settings) -> None:
+    broker = PostgresBroker(settings=settings.model_copy(update={"durability": "volatile"}))
+    dramatiq.set_broker(broker)
+
+    @dramatiq.actor(queue_name="vol")
+    def click(i: int) -> None: ...
+
+    try:
+        first = click.send_with_options(args=(0,), unique_key="u")
+        with pytest.raises(DuplicateJob):  # a unique job is written before send() returns
+            click.send_with_options(args=(0,), unique_key="u")
+        with writes_held(broker.url):
+            ids = [click.send(i).message_id for i in range(1, 501)]  # returns while writes are held
+            assert broker.producer.sender().unwritten() > 0
+    finally:
+        broker.close()
+    stored = [m for (m,) in rows(broker.url, "SELECT message_id FROM neuron_tasks.messages ORDER BY id")]
+    assert stored == [first.message_id, *ids]
+
+
+def test_depth_holds_under_concurrent_sends(settings: Settings) -> None:
+    broker = PostgresBroker(settings=settings.model_copy(update={"queue_depth": 50}))
+    dramatiq.set_broker(broker)
+    try:
+
+        @dramatiq.actor(queue_name="deep")
+        def job(i: int) -> None: ...
+
+        refused = []
+
+        def produce() -> None:
+            for i in range(20):
+                try:
+                    job.send(i)
+                except QueueFull:
+                    refused.append(i)
+
+        threads = [threading.Thread(target=produce) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        ((stored,),) = rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages")
+        assert refused and stored + len(refused) == 160
+        assert 50 <= stored <= 50 + 8  # at most one send in flight per thread past the depth
+        with pytest.raises(QueueFull):
+            job.send(0)
+    finally:
+        broker.close()
+
+
+def test_counters_follow_every_change(broker: PostgresBroker, worker: dramatiq.Worker) -> None:
+    @dramatiq.actor(queue_name="cnt", max_retries=0)
+    def maybe(i: int) -> None:
+        if i % 3 == 0:
+            raise ValueError(i)
+
+    for i in range(30):
+        maybe.send(i)
+    broker.enqueue_many([maybe.message(i) for i in range(30, 60)])
+    broker.join("cnt", timeout=30_000, fail_fast=False)
+    maybe.send_with_options(args=(1,), delay=60_000)
+    exact = rows(broker.url, "SELECT queue_name, state, count(*) FROM neuron_tasks.messages GROUP BY 1, 2 ORDER BY 1, 2")
+    kept = rows(broker.url, "SELECT queue_name, state, sum(n) FROM neuron_tasks.queue_counters GROUP BY 1, 2 "
+                            "HAVING sum(n) <> 0 ORDER BY 1, 2")
+    assert exact == kept == [("cnt", "failed", 20), ("cnt", "pending", 1)]
+    with psycopg.connect(broker.url, autocommit=True) as conn:
+        conn.execute("TRUNCATE neuron_tasks.messages")
+    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.queue_counters") == [(0,)]
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(level=st.one_of(st.sampled_from(DURABILITY_LEVELS), st.text(max_size=12)),
+       queue=st.one_of(st.sampled_from(["clicks", "a.b-c_1"]), st.text(max_size=8)))
+def test_durability_values_are_checked(level: str, queue: str) -> None:
+    valid_queue = bool(queue) and all(c.isascii() and (c.isalnum() or c in "._-") for c in queue)
+    if level in DURABILITY_LEVELS:
+        assert Settings(durability=level).durability_of("x") == level
+        if valid_queue:
+            s = Settings(queue_durability={queue: level})
+            assert s.durability_of(queue) == level and s.durability_of(queue + "x") == "durable"
+        else:
+            with pytest.raises(ValidationError, match="not a queue name"):
+                Settings(queue_durability={queue: level})
+    else:
+        with pytest.raises(ValidationError, match="'durable', 'balanced' or 'volatile'"):
+            Settings(durability=level)
+        with pytest.raises(ValidationError):
+            Settings(queue_durability={"clicks": level})
+
+
+def test_durability_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURON_TASKS_DURABILITY", "balanced")
+    monkeypatch.setenv("NEURON_TASKS_QUEUE_DURABILITY", '{"clicks": "volatile"}')
+    s = Settings()
+    assert (s.durability_of("clicks"), s.durability_of("other")) == ("volatile", "balanced")
+    monkeypatch.setenv("NEURON_TASKS_QUEUE_DURABILITY", '{"clicks": "fast"}')
+    with pytest.raises(ValidationError, match="'durable', 'balanced' or 'volatile'"):
+        Settings()
