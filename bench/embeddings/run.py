@@ -7,7 +7,9 @@ Every round measures, back to back, on the local model (all-MiniLM-L6-v2, CPU un
   direct c64    model.encode() called once per 64 texts (the ceiling of single-text jobs);
   singles       N single-text embed jobs (llm_batch_size --batch-size), per --threads;
   batched       N/100 jobs of 100 texts;
-and compares singles with direct c64, batched with direct b256 (ratio = direct s / phase s).
+and compares singles with direct c64, batched with direct b256: ratio = direct seconds / phase
+seconds; cpu_ratio = direct CPU per text / (this process's + the database backends' CPU per
+text), steadier than wall time on a shared machine.
 --nocost adds the same job phases with a no-cost embedder (nocost.py) and a trivial job (the
 queue's own floor), reporting our CPU per message and per text (this process and the database's
 backends), and LlmService.embed_many's own cost per text. Last, cache-hit latency.
@@ -158,13 +160,16 @@ class Bench:
         return out
 
 
-def direct(model: Any, items: list[str], call_size: int, batch_size: int) -> float:
-    """Seconds to encode `items` in calls of `call_size` texts (batch_size inside a call)."""
-    t0 = time.perf_counter()
+def direct(model: Any, items: list[str], call_size: int, batch_size: int) -> dict[str, float]:
+    """Encode `items` in calls of `call_size` texts (batch_size inside a call): seconds, texts/s
+    and CPU milliseconds per text (every thread of this process)."""
+    c0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, len(items), call_size):
         model.encode(items[i:i + call_size], batch_size=batch_size, convert_to_numpy=True,
                      normalize_embeddings=True, show_progress_bar=False)
-    return time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "texts_per_s": len(items) / secs,
+            "python_ms_per_text": (time.process_time() - c0) / len(items) * 1000}
 
 
 def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -172,15 +177,17 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, fl
     out: dict[str, dict[str, float]] = {}
     for phase, rs in runs.items():
         m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        if "ratio" in rs[0]:
-            m["ratio_min"], m["ratio_max"] = min(r["ratio"] for r in rs), max(r["ratio"] for r in rs)
+        for k in ("ratio", "cpu_ratio"):
+            if k in rs[0]:
+                m[f"{k}_min"], m[f"{k}_max"] = min(r[k] for r in rs), max(r[k] for r in rs)
         out[phase] = m
     return out
 
 
 def show(phase: str, r: dict[str, float]) -> None:
-    extra = "".join(f", {k} {r[k]:.2f}" for k in ("ratio", "messages_per_model_call", "python_ms_per_message",
-                                                   "postgres_ms_per_message", "python_ms_per_text") if k in r)
+    extra = "".join(f", {k} {r[k]:.2f}" for k in ("ratio", "cpu_ratio", "messages_per_model_call",
+                                                   "python_ms_per_message", "postgres_ms_per_message",
+                                                   "python_ms_per_text", "postgres_ms_per_text") if k in r)
     print(f"  {phase:28s} {r['texts_per_s']:8.0f} texts/s{extra}", flush=True)
 
 
@@ -188,9 +195,11 @@ def model_rounds(bench: Bench, model: Any, items: list[str], out: dict[str, Any]
     a = bench.args
     runs: dict[str, list[dict[str, float]]] = {}
 
-    def record(phase: str, r: dict[str, float], against: float | None = None) -> None:
+    def record(phase: str, r: dict[str, float], against: dict[str, float] | None = None) -> None:
         if against is not None:
-            r["ratio"] = against / r["seconds"]
+            r["ratio"] = against["seconds"] / r["seconds"]
+            if "postgres_ms_per_text" in r:  # the same comparison in CPU time, which load disturbs less
+                r["cpu_ratio"] = against["python_ms_per_text"] / (r["python_ms_per_text"] + r["postgres_ms_per_text"])
         runs.setdefault(phase, []).append(r)
         show(phase, r)
 
@@ -199,11 +208,10 @@ def model_rounds(bench: Bench, model: Any, items: list[str], out: dict[str, Any]
         print(f"-- round {rnd + 1} of {a.rounds} ({n} texts, model on {a.device})", flush=True)
         b256 = direct(model, items, n, 256)
         c64 = direct(model, items, 64, 64)
-        record("direct_b256", {"seconds": b256, "texts_per_s": n / b256})
-        record("direct_c64", {"seconds": c64, "texts_per_s": n / c64})
+        record("direct_b256", b256)
+        record("direct_c64", c64)
         for size in a.direct_calls:
-            s = direct(model, items, size, size)
-            record(f"direct_c{size}", {"seconds": s, "texts_per_s": n / s})
+            record(f"direct_c{size}", direct(model, items, size, size))
         for enc in a.encodings:
             for t in a.threads:
                 record(f"singles_{enc}_t{t}", bench.jobs(items, 1, t, encoding=enc), c64)
@@ -327,10 +335,11 @@ def main() -> int:
             nocost_rounds(bench, out)
         if not args.no_model:
             cache_hits(bench, items, out)
-        print("medians over rounds (ratio = direct seconds / phase seconds in the same round; min-max):", flush=True)
+        print("medians over rounds (ratios per round against the same round's direct encode; min-max):", flush=True)
         for key in ("model_median", "nocost_median"):
             for phase, m in out.get(key, {}).items():
-                noise = f" ({m['ratio_min']:.2f}-{m['ratio_max']:.2f})" if "ratio" in m else ""
+                noise = "".join(f" {k} {m[k + '_min']:.2f}-{m[k + '_max']:.2f}"
+                                for k in ("ratio", "cpu_ratio") if k in m)
                 show(phase + noise, m)
     finally:
         if bench.worker is not None:

@@ -62,6 +62,9 @@ class DramatiqSystem(System):
         """Fresh database / flushed keyspace, schema installed."""
 
     def setup(self) -> None:
+        if self._broker is not None:  # a measurement that sets up several times
+            self._broker.close()
+            self._broker = None
         self.reset_storage()
         self._broker = self.build_broker(self.opts.db_url, self.opts.redis_url)
         dramatiq.set_broker(self._broker)

@@ -121,13 +121,22 @@ def _explaining_pool(pool: Any, sink: list[str]) -> Iterator[None]:
 
 def _depth_check(broker: Any, pool: Any, depth: int) -> tuple[Callable[[int], object], str]:
     """The producer's exact queue-depth check (what a send runs when its cached count is stale)."""
-    if hasattr(broker, "_reserve_depth") and isinstance(getattr(broker, "_depth", None), dict):
+    producer = getattr(broker, "producer", None)
+    if hasattr(producer, "reserve_depth") and isinstance(getattr(broker, "_depth", None), dict):
 
         def reserve(_: int) -> None:
-            broker._depth.clear()  # force the exact check
+            with broker._depth_lock:
+                broker._depth.clear()  # force the exact check
+            producer.reserve_depth(QUEUE, 1)
+
+        return reserve, "broker.producer.reserve_depth, its cached count cleared before each call"
+    if hasattr(broker, "_reserve_depth") and isinstance(getattr(broker, "_depth", None), dict):
+
+        def reserve_old(_: int) -> None:
+            broker._depth.clear()
             broker._reserve_depth(QUEUE, 1)
 
-        return reserve, "PostgresBroker._reserve_depth with its cached count cleared"
+        return reserve_old, "PostgresBroker._reserve_depth, its cached count cleared before each call"
     from neuron_tasks.sql import q
 
     def waiting_count(_: int) -> None:

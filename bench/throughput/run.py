@@ -357,7 +357,7 @@ def run_script(
     argv: list[str],
     timeout_s: float,
 ) -> dict[str, Any]:
-    db_url = with_dbname(args.database_url, spec.dbname or "postgres")
+    db_url = with_dbname(args.database_url, spec.dbname + args.db_suffix if spec.dbname else "postgres")
     cmd = [
         python,
         str(HERE / spec.script),
@@ -483,10 +483,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         failed: dict[str, Any] = dict(runs[-1]) if runs else {"status": "error", "error": "not run"}
         failed["runs"] = runs
         return failed
-    out: dict[str, Any] = {k: v for k, v in ok[0].items() if not isinstance(v, int | float) or isinstance(v, bool)}
+    out: dict[str, Any] = dict(ok[0])
     out |= {"status": "ok", "runs": runs, "rounds_ok": len(ok)}
     for key, value in ok[0].items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if len(ok) == 1 or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         values = [float(r[key]) for r in ok if isinstance(r.get(key), int | float)]
         out[key] = statistics.median(values)
@@ -694,28 +694,46 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     Console(width=250).print(table)
 
 
+def _measured(rows: list[list[str]]) -> list[list[str]]:
+    """The rows with at least one value (a measurement left out shows no row)."""
+    return [r for r in rows if any(c != "-" for c in r[1:])]
+
+
 def all_tables(report: dict[str, Any], keys: list[str]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
     """(title, header, rows, notes below it) of every table of the report, in print order."""
+    tables = _all_tables(report, keys)
+    return [(t, h, rows if t.startswith("Goals") else _measured(rows), n) for t, h, rows, n in tables]
+
+
+def _all_tables(report: dict[str, Any], keys: list[str]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
     results = report["results"]
     rounds = report["rounds"]
     cell = "median (min-max) over rounds" if rounds > 1 else "one round"
     header, rows, notes = build_tables(keys, results)
     if any(r.get("disturbed") for d in results.values() for r in d.values()):
         notes.append(DISTURBED_LEGEND.format(t=report["foreign_threshold"]))
-    out = [(f"Throughput, N={report['messages']} messages, no-op actor; {cell}", header, rows,
-            [f"[{i}] {n}" for i, n in enumerate(notes, 1)])]
+    lines = [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    for k in keys:
+        why = str(report["info"].get(k, {}).get("error") or "")
+        if why.startswith(("skipped", "pending")):
+            lines.append(f"{BY_KEY[k].label}: {why}")
+    out = [(f"Throughput, N={report['messages']} messages, no-op actor; {cell}", header, rows, lines)]
     peers = [k for k in keys if not k.startswith("ours")]
     if "ours" in keys and peers:
         out.append(("Ratios: ours / each peer (medians)", *peer_ratio_table(keys, results), []))
     if "ours" in keys and any(k in keys for k in ("ours-balanced", "ours-volatile")):
         out.append(("Durability levels of ours (medians)", *durability_table(keys, results), []))
-    if any(k in keys for k in ("stub", "stub-ours")):
-        out.append(("Drain 1x8 as a share of the StubBroker ceiling (medians)", *ceiling_table(keys, results), []))
-    out.append(("Goals", ["ratio", "value", "goal", "verdict"], ratio_rows(results), []))
+    ceiling = ceiling_table(keys, results)
+    if ceiling[1]:
+        out.append(("Drain 1x8 as a share of the StubBroker ceiling (medians)", *ceiling, []))
+    if "ours" in keys:
+        out.append(("Goals", ["ratio", "value", "goal", "verdict"], ratio_rows(results), []))
     topics = topics_table(results.get("ours", {}).get("topics"))
     if topics:
         t = results["ours"]["topics"]
-        out.append((f"Topics: drain of {int(t['n'])} messages, 1 worker process x 8 threads; {cell}", *topics, []))
+        tnotes = [str(t["warning"])] if t.get("warning") else []
+        tnotes += [str(w) for w in t.get("warnings") or []]
+        out.append((f"Topics: drain of {int(t['n'])} messages, 1 worker process x 8 threads; {cell}", *topics, tnotes))
     backlog = backlog_table(results.get("ours", {}).get("backlog"))
     if backlog:
         b = results["ours"]["backlog"]
@@ -839,6 +857,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         help="PostgreSQL server; each system uses its own database on it (bench_ours, ...)",
     )
+    p.add_argument("--db-suffix", default="",
+                   help="appended to the bench databases' names (bench_ours...), for runs side by side")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="Redis db (FLUSHDB'd!)")
     p.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F",
                    help="RabbitMQ (its queues bench, bench.DQ, bench.XQ are deleted before each measurement)")
@@ -866,6 +886,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", default=None, help="write all results (every round's values) to this JSON file")
     p.add_argument("--markdown", default=None, help="write the tables (and every round's values) as Markdown")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="measure nothing: print the tables (and --markdown) of a run saved with --json")
     return p.parse_args(argv)
 
 
@@ -909,6 +931,10 @@ def summary_of(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        saved: dict[str, Any] = json.loads(Path(args.from_json).read_text())
+        show(saved, [k for k in saved["results"] if k in BY_KEY], args)
+        return 0
     skip = {k.strip() for k in args.skip.split(",") if k.strip()}
     keys = [k.strip() for k in args.only.split(",") if k.strip() and k.strip() not in skip]
     unknown = [k for k in [*keys, *skip] if k not in BY_KEY]
@@ -976,7 +1002,14 @@ def main(argv: list[str] | None = None) -> int:
     for (key, m), values in runs.items():
         results[key][m] = aggregate(values)
     report["wall_seconds"] = time.monotonic() - t_start
+    if args.json:  # first: a long run's numbers survive whatever follows
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    show(report, keys, args)
+    return 0
 
+
+def show(report: dict[str, Any], keys: list[str], args: argparse.Namespace) -> None:
+    """Print every table; write the Markdown."""
     for title, header, rows, notes in all_tables(report, keys):
         print_table(title, header, rows)
         for note in notes:
@@ -984,11 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.explain and (explain := explain_lines(report)):
         print("\n" + "\n".join(explain))
     print(f"total wall time: {report['wall_seconds']:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(render_markdown(report, keys))
-    return 0
 
 
 if __name__ == "__main__":

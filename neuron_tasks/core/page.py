@@ -61,12 +61,15 @@ def tenants(source: PageSource) -> dict[str, Any]:
                                "x_label": "time (local)", "labels": labels,
                                "series": [{"name": t, "values": [tokens[t].get(m, 0) for m in axis]}
                                           for t in spent]})
-        throttled = [r for r in rows if r["throttled"]]
-        if throttled:
-            charts.append({"kind": "bars", "title": "Times throttled, per tenant (since it was first limited)",
-                           "unit": "times", "x_label": "tenant", "labels": [r["name"] for r in throttled],
-                           "series": [{"name": "throttled", "values": [r["throttled"] for r in throttled],
-                                       "tone": "failed"}]})
+        per: dict[str, dict[datetime, int]] = {}
+        if source.exists("neuron_tasks.tenant_throttles"):
+            for t in _rows(source, "page_tenant_throttles", {"tenants": names}):
+                per.setdefault(t["tenant"], {})[t["minute"]] = int(t["n"])
+        held = sorted(per, key=lambda t: -sum(per[t].values()))[:CHARTED]
+        if held:
+            charts.append({"kind": "bars", "title": "Times throttled per minute by tenant, last hour",
+                           "unit": "throttles / min", "x_label": "time (local)", "labels": labels,
+                           "series": [{"name": t, "values": [per[t].get(m, 0) for m in axis]} for t in held]})
     return {"tenants": rows, "charts": charts, "shown": SHOWN}
 
 

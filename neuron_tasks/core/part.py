@@ -36,5 +36,5 @@ PART = Part(
     ),
     tables=("neuron_tasks.messages", "neuron_tasks.messages_history", "neuron_tasks.workers", "neuron_tasks.tenants",
             "neuron_tasks.tenant_buckets", "neuron_tasks.tenant_usage", "neuron_tasks.topics",
-            "neuron_tasks.topic_slots", "neuron_tasks.results"),
+            "neuron_tasks.topic_slots", "neuron_tasks.results", "neuron_tasks.tenant_throttles"),
 )

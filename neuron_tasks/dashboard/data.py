@@ -1,7 +1,8 @@
 """What the dashboard reads and changes, all through named statements (queries/dashboard.sql).
 
-Every read is bounded: counts stop at `count_cap` and fall back to the planner's estimate, the
-message list scans fixed windows of the primary key, lists are keyset-paged.
+Every read is bounded: live counts per queue come from the counters the database keeps, other
+counts stop at `count_cap` and fall back to the planner's estimate, the message list scans fixed
+windows of the primary key, lists are keyset-paged.
 """
 
 from __future__ import annotations

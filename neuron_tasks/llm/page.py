@@ -62,6 +62,16 @@ def load(source: PageSource) -> dict[str, Any]:
                                    "values": [by_hour.get(h, [0, 0])[1] for h in axis]},
                                   {"name": "from the provider", "tone": "pending",
                                    "values": [by_hour.get(h, [0, 0])[0] - by_hour.get(h, [0, 0])[1] for h in axis]}]})
+    removed = _rows(source, "llm_page_removals", {}) if source.exists("neuron_tasks.llm_cache_removals") else []
+    if removed:
+        now = _rows(source, "llm_page_now_hour", {})[0]["hour"]
+        axis = [now - timedelta(hours=23 - i) for i in range(24)]
+        per_hour = {r["hour"]: int(r["entries"]) for r in removed}
+        charts.append({"kind": "bars", "title": "Entries removed per hour (expired or evicted), last 24 hours",
+                       "unit": "entries / h", "x_label": "hour (local)",
+                       "labels": [h.astimezone().strftime("%H:00") for h in axis],
+                       "series": [{"name": "removed", "values": [per_hour.get(h, 0) for h in axis],
+                                   "tone": "failed"}]})
     if models:
         by_model: dict[str, list[int]] = {}
         for m in models:
@@ -81,4 +91,5 @@ def load(source: PageSource) -> dict[str, Any]:
         "calls": total, "cached": cached, "hit_ratio": ratio(cached, total), "sample": SAMPLE,
         "per_model": sorted(per_model.items(), key=lambda kv: -kv[1]["calls"]),
         "ttl_s": settings.llm_cache_ttl_s, "charts": charts,
+        "removed_day": sum(int(r["entries"]) for r in removed),
     }

@@ -25,7 +25,8 @@ PART = Part(
              tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state"),
              data="neuron_tasks.llm.page:load", template="neuron_tasks.llm:page.html", live=True, show_tables=False),
     ),
-    tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state"),
+    tables=("neuron_tasks.llm_cache", "neuron_tasks.llm_usage", "neuron_tasks.llm_provider_state",
+            "neuron_tasks.llm_cache_removals"),
     demos=(Demo("llm", "neuron_tasks.llm.commands:demo_phase", order=300),),
     close="neuron_tasks.llm.actors:close",
 )

@@ -39,6 +39,13 @@ SQL = [
        FROM generate_series(0, 59) g, (VALUES ('acme', 4.0), ('globex', 1.6), ('initech', 0.5)) v(t, m)""",
     """INSERT INTO neuron_tasks.tenant_buckets (tenant, tokens, refilled_at, blocked_until, throttled) VALUES
        ('acme', 2, now(), NULL, 17), ('globex', 0, now(), now() + interval '20 s', 245)""",
+    """INSERT INTO neuron_tasks.tenant_throttles (tenant, minute, n)
+       SELECT t, date_trunc('minute', now()) - g * interval '1 minute', (k * greatest(sin(g / 6.0), 0))::bigint
+       FROM generate_series(1, 59) g, (VALUES ('acme', 3), ('globex', 9)) v(t, k)
+       WHERE k * sin(g / 6.0) >= 1""",
+    """INSERT INTO neuron_tasks.llm_cache_removals (hour, entries, bytes)
+       SELECT date_trunc('hour', now()) - g * interval '1 hour', 40 + (g * 37) % 90, (40 + (g * 37) % 90) * 6144
+       FROM generate_series(1, 23) g""",
     """INSERT INTO neuron_tasks.topics (name, concurrency, max_retries, delay_s, priority) VALUES
        ('openai', 8, 5, NULL, NULL), ('thumbnails', 4, 2, 0.5, 10), ('exports', 1, 0, NULL, NULL)""",
     """INSERT INTO neuron_tasks.scheduler_nodes (node_id, host, pid, started_at, heartbeat_at, leader_since) VALUES

@@ -89,6 +89,7 @@ def test_cancel_a_waiting_message_removes_it_and_records_it_cancelled(clean_db: 
     assert history(clean_db) == {first_id: "cancelled"}
     [queue] = ok_json(clean_db, "status")["queues"]
     assert (queue["pending"], queue["cancelled"], queue["finished"]) == (1, 1, 0)
+    assert dict(rows(clean_db, "SELECT status, jobs FROM neuron_tasks.job_counts"))["cancelled"] == 1
     # by row id too, and the plain output says what happened
     proc = run(clean_db, "messages", "cancel", str(second))
     assert proc.returncode == 0 and "cancelled 1 waiting message(s)" in proc.stdout, proc.stderr

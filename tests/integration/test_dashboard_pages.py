@@ -46,13 +46,13 @@ def test_tenants_show_rate_and_tokens_against_their_limits(clean_db: str) -> Non
         html = c.get("/parts/tenants").text
     acme = row_of(html, "data-tenant", "acme")
     assert "1.50 / s of 2" in acme, "90 jobs in the last full minute: 1.5 per second against a QPS of 2"
-    assert "250 of 1,000" in acme and "of 50,000" in acme and " 3 " in acme
+    assert "250 of 1,000" in acme and "of 50,000" in acme and " 3 " in acme  # 3 throttles, all time
     assert "<meter" in html and "neuron_tasks.tenant_usage" in html  # meters; the raw table one click away
     assert "1.50 / s" not in row_of(html, "data-tenant", "free")
     assert "\\u00" not in html and "bytes&gt;" not in html
     titles = [re.search(r"<title>([^<]+)</title>", s).group(1) for s in svgs(html)]  # type: ignore[union-attr]
     assert "Jobs per minute by tenant, last hour" in titles
-    assert "Times throttled, per tenant (since it was first limited)" in titles
+    assert "Times throttled per minute by tenant, last hour" in titles
     assert_charts_read_alone(html)
 
 
@@ -168,3 +168,32 @@ def test_workers_page_shows_what_each_worker_runs_now(clean_db: str) -> None:
     assert re.search(r"1m 3\ds", job), "running for about a minute and a half"
     assert "w-idle" not in html.split('id="busy"')[1].split("</table>")[0]
     assert re.search(r'id="jobs-running">1<', html) and re.search(r'id="workers-busy">1<', html)
+
+
+def test_throttles_are_counted_per_minute_and_charted(clean_db: str) -> None:
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO neuron_tasks.tenants (name, qps, burst) VALUES ('slow', 0.001, 1)")
+        conn.execute("INSERT INTO neuron_tasks.tenant_throttles (tenant, minute, n)"
+                     " VALUES ('slow', date_trunc('minute', now()) - interval '3 days', 7)")
+        taken = [conn.execute("SELECT granted FROM neuron_tasks.tenant_take_v1('slow', 0.001, 1, 1)").fetchone()
+                 for _ in range(4)]
+        assert taken == [(1,), (0,), (0,), (0,)], "one token, then three throttles"
+        counted = conn.execute("SELECT sum(n) FROM neuron_tasks.tenant_throttles WHERE tenant = 'slow'").fetchone()
+    assert counted == (3,), "counted once each, and the minute of three days ago is gone (two days are kept)"
+    with client(clean_db) as c:
+        html = c.get("/parts/tenants").text
+    chart = next(s for s in svgs(html) if "Times throttled per minute by tenant, last hour" in s)
+    assert re.search(r"<title>\d\d:\d\d slow: 3</title>", chart), "this minute's bar holds the three throttles"
+
+
+def test_llm_cache_removals_are_counted_per_hour(clean_db: str) -> None:
+    truncate(clean_db, "llm")
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO neuron_tasks.llm_cache (key, operation, model, input, value, bytes, expires_at)"
+                     " SELECT sha256(g::text::bytea), 'embed', 'fake:small', '{}', '\\x00'::bytea, 100,"
+                     " now() - interval '1 s' FROM generate_series(1, 4) g")
+        conn.execute("DELETE FROM neuron_tasks.llm_cache WHERE expires_at <= now()")  # what rotation's first step does
+    with client(clean_db) as c:
+        html = c.get("/parts/llm-cache").text
+    assert re.search(r'id="cache-removed">4<', html)
+    assert any("Entries removed per hour" in s for s in svgs(html))

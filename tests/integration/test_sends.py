@@ -12,7 +12,9 @@ from typing import Any
 import dramatiq
 import psycopg
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from neuron_tasks import PostgresBroker, QueueFull, Settings
@@ -224,7 +226,8 @@ def test_counters_follow_every_change(broker: PostgresBroker, worker: dramatiq.W
     broker.enqueue_many([maybe.message(i) for i in range(30, 60)])
     broker.join("cnt", timeout=30_000, fail_fast=False)
     maybe.send_with_options(args=(1,), delay=60_000)
-    exact = rows(broker.url, "SELECT queue_name, state, count(*) FROM neuron_tasks.messages GROUP BY 1, 2 ORDER BY 1, 2")
+    exact = rows(broker.url,
+                 "SELECT queue_name, state, count(*) FROM neuron_tasks.messages GROUP BY 1, 2 ORDER BY 1, 2")
     kept = rows(broker.url, "SELECT queue_name, state, sum(n) FROM neuron_tasks.queue_counters GROUP BY 1, 2 "
                             "HAVING sum(n) <> 0 ORDER BY 1, 2")
     assert exact == kept == [("cnt", "failed", 20), ("cnt", "pending", 1)]

@@ -46,3 +46,10 @@ SELECT t.name, t.concurrency, t.max_retries, t.delay_s, t.priority, t.next_start
 FROM neuron_tasks.topics t
 ORDER BY t.name
 LIMIT %(limit)s;
+
+-- name: page_tenant_throttles
+-- Throttles per tenant and minute over the last hour (schema 019's trigger counts them).
+SELECT tenant, minute, n
+FROM neuron_tasks.tenant_throttles
+WHERE minute >= date_trunc('minute', now()) - interval '59 minutes' AND tenant = ANY(%(tenants)s)
+ORDER BY minute;

@@ -23,3 +23,8 @@ GROUP BY 1, 2, 3;
 
 -- name: llm_page_now_hour
 SELECT date_trunc('hour', now()) AS hour;
+
+-- name: llm_page_removals
+-- Cache entries removed per hour over the last day (schema 019's trigger counts them).
+SELECT hour, entries, bytes FROM neuron_tasks.llm_cache_removals
+WHERE hour > date_trunc('hour', now()) - interval '23 hours' ORDER BY hour;
