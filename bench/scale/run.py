@@ -14,7 +14,8 @@ WAL rate and the sessions waiting on a lock (mean and peak of samples every 0.2 
 column names the resource that ran out first.
 
 Needs root (network namespaces) and iproute2. Everything it makes (namespaces, veth pairs, the
-cluster) is removed at the end, also on Ctrl-C.
+cluster) is removed at the end, also on Ctrl-C; the workers' logs stay in
+/var/tmp/neuron-tasks-scale-PID. `failover.py` beside it measures a failover mid-drain.
 """
 
 from __future__ import annotations

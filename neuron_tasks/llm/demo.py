@@ -104,8 +104,8 @@ def _jobs(actors: Any, broker: PostgresBroker, console: Console, is_fake: bool, 
         done.insert(2, _wait([ask("Say hello to the queue.")], progress, t, 60)[0])
     console.print(timings)
     dims = ", ".join(str(d) for d in sorted({r["dims"] for r in results}))
-    console.print(f"embeddings: {len(results)} x {dims} dimensions; the batcher merged concurrent messages per model "
-                  "call", highlight=False)
+    how = "the batcher merged concurrent messages per model call" if cached < len(results) else "all from the cache"
+    console.print(f"embeddings: {len(results)} x {dims} dimensions; {how}", highlight=False)
     tag = "[bold yellow]FAKE PROVIDER[/] " if is_fake else ""
     for r in done[:3]:
         console.print(f"{tag}completion ({r['model']}, cached={r['cached']}): {r['text'][:90]}", highlight=False)

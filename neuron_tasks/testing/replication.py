@@ -146,6 +146,22 @@ class ReplicatedPair:
                 raise TimeoutError(f"the standby is not streaming ({row}); see {self.standby.log}")
             time.sleep(0.1)
 
+    def wait_replayed(self, timeout: float = 60.0) -> None:
+        """Until the standby has replayed everything the primary has written so far (synchronous
+        replication waits for the standby's flush, not for its replay: reads there may lag)."""
+        with psycopg.connect(self.primary.url(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            with psycopg.connect(self.standby.url(), autocommit=True) as conn:
+                done = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
+            if done is not None and done[0]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the standby did not replay up to {row[0]}; see {self.standby.log}")
+            time.sleep(0.05)
+
     # -- the failover ----------------------------------------------------------------------------
     def url(self, dbname: str = "postgres") -> str:
         """Both servers in one libpq URL: clients connect to whichever accepts writes."""

@@ -12,6 +12,7 @@ import psycopg
 from dramatiq.message import Message
 from psycopg.types.json import Jsonb
 
+from neuron_tasks.core.parts import parts
 from neuron_tasks.testing import truncate
 
 QUEUES = {"emails": "send_email", "media": "resize_image", "llm": "neuron_tasks.llm_embed", "reports": "build_report"}
@@ -39,6 +40,8 @@ SQL = [
        FROM generate_series(0, 59) g, (VALUES ('acme', 4.0), ('globex', 1.6), ('initech', 0.5)) v(t, m)""",
     """INSERT INTO neuron_tasks.tenant_buckets (tenant, tokens, refilled_at, blocked_until, throttled) VALUES
        ('acme', 2, now(), NULL, 17), ('globex', 0, now(), now() + interval '20 s', 245)""",
+    # the buckets' totals above were counted as this minute's throttles: the history below replaces them
+    "DELETE FROM neuron_tasks.tenant_throttles",
     """INSERT INTO neuron_tasks.tenant_throttles (tenant, minute, n)
        SELECT t, date_trunc('minute', now()) - g * interval '1 minute', (k * greatest(sin(g / 6.0), 0))::bigint
        FROM generate_series(1, 59) g, (VALUES ('acme', 3), ('globex', 9)) v(t, k)
@@ -110,9 +113,29 @@ def _insert(conn: psycopg.Connection[Any], queue: str, i: int, **cols: Any) -> i
     return int(row[0])
 
 
+def drop_pipelines(url: str) -> None:
+    """Every pipeline dropped with what it made, and the seed's source table."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT name FROM neuron_tasks.pipelines").fetchall():
+            conn.execute("SELECT neuron_tasks.drop_pipeline(%s, true)", [name])
+        conn.execute("DROP TABLE IF EXISTS public.help_articles CASCADE")
+
+
+def seed_pipeline(url: str) -> None:
+    """One table pipeline with rows waiting (its status: Stale), on a small source table."""
+    from neuron_tasks import pipelines
+
+    drop_pipelines(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.help_articles (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO public.help_articles SELECT g, 'Article ' || g FROM generate_series(1, 40) g")
+    pipelines.create_pipeline(url, "help_articles", source="help_articles", key="id", data="body")
+
+
 def seed(url: str) -> dict[str, Any]:
     """Fill the database at `url` (its part tables emptied first); returns ids the tests look at."""
-    truncate(url)
+    seed_pipeline(url)
+    truncate(url, *(p for p in _parts() if p != "pipelines"))
     worker = uuid.uuid4()
     with psycopg.connect(url, autocommit=True) as conn:
         for stmt in SQL:
@@ -153,3 +176,7 @@ def keep_alive(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE neuron_tasks.workers SET heartbeat_at = now() WHERE stopped_at IS NULL")
         conn.execute("UPDATE neuron_tasks.scheduler_nodes SET heartbeat_at = now() WHERE stopped_at IS NULL")
+
+
+def _parts() -> list[str]:
+    return [p.name for p in parts()]

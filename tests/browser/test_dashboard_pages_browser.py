@@ -17,7 +17,7 @@ from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
 from neuron_tasks.testing import truncate
-from tests.browser.seed import keep_alive, seed
+from tests.browser.seed import drop_pipelines, keep_alive, seed
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -111,6 +111,7 @@ def seeded(clean_db: str) -> Iterator[tuple[str, dict[str, Any]]]:
     yield url.rstrip("/"), ids
     server.stop()
     pool.close()
+    drop_pipelines(clean_db)
     truncate(clean_db)  # the other parts' tables too: later tests expect them empty
 
 

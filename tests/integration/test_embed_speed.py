@@ -1,7 +1,8 @@
 """The embedding path's fast parts on a real Postgres: compact float32 results (f32 and array
 encodings) that carry exactly the cached vectors, the one-round-trip cache and usage write of a
-group, the batcher's group that is full once every worker thread is in it, and embed jobs that
-are retried without losing or doubling a usage row. The local model is the real one."""
+group, the batcher's group that is full once every worker thread is in it, embed jobs that are
+retried without losing or doubling a usage row, and results stored without compression. The
+local model is the real one; the jobs test uses the fake HTTP provider (it scripts a 500)."""
 
 from __future__ import annotations
 
@@ -151,6 +152,11 @@ def test_embed_jobs_f32_results_retries_and_worker_threads(
                     ) == [(1,)]
         assert rows(llm_db, f"SELECT retries FROM neuron_tasks.messages_history "
                             f"WHERE message_id = '{retried.message_id}'") == [(1,)]
+        big = actors.embed.send([f"text number {i}" for i in range(200)])  # ~16 KB of JSON floats
+        assert len(big.get_result(block=True, timeout=15_000)["embeddings"]) == 200
+        [(size, compression)] = rows(llm_db, "SELECT octet_length(value), pg_column_compression(value) "
+                                             "FROM neuron_tasks.results ORDER BY octet_length(value) DESC LIMIT 1")
+        assert size > 8000 and compression is None  # stored as is: compressing cost more than it saved
         bad = actors.embed.send(["x"], encoding="float16")
         with pytest.raises(ResultFailure, match="encoding must be one of json, f32"):
             bad.get_result(block=True, timeout=15_000)

@@ -83,9 +83,11 @@ def test_what_arrives_during_a_write_goes_into_one_group(broker: PostgresBroker)
     before = sender.stats.groups
     with writes_held(broker.url):
         threads = [threading.Thread(target=job.send, args=(i,)) for i in range(1, 7)]
-        for th in threads:
+        threads[0].start()
+        wait_until(lambda: sender._leading and queued(broker) == 0)  # its write is held
+        for th in threads[1:]:
             th.start()
-        wait_until(lambda: queued(broker) == 5)  # one is being written (held); five wait
+        wait_until(lambda: queued(broker) == 5)  # five wait for it
     for th in threads:
         th.join()
     assert sender.stats.groups - before == 2 and sender.stats.largest_group == 5
@@ -264,3 +266,27 @@ def test_durability_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("NEURON_TASKS_QUEUE_DURABILITY", '{"clicks": "fast"}')
     with pytest.raises(ValidationError, match="'durable', 'balanced' or 'volatile'"):
         Settings()
+
+
+def test_a_forked_child_sends_through_its_own_sender(broker: PostgresBroker) -> None:
+    import multiprocessing
+
+    @dramatiq.actor(queue_name="forked")
+    def job(i: int) -> None: ...
+
+    job.send(0)
+    parent_sender = broker.producer.sender()
+
+    def child() -> None:
+        assert broker.producer.sender() is not parent_sender
+        for i in range(1, 11):
+            job.send(i)
+        broker.close()
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    job.send(11)
+    assert broker.producer.sender() is parent_sender
+    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages WHERE queue_name = 'forked'") == [(12,)]
