@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import psycopg
 from psycopg.rows import scalar_row
 from psycopg_pool import ConnectionPool
 
@@ -205,7 +204,7 @@ class Sender:
                         break
                 time.sleep(delay)
                 delay = min(delay * 2, db.RECONNECT_EVERY_S)
-            except psycopg.Error as exc:
+            except Exception as exc:  # refused by the server (or not sendable): find the message it is about
                 if len(live) > 1:
                     for single in live:  # find the message that fails: the others are written
                         self._write([single])

@@ -130,14 +130,18 @@ def test_workers_and_producers_behind_pgbouncer_in_transaction_mode(
 
             wait_for(finished, "every job to finish", timeout=90)
             runs = conn.execute("SELECT key, count(*) FROM public.test_runs GROUP BY 1").fetchall()
-            listeners = conn.execute("SELECT count(*) FROM pg_stat_activity "
-                                     "WHERE application_name = 'neuron_tasks-listener'").fetchone()
+
+            def direct_listeners() -> bool:  # one per worker process, once both have started
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE application_name = 'neuron_tasks-listener'").fetchone()
+                return row is not None and row[0] == 2
+
+            wait_for(direct_listeners, "a direct LISTEN connection per worker process", timeout=60)
         assert len(runs) == len(sent) and all(n == 1 for _, n in runs), workers.log_text()[-4000:]
-        clients = bouncer.show("CLIENTS")
+        clients = bouncer.show("CLIENTS")  # after both processes started: none of them LISTENs here
         names = {str(c.get("application_name")) for c in clients}
         assert "neuron_tasks" in names, clients  # the workers' pools go through the pooler
         assert "neuron_tasks-listener" not in names, clients  # LISTEN never does
-        assert listeners is not None and listeners[0] == 2, "one direct LISTEN connection per worker process"
         assert "ERROR" not in workers.log_text(), workers.log_text()[-4000:]
     finally:
         broker.close()

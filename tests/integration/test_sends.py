@@ -290,3 +290,45 @@ def test_a_forked_child_sends_through_its_own_sender(broker: PostgresBroker) -> 
     job.send(11)
     assert broker.producer.sender() is parent_sender
     assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages WHERE queue_name = 'forked'") == [(12,)]
+
+
+def test_a_message_the_server_refuses_fails_alone_in_its_group(broker: PostgresBroker) -> None:
+    @dramatiq.actor(queue_name="gc")
+    def good(i: int) -> None: ...
+
+    @dramatiq.actor(queue_name="gc")
+    def bad(i: int) -> None: ...
+
+    with psycopg.connect(broker.url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     "IF NEW.actor_name = 'bad' THEN RAISE EXCEPTION 'refused by a site rule'; END IF; "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER refuse_bad BEFORE INSERT ON neuron_tasks.messages "
+                     "FOR EACH ROW EXECUTE FUNCTION public.refuse_bad()")
+    try:
+        outcomes: dict[str, Any] = {}
+
+        def call(name: str, fn: Callable[[], Any]) -> None:
+            try:
+                outcomes[name] = fn()
+            except Exception as exc:
+                outcomes[name] = exc
+
+        with writes_held(broker.url):
+            leader = threading.Thread(target=call, args=("leader", lambda: good.send(0)))
+            leader.start()
+            wait_until(lambda: broker.producer.sender()._leading and queued(broker) == 0)
+            threads = [threading.Thread(target=call, args=(name, fn)) for name, fn in
+                       (("a", lambda: good.send(1)), ("bad", lambda: bad.send(2)), ("b", lambda: good.send(3)))]
+            for th in threads:
+                th.start()
+            wait_until(lambda: queued(broker) == 3)
+        for th in [leader, *threads]:
+            th.join()
+        assert isinstance(outcomes["bad"], psycopg.Error) and "refused by a site rule" in str(outcomes["bad"])
+        stored = {m for (m,) in rows(broker.url, "SELECT message_id FROM neuron_tasks.messages")}
+        assert stored == {outcomes[n].message_id for n in ("leader", "a", "b")}
+    finally:
+        with psycopg.connect(broker.url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse_bad ON neuron_tasks.messages")
+            conn.execute("DROP FUNCTION public.refuse_bad()")
