@@ -9,6 +9,11 @@ A system script is invoked in three ways::
     sys_x.py measure <measurement> ...     # JSON: one measurement result
     sys_x.py worker --threads 8 ...        # a worker process (spawned by ``measure``)
 
+``--extra KEY=VALUE`` (repeatable) carries the options of system-specific
+measurements (``System.custom_measurements``: ours' ``backlog`` and ``topics``);
+``--done-file`` tells the workers of a system without an outside view of "all
+done" (RabbitMQ, Celery) where to count their completions (``DoneCounter``).
+
 Worker protocol (identical for every system): the worker process imports
 everything, builds its broker/connection and then prints ``READY`` on stdout.
 It starts consuming only when it reads ``GO`` on stdin, so interpreter start-up

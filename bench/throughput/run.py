@@ -701,8 +701,14 @@ def _measured(rows: list[list[str]]) -> list[list[str]]:
 
 def all_tables(report: dict[str, Any], keys: list[str]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
     """(title, header, rows, notes below it) of every table of the report, in print order."""
-    tables = _all_tables(report, keys)
-    return [(t, h, rows if t.startswith("Goals") else _measured(rows), n) for t, h, rows, n in tables]
+    out = []
+    for title, header, rows, notes in _all_tables(report, keys):
+        if title.startswith("Goals"):
+            if any(r[1] != "-" for r in rows):
+                out.append((title, header, rows, notes))
+        elif measured := _measured(rows):
+            out.append((title, header, measured, notes))
+    return out
 
 
 def _all_tables(report: dict[str, Any], keys: list[str]) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
@@ -738,6 +744,8 @@ def _all_tables(report: dict[str, Any], keys: list[str]) -> list[tuple[str, list
     if backlog:
         b = results["ours"]["backlog"]
         note = [f"queue_depth = {b['queue_depth']:,}; depth check timed: {b.get('depth_check', '?')}"]
+        if b.get("disturbed"):
+            note.append(f"* other processes kept {b['foreign_cpus']:.2f} CPUs busy meanwhile: run it again")
         out.append(("Backlog: what a deep queue costs (ours)", *backlog, note))
     return out
 

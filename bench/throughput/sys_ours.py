@@ -95,6 +95,13 @@ class OursSystem(DramatiqSystem):
         if self.probe is not None:
             self.probe.close()
 
+    def _middleware(self) -> list[Any]:
+        broker: Any = build_broker(self.opts.db_url, "")  # connects lazily: nothing opened here
+        try:
+            return list(broker.middleware)
+        finally:
+            broker.close()
+
     def versions(self) -> dict[str, str]:
         return {
             "neuron_tasks": harness.dist_version("neuron_tasks")
@@ -111,7 +118,7 @@ class OursSystem(DramatiqSystem):
         cfg = Settings()
         return self.dramatiq_settings() | {
             "prefetch": f"its own claim batch: batch_size={cfg.batch_size} per process (replaces Dramatiq's prefetch)",
-            "middleware": "its defaults: Dramatiq's + CurrentMessage, MessageOptions, WorkerStats",
+            "middleware": "its defaults: " + ", ".join(type(m).__name__ for m in self._middleware()),
             "broker": f"PostgresBroker(url=...) defaults (ack_linger_ms={cfg.ack_linger_ms}, "
             f"naptime_ms={cfg.naptime_ms}, pool_max_size={cfg.pool_max_size}, lease_s={cfg.lease_s}); "
             f"queue_depth={cfg.queue_depth} via NEURON_TASKS_QUEUE_DEPTH (default 10,000 refuses a 20,000 backlog)",
