@@ -1,15 +1,20 @@
 -- Worker supervisor (neuron_tasks/worker): what its /metrics reads from the database at each scrape.
 
 -- name: exporter_queue_depth
--- Live messages per queue and state, and how long the oldest pending one has waited.
-SELECT queue_name,
-       count(*) FILTER (WHERE state = 'pending')  AS pending,
-       count(*) FILTER (WHERE state = 'running')  AS running,
-       count(*) FILTER (WHERE state = 'retrying') AS retrying,
-       count(*) FILTER (WHERE state = 'failed')   AS failed,
-       extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE state = 'pending'))::float8 AS oldest_pending_s
-FROM neuron_tasks.messages
-GROUP BY queue_name;
+-- Live messages per queue and state, from the counters the database keeps (a few rows per queue,
+-- whatever the backlog), and how long the pending message due first has waited.
+SELECT c.queue_name,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'pending'), 0)::bigint  AS pending,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'running'), 0)::bigint  AS running,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'retrying'), 0)::bigint AS retrying,
+       coalesce(sum(c.n) FILTER (WHERE c.state = 'failed'), 0)::bigint   AS failed,
+       extract(epoch FROM now() - (
+           SELECT m.enqueued_at FROM neuron_tasks.messages m
+           WHERE m.queue_name = c.queue_name AND m.state IN ('pending', 'retrying') AND m.state = 'pending'
+           ORDER BY m.eta LIMIT 1))::float8 AS oldest_pending_s
+FROM neuron_tasks.queue_counters c
+GROUP BY c.queue_name
+HAVING sum(c.n) <> 0;
 
 -- name: exporter_workers_by_status
 -- Worker processes by status (running, stale, stopped).
