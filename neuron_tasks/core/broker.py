@@ -397,9 +397,14 @@ class PostgresBroker(BrokerTestAPI, Broker):
                 room = self._rooms[queue_name] = Room(event)
             return room
 
+    #: How many times consumers were woken because there may be new work (NOTIFY, reconnect, a
+    #: settings change, slots freed); a consumer whose last claim found nothing claims again only then.
+    wakes = 0
+
     def wake(self, queue_name: str | None) -> None:
         """Wake the consumers of a queue (None: of every queue)."""
         with self._lock:
+            self.wakes += 1
             events = list(self._events.values()) if queue_name is None else [self._events.get(queue_name)]
         for ev in events:
             if ev is not None:

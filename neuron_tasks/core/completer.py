@@ -214,6 +214,7 @@ class Completer(threading.Thread):
         self._in_flight = 0
         self._stopping = False
         self._took_slots = False
+        self._slots_freed = False  # the last write freed topic slots
         self._abandoned: dict[int, float] = {}
         self._abandoned_lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None  # held while it works; from `pool`
@@ -346,7 +347,8 @@ class Completer(threading.Thread):
                 batch.finish()
             with self._cond:
                 self._in_flight = 0
-            if self._took_slots and self.on_slots_freed is not None:
+            if self._slots_freed and self.on_slots_freed is not None:
+                self._slots_freed = False
                 self.on_slots_freed()  # consumers waiting for a free topic slot may claim again
 
     # -- the completer's connection ------------------------------------------------
@@ -477,7 +479,8 @@ class Completer(threading.Thread):
                 if batch.handoffs:
                     self._hand_over(cur, batch.handoffs)
                 if self._took_slots:  # this process claimed messages holding topic slots
-                    conn.execute(q("free_slots"), {"ids": batch.row_ids()})
+                    freed = conn.execute(q("free_slots"), {"ids": batch.row_ids()})
+                    self._slots_freed = self._slots_freed or freed.rowcount > 0
                 for name, results in (("retry", batch.retries), ("nack", batch.nacks), ("defer", batch.defers)):
                     if results:
                         cur.executemany(q(name), [r.params(self.owner) for r in results], returning=True)
@@ -508,8 +511,10 @@ class Completer(threading.Thread):
                 acked.execute(q("ack"), {"ids": batch.acks, "owner": self.owner})
             if moves:
                 moved.execute(q("hand_over_slots"), {"old": list(moves), "new": list(moves.values())})
+            freed = conn.cursor()
             if self._took_slots:  # this process claimed messages holding topic slots
-                conn.execute(q("free_slots"), {"ids": batch.row_ids()})
+                freed.execute(q("free_slots"), {"ids": batch.row_ids()})
+        self._slots_freed = self._slots_freed or freed.rowcount > 0
         written = set(acked.fetchall()) if batch.acks else set()
         self._missed_hand_overs(moves, set(moved.fetchall()) if moves else set())
         unmatched = [i for i in batch.acks if i not in written]

@@ -210,6 +210,11 @@ class PgConsumer(Consumer):
         self._waiting: dict[str, deque[Claim]] = {}  # claimed without a slot, waiting for one of ours
         self._outage = db.Outage(log, f"claiming messages of queue {queue_name!r}")
         self.closed = False
+        # The last claim found nothing (at `broker.wakes` == _dry_wakes): woken only by hand-overs
+        # and written results, the consumer does not claim again before _dry_until.
+        self._dry = False
+        self._dry_wakes = -1
+        self._dry_until = 0.0
 
     @property
     def limit(self) -> int:
@@ -236,17 +241,33 @@ class PgConsumer(Consumer):
             now = time.monotonic()
             if self.event.is_set() or now >= self._next_poll:
                 self.event.clear()
+                # Nothing new since a claim found nothing (woken by a hand-over or a written result):
+                # only waiting messages are topped up, and the queue is asked again soon.
+                quiet = (self._dry and self.broker.wakes == self._dry_wakes and now < self._dry_until
+                         and now < self._next_poll)
+                timer = self._next_poll  # when a delayed message is due, or the fallback poll
                 self._next_poll = now + self.broker.settings.naptime_ms / 1000.0
                 held = self.room.held
                 room = self.limit - held
                 if room >= max(1, self.limit // 4) or held == 0:
                     try:
-                        rows = self._claim(room)
+                        wakes = self.broker.wakes
+                        rows = [] if quiet else self._claim(room)
                         waiting = self._claim_waiting(room - len(rows))
-                        if rows or waiting:
+                        if not quiet:
+                            self._dry, self._dry_wakes = not rows, wakes
+                            self._dry_until = time.monotonic() + self.broker.settings.topic_retry_ms / 1000.0
+                        if quiet:
+                            self._next_poll = min(timer, self._dry_until)
+                        elif waiting:
+                            self._next_poll = min(self._next_poll, self._dry_until)
+                        if rows or waiting or quiet:
                             self._outage.recovered()
                             self.cache.extend(rows)
-                            continue
+                            if rows or waiting:
+                                continue
+                            self.event.wait(max(min(self.timeout_s, self._next_poll - time.monotonic()), 0.0))
+                            return None
                         due = self._next_due(since=now)
                         self._outage.recovered()
                     except db.UNAVAILABLE as exc:
@@ -398,6 +419,8 @@ class PgConsumer(Consumer):
     def _claim_waiting(self, room: int) -> list[Claim]:
         """Claim messages to wait for the slots this process holds (see `_slot_done`)."""
         with self._free_lock:
+            if all(len(self._waiting.get(t, ())) >= n for t, n in self._holding.items()):
+                return []  # at least one waiting per slot: top up later
             want = {t: WAITERS_PER_SLOT * n - len(self._waiting.get(t, ())) for t, n in self._holding.items()}
         want = {t: n for t, n in want.items() if n > 0 and t}
         if not want or room <= 0:
@@ -441,6 +464,7 @@ class PgConsumer(Consumer):
             ids, self._to_free = self._to_free, []
         if not ids:
             return
+        self._dry = False  # a slot of ours is free: claim again
         try:
             with self.broker.soft_pool.connection(timeout=CONNECTION_WAIT_S) as conn:
                 conn.execute(q("free_slots"), {"ids": ids})

@@ -64,7 +64,7 @@ def configure(settings: LlmSettings | None = None, pool: ConnectionPool | None =
     service = LlmService(pool, settings)
     batcher: Batcher[EmbedRequest] = Batcher(
         service.embed_many, max_messages=settings.llm_batch_size, linger_s=settings.llm_batch_linger_ms / 1000.0,
-        capacity=worker_threads,
+        capacity=worker_threads, releases=True,
     )
     from dramatiq.results import Results
 

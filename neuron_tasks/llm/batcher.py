@@ -5,8 +5,10 @@ waits. The first request of a group leads it: it waits up to `linger_s` for othe
 the group is full: `max_messages` joined, or every thread that could submit (`capacity`, the
 worker threads of the process) is in it, so a process with fewer threads than `max_messages`
 never waits for requests that cannot come. Then it takes the model for one call over all their
-texts; while the model is busy with the previous group, the next group keeps filling. So many
-small embed jobs cost about one large encode, and a lone job waits at most `linger_s`.
+texts; while the model is busy with the previous group, the next group keeps filling, and it
+may take the model as soon as the previous group has its vectors (its cache and usage writes
+run beside the next model call). So many small embed jobs cost about one large encode, and a
+lone job waits at most `linger_s`.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ class _Group(Generic[R]):
 class Batcher(Generic[R]):
     """Merges concurrent `submit` calls into calls of `run(requests) -> results` (same order)."""
 
-    def __init__(self, run: Callable[[list[R]], list[Any]], *, max_messages: int, linger_s: float,
-                 capacity: Callable[[], int] | None = None) -> None:
+    def __init__(self, run: Callable[..., list[Any]], *, max_messages: int, linger_s: float,
+                 capacity: Callable[[], int] | None = None, releases: bool = False) -> None:
         self.run = run
+        # releases: `run(requests, release)` calls release() once the part that must go one group
+        # at a time (the model) is over, so the next group's model call overlaps this one's writes
+        self.releases = releases
         self.max_messages = max(1, max_messages)
         self.linger_s = max(0.0, linger_s)
         self.capacity = capacity  # how many threads may submit at once (0 or None: unknown)
@@ -76,14 +81,24 @@ class Batcher(Generic[R]):
     def _lead(self, group: _Group[R]) -> None:
         if self.linger_s and not group.closed:
             group.full.wait(self.linger_s)
-        with self._run_lock:
+        self._run_lock.acquire()
+        held = [True]
+
+        def release() -> None:
+            """The part of a run that goes one group at a time is over: the next group may start."""
+            if held[0]:
+                held[0] = False
+                self._run_lock.release()
+
+        try:
             with self._lock:
                 if self._open is group:
                     self._open = None
                 group.closed = True
             items = group.items
             try:
-                results = self.run([i.request for i in items])
+                requests = [i.request for i in items]
+                results = self.run(requests, release) if self.releases else self.run(requests)
                 if len(results) != len(items):
                     raise RuntimeError(f"batch run returned {len(results)} results for {len(items)} requests")
                 for item, result in zip(items, results, strict=True):
@@ -96,3 +111,5 @@ class Batcher(Generic[R]):
                 self.requests += len(items)
                 for item in items:
                     item.done.set()
+        finally:
+            release()

@@ -7,6 +7,7 @@ method works without a broker. Each call records its token usage per job and ten
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +111,12 @@ class LlmService:
         return self.embed_many([EmbedRequest(list(texts), model, provider, tenant, message_id, use_cache,
                                              encoding=encoding)])[0]
 
-    def embed_many(self, requests: list[EmbedRequest]) -> list[dict[str, Any]]:
+    def embed_many(self, requests: list[EmbedRequest],
+                   release: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Several embed requests with one cache lookup and one model call per (provider, model),
         then one round trip that writes the new cache entries and every request's usage row:
-        the cross-message batcher hands its groups here."""
+        the cross-message batcher hands its groups here, with `release`, called once the model
+        calls are over, before the writes."""
         import numpy as np
 
         for r in requests:
@@ -166,6 +169,8 @@ class LlmService:
                           "cached": hits, "tokens": tokens}
                 usage.append(UsageRow(r.tenant, tokens, tokens, 0, computed_usage.estimated,
                                       bool(norm[i]) and hits == len(norm[i]), "embed", pname, model, r.message_id))
+        if release is not None:
+            release()
         self._write(entries, usage)
         return [o for o in out if o is not None]
 

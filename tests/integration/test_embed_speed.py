@@ -10,7 +10,7 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import dramatiq
@@ -95,6 +95,20 @@ def test_a_group_writes_every_cache_entry_and_usage_row(local: LlmService, llm_d
     assert rows(llm_db, "SELECT cached, tokens FROM neuron_tasks.llm_usage WHERE message_id = 'm5'") == [(True, 0)]
 
 
+def test_cache_refresh_recomputes_entries_about_to_expire(local: LlmService, llm_db: str) -> None:
+    first = embeddings_of(local.embed(TEXTS[:2], encoding="f32"))
+    with psycopg.connect(llm_db, autocommit=True) as conn:
+        conn.execute("UPDATE neuron_tasks.llm_cache SET expires_at = now() + interval '1 minute' "
+                     "WHERE input->>'text' = %s", (TEXTS[0],))
+    assert local.refresh_cache(within_s=3600) == 1  # only the entry about to expire
+    left = rows(llm_db, "SELECT input->>'text', value, expires_at > now() + interval '1 day' "
+                        "FROM neuron_tasks.llm_cache ORDER BY input->>'text'")
+    assert [(t, fresh) for t, _, fresh in left] == [(TEXTS[0], True), (TEXTS[1], True)]
+    again = np.frombuffer(bytes(left[0][1]), dtype=np.float32)  # recomputed alone: equal up to the
+    assert np.abs(again - first[0]).max() < 1e-5                   # model's batch-padding noise
+    assert rows(llm_db, "SELECT count(*) FROM neuron_tasks.llm_usage WHERE operation = 'embed'") == [(2,)]
+
+
 def test_a_group_is_full_once_every_worker_thread_is_in_it() -> None:
     calls: list[list[int]] = []
 
@@ -113,6 +127,28 @@ def test_a_group_is_full_once_every_worker_thread_is_in_it() -> None:
     assert results == {0: 1, 1: 2, 2: 3} and len(calls) == 1
     unknown: Batcher[int] = Batcher(run, max_messages=2, linger_s=60.0, capacity=lambda: 0)
     assert unknown._limit() == 2  # no worker running: max_messages alone
+
+
+def test_the_next_group_takes_the_model_while_the_last_one_writes() -> None:
+    first_in, second_ran = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def run(requests: list[int], release: Callable[[], None]) -> list[int]:
+        if requests == [0]:
+            release()  # its model part is over; its writes go on beside the next group
+            first_in.set()
+            seen.append(second_ran.wait(30))
+        else:
+            second_ran.set()
+        return requests
+
+    batcher: Batcher[int] = Batcher(run, max_messages=1, linger_s=0.0, releases=True)
+    first = threading.Thread(target=batcher.submit, args=(0,))
+    first.start()
+    assert first_in.wait(30)
+    assert batcher.submit(1) == 1  # ran while the first group was still busy
+    first.join(30)
+    assert seen == [True] and batcher.calls == 2
 
 
 @pytest.fixture
