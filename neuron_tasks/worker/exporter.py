@@ -35,7 +35,8 @@ class QueueCollector:
 
         depth = GaugeMetricFamily("neuron_tasks_queue_depth", "Messages per queue and state.",
                                   labels=["queue_name", "state"])
-        oldest = GaugeMetricFamily("neuron_tasks_oldest_pending_seconds", "How long the pending message due first has waited.",
+        oldest = GaugeMetricFamily("neuron_tasks_oldest_pending_seconds",
+                                   "How long the pending message due first has waited.",
                                    labels=["queue_name"])
         workers = GaugeMetricFamily("neuron_tasks_workers", "Worker processes by status.", labels=["status"])
         try:

@@ -7,7 +7,7 @@
 WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO neuron_tasks.results (key, value, expires_at)
 SELECT r.key, r.value, now() + r.ttl_ms * interval '1 millisecond'
-FROM unnest(%(keys)s::text[], %(values)s::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms), async
+FROM unnest(%(keys)s::text[], %(values)b::bytea[], %(ttl_ms)s::bigint[]) AS r(key, value, ttl_ms), async
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, stored_at = now(), expires_at = excluded.expires_at;
 
