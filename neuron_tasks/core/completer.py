@@ -192,7 +192,8 @@ def _not_recorded_metric() -> Any:
         return None
     return PromCounter("neuron_tasks_results_not_recorded",
                        "Results of messages that could not be recorded: taken over by another worker after their "
-                       "lease expired (the message may run twice), or not writable (it runs again).",
+                       "lease expired (the message may run twice), or not writable (it runs again); kind "
+                       "\"unstarted\": claimed messages not run because their lease lapsed before they started.",
                        ("kind", "reason"))
 
 
@@ -281,14 +282,23 @@ class Completer(threading.Thread):
 
     # -- read by the keeper and the consumer --------------------------------------
     def abandoned(self) -> list[int]:
-        """Rows whose result could not be written: their leases are left to expire, so that
-        they run again (the keeper does not renew them)."""
+        """Rows whose result could not be written, or that were taken over before they started:
+        their leases are left to expire, so that they run again (the keeper does not renew them)."""
         with self._abandoned_lock:
             if not self._abandoned:
                 return []
             old = time.monotonic() - ABANDONED_KEEP_S
             self._abandoned = {i: t for i, t in self._abandoned.items() if t > old}
             return list(self._abandoned)
+
+    def dropped(self, row_id: int, reason: str, *, abandon: bool) -> None:
+        """A claimed message this process will not run (`reason`: its lease lapsed before it
+        started), counted with the results not recorded (kind "unstarted"); with `abandon` its
+        lease is not renewed again, unless this process claims it anew."""
+        if abandon:
+            with self._abandoned_lock:
+                self._abandoned[row_id] = time.monotonic()
+        self._count("unstarted", reason)
 
     def claimed_again(self, row_ids: Iterable[int]) -> None:
         """This process claimed these rows anew: renew their leases again."""

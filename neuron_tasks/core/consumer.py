@@ -29,10 +29,12 @@ from dramatiq import get_encoder
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
+from dramatiq.middleware import SkipMessage
 from psycopg.rows import class_row
 
 from neuron_tasks import db
 from neuron_tasks.core.completer import DeadLetter, Deferral, Done, ErrorEntry, RetryResult, error_entry
+from neuron_tasks.core.keeper import lease_margin
 from neuron_tasks.errors import DatabaseUnavailable
 from neuron_tasks.sql import q
 
@@ -90,6 +92,7 @@ class Claim:
     deaths: int
     topic: str | None
     has_slot: bool  # took a slot of its topic's concurrency limit with the claim (or was handed one)
+    gen: int = 0  # the claim's number in the keeper's `Horizons` (0: not tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,11 @@ class DeferPlan:
     reason: str
 
 
+class LeaseLapsed(SkipMessage):
+    """A claimed message whose lease lapsed before it started (the process was cut off from the
+    database for longer than the lease): it is not run here (see `PgConsumer.may_start`)."""
+
+
 class PgMessageProxy(MessageProxy):
     """A claimed message: knows its row, and whether the worker asked to retry it."""
 
@@ -150,6 +158,13 @@ class PgMessageProxy(MessageProxy):
         self.has_slot = False  # holds a topic concurrency slot (taken with the claim, or handed over)
         self.topic: str | None = None  # the row's topic
         self.written: threading.Event | None = None  # set once its result is written
+        self.claim_gen = 0  # its claim in the keeper's `Horizons` (0: not tracked)
+        self.lapsed: str | None = None  # why it may not start (its lease lapsed), once asked
+
+    def may_start(self) -> bool:
+        """Whether a worker thread may run it now: its lease is known to be still ours."""
+        consumer = self._consumer
+        return consumer is None or self.claim_gen == 0 or consumer.may_start(self)
 
     @property
     def message(self) -> Message[Any]:
@@ -287,6 +302,9 @@ class PgConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
+        if proxy.lapsed is not None:
+            self._drop_unstarted(proxy)
+            return
         done = self._finish(proxy)
         if done is None:
             return
@@ -315,6 +333,9 @@ class PgConsumer(Consumer):
 
     def nack(self, message: MessageProxy) -> None:
         proxy = self._own(message)
+        if proxy.lapsed is not None:
+            self._drop_unstarted(proxy)
+            return
         done = self._finish(proxy)
         if done is None:
             return
@@ -370,6 +391,7 @@ class PgConsumer(Consumer):
         trying (the room is freed once they are back)."""
         if not ids:
             return
+        self.broker.keeper.horizons.forget(ids)
         try:
             self.broker.release(ids)
         except db.UNAVAILABLE as exc:
@@ -378,6 +400,46 @@ class PgConsumer(Consumer):
             self.broker.completer.release(ids, done=self.room.free)
         else:
             self.room.free(len(ids))
+
+    # -- claimed messages whose lease lapsed before they started ------------------------------
+    def may_start(self, proxy: PgMessageProxy) -> bool:
+        """Called by the worker thread about to run `proxy`: True while its lease is known to be
+        ours (its claim, or the last renewal that found it, was sent less than a lease ago, less a
+        margin). After an outage longer than the lease it waits (at most a lease and a heartbeat)
+        for the keeper's first renewal, which tells whether the row is still ours; a row taken
+        over meanwhile (or not confirmed in time) is not run (`_drop_unstarted`)."""
+        settings = self.broker.settings
+        verdict = self.broker.keeper.horizons.start(proxy.row_id, proxy.claim_gen,
+                                                   settings.lease_s + settings.heartbeat_s)
+        if verdict == "ours":
+            return True
+        proxy.lapsed = verdict
+        return False
+
+    def _drop_unstarted(self, proxy: PgMessageProxy) -> None:
+        """A claimed message not run because its lease lapsed before it started (another worker
+        may run it now): logged, counted (`Completer.not_recorded`, kind "unstarted"), its lease
+        never renewed again; given back to its queue when it may still be ours."""
+        claimer = proxy.detach()
+        if claimer is None:
+            return
+        if proxy.has_slot:  # its slot is freed with the row (taken over, or given back)
+            proxy.has_slot = False
+            with claimer._free_lock:
+                topic = proxy.topic or ""
+                claimer._holding[topic] = max(claimer._holding.get(topic, 0) - 1, 0)
+        verdict, row_id = proxy.lapsed, proxy.row_id
+        again = self.broker.keeper.horizons.holds(row_id)  # claimed anew by this process: that one runs
+        reasons = {"stale": "claimed again", "lost": "taken over"}
+        reason = f"lease lapsed, {reasons.get(verdict or '', 'not confirmed')}"
+        log.warning("message %s (row %s) was not run: %s before it started (this process could not "
+                    "reach the database for longer than the lease)%s", proxy.message_id, row_id, reason,
+                    "" if verdict != "unknown" or again else "; giving it back to its queue")
+        self.broker.completer.dropped(row_id, reason, abandon=not again)
+        if verdict == "unknown" and not again:
+            claimer._give_back([row_id])  # only if it is still ours (frees its room once back)
+        else:
+            claimer.room.free()
 
     # -- internals ----------------------------------------------------------------------
     def _own(self, message: MessageProxy) -> PgMessageProxy:
@@ -425,20 +487,22 @@ class PgConsumer(Consumer):
         want = {t: n for t, n in want.items() if n > 0 and t}
         if not want or room <= 0:
             return []
+        lease_s = self.broker.settings.lease_s
         params = {
             "queue_name": self.queue_name,
             "owner": self.broker.owner,
-            "lease_s": self.broker.settings.lease_s,
+            "lease_s": lease_s,
             "topics": list(want),
             "room": [min(n, room) for n in want.values()],
         }
+        sent_at = time.monotonic()
         with self.broker.soft_pool.connection(timeout=CONNECTION_WAIT_S) as conn, \
                 conn.cursor(row_factory=class_row(Claim)) as cur:
             claims = cur.execute(q("claim_waiting"), params).fetchall()
         claims.sort(key=lambda c: (c.priority, c.eta, c.id))
         self.room.take(len(claims))
         if claims:
-            self.broker.completer.claimed_again(c.id for c in claims)
+            claims = self._track(claims, sent_at, lease_s)
         with self._free_lock:
             for claim in claims:
                 self._waiting.setdefault(claim.topic or "", deque()).append(claim)
@@ -473,15 +537,17 @@ class PgConsumer(Consumer):
                         db.one_line(exc))
 
     def _claim(self, room: int) -> list[Claim]:
+        lease_s = self.broker.settings.lease_s
         params = {
             "queue_name": self.queue_name,
             "owner": self.broker.owner,
-            "lease_s": self.broker.settings.lease_s,
+            "lease_s": lease_s,
             "limit": room,
         }
         # A claim lost in a server crash only returns the message to the queue: no need to
         # wait for the WAL flush (the soft-state pool commits asynchronously).
         pool = self.broker.soft_pool
+        sent_at = time.monotonic()
         with pool.connection(timeout=CONNECTION_WAIT_S) as conn, conn.cursor(row_factory=class_row(Claim)) as cur:
             claims = cur.execute(q("dequeue"), params).fetchall()
         claims.sort(key=lambda c: (c.priority, c.eta, c.id))
@@ -493,8 +559,16 @@ class PgConsumer(Consumer):
                         self._holding[c.topic] = self._holding.get(c.topic, 0) + 1
         self.room.take(len(claims))
         if claims:
-            self.broker.completer.claimed_again(c.id for c in claims)
+            claims = self._track(claims, sent_at, lease_s)
         return claims
+
+    def _track(self, claims: list[Claim], sent_at: float, lease_s: float) -> list[Claim]:
+        """Claims committed: their leases are renewed again (if abandoned before), and ours until
+        `lease_s` after the claim was sent, less a margin (see `may_start`)."""
+        self.broker.completer.claimed_again(c.id for c in claims)
+        gen = self.broker.keeper.horizons.claimed([c.id for c in claims], sent_at, lease_s,
+                                                  lease_margin(self.broker.settings))
+        return [dataclasses.replace(c, gen=gen) for c in claims]
 
     def _next_due(self, since: float) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting.
@@ -529,11 +603,13 @@ class PgConsumer(Consumer):
                 with self._free_lock:
                     topic = claim.topic or ""
                     self._holding[topic] = max(self._holding.get(topic, 0) - 1, 0)
+            self.broker.keeper.horizons.forget([claim.id])
             self._dead_letter_undecodable(claim.id, exc)
             return None
         proxy = PgMessageProxy(message, claim.id, claim.attempts, self, claim.deaths)
         proxy.has_slot = claim.has_slot
         proxy.topic = claim.topic
+        proxy.claim_gen = claim.gen
         return proxy
 
     def _dead_letter_undecodable(self, row_id: int, exc: BaseException) -> None:

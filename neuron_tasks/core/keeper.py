@@ -14,13 +14,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg.rows import scalar_row
 from psycopg_pool import ConnectionPool
 
 from neuron_tasks import db
@@ -32,6 +33,99 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 60.0
 #: How long a heartbeat waits for a pooled connection before it counts as failed.
 CONNECTION_WAIT_S = 1.0
+#: A claimed message lost before it started and never given back is forgotten after this long.
+FORGET_LOST_S = 3600.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """A claimed message not yet started: its claim and until when its lease is known to be ours."""
+
+    gen: int
+    registered_at: float  # monotonic, once its claim was committed
+    horizon: float  # monotonic: lease_s (less a safety margin) after its claim or last renewal was sent
+    lost: bool = False  # a renewal sent after its claim did not find it: no longer ours
+
+
+def lease_margin(settings: Settings) -> float:
+    """How much earlier than the server's lease end a process stops trusting it."""
+    return min(settings.heartbeat_s, settings.lease_s / 2.0)
+
+
+class Horizons:
+    """Claimed messages not yet started, and until when each one's lease is known to be ours (the
+    process's clock: from when its claim, or the last renewal that found it, was sent; less a
+    margin). A worker thread starts a message only while that holds, or once a renewal finds it
+    still ours (after an outage longer than the lease); otherwise it is not run (see consumer.py)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held: dict[int, _Held] = {}
+        self._gen = 0
+        self._renewed_at = 0.0  # monotonic: when the last renewal that answered was sent
+
+    def claimed(self, row_ids: Iterable[int], sent_at: float, lease_s: float, margin: float) -> int:
+        """Rows a claim sent at `sent_at` took (committed); returns the claim's number."""
+        with self._cond:
+            self._gen += 1
+            now = time.monotonic()
+            for row_id in row_ids:
+                self._held[row_id] = _Held(self._gen, now, sent_at + lease_s - margin)
+            return self._gen
+
+    def renewed(self, sent_at: float, lease_s: float, margin: float, row_ids: set[int]) -> None:
+        """A renewal sent at `sent_at` extended the leases of `row_ids`: those held are ours until
+        `sent_at + lease_s - margin`; a held row claimed before it was sent and not among them is lost."""
+        with self._cond:
+            forget_before = time.monotonic() - FORGET_LOST_S
+            for row_id, held in list(self._held.items()):
+                if row_id in row_ids:
+                    held.horizon = max(held.horizon, sent_at + lease_s - margin)
+                elif held.registered_at < sent_at:
+                    held.lost = True
+                    if held.horizon < forget_before:  # never started nor given back: forget it
+                        del self._held[row_id]
+            self._renewed_at = max(self._renewed_at, sent_at)
+            self._cond.notify_all()
+
+    def lost(self) -> list[int]:
+        """Held rows known lost (the keeper leaves them out of its renewals)."""
+        with self._cond:
+            return [row_id for row_id, held in self._held.items() if held.lost]
+
+    def holds(self, row_id: int) -> bool:
+        """Whether a claim of this row waits to start."""
+        with self._cond:
+            return row_id in self._held
+
+    def forget(self, row_ids: Iterable[int]) -> None:
+        """Rows given back: no longer held."""
+        with self._cond:
+            for row_id in row_ids:
+                self._held.pop(row_id, None)
+
+    def start(self, row_id: int, gen: int, wait_s: float) -> str:
+        """May the message of this claim start? "ours" (it is no longer tracked: it runs), "lost"
+        (a renewal did not find it), "stale" (this process claimed the row again since: that claim
+        runs it) or "unknown" (its lease lapsed and no renewal answered within `wait_s`)."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                held = self._held.get(row_id)
+                if held is None or held.gen != gen:
+                    return "stale"
+                now = time.monotonic()
+                if held.lost:
+                    verdict = "lost"
+                elif held.horizon > now:
+                    verdict = "ours"
+                elif now >= deadline:
+                    verdict = "unknown"
+                else:
+                    self._cond.wait(deadline - now)
+                    continue
+                del self._held[row_id]
+                return verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +192,8 @@ class Keeper(threading.Thread):
         self._outage = db.Outage(log, "heartbeat and lease renewal")
         self._sweep_held_back = False
         self._after_outage = False  # a failed heartbeat since the last sweep: say why sweeping waits
+        #: Claimed messages not yet started, and until when their leases are known to be ours.
+        self.horizons = Horizons()
 
     def stop(self) -> None:
         self._halt.set()
@@ -129,7 +225,9 @@ class Keeper(threading.Thread):
     def beat(self) -> None:
         """Renew this process's leases first, then its heartbeat; note the server's start."""
         counters = self.stats.snapshot().params()
-        abandoned = self.abandoned() if self.abandoned is not None else []
+        sent_at = time.monotonic()  # before `abandoned`: a row claimed again since is renewed
+        lease_s = self.settings.lease_s
+        abandoned = (self.abandoned() if self.abandoned is not None else []) + self.horizons.lost()
         with self._pool().connection(timeout=CONNECTION_WAIT_S) as conn, conn.transaction():
             if not self._registered:
                 conn.execute(
@@ -143,11 +241,13 @@ class Keeper(threading.Thread):
                         "heartbeat_s": self.settings.heartbeat_s,
                     },
                 )
-            conn.execute(q("renew_leases"),
-                         {"owner": self.owner, "lease_s": self.settings.lease_s, "abandoned": abandoned})
+            with conn.cursor(row_factory=scalar_row) as cur:
+                renewed = set(cur.execute(q("renew_leases"),
+                                          {"owner": self.owner, "lease_s": lease_s, "abandoned": abandoned}).fetchall())
             conn.execute(q("heartbeat_worker"), {"owner": self.owner, "queues": self.queues(), **counters})
             epoch = maintenance.server_epoch(conn)
         self._registered = True  # committed
+        self.horizons.renewed(sent_at, lease_s, lease_margin(self.settings), renewed)
         self.continuity.max_gap_s = self.settings.lease_s
         self.continuity.saw(epoch.started_at)
 

@@ -68,10 +68,11 @@ def sweep_tick(conn: psycopg.Connection[Any]) -> str:
 
 def too_soon_to_sweep(conn: psycopg.Connection[Any], settings: Settings) -> str | None:
     """Why a sweeper without a continuous view of its own (the scheduler's tick, a supervisor) must
-    not reclaim now: the server restarted less than a lease and a heartbeat ago. None: it may."""
+    not reclaim now: the server restarted, or was promoted from a standby, less than a lease and a
+    heartbeat ago. None: it may."""
     up_s = server_epoch(conn).up_s
     if up_s < sweep_after_s(settings):
-        return f"the server restarted {up_s:.0f} s ago"
+        return f"the server restarted or was promoted {up_s:.0f} s ago"
     return None
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from neuron_tasks import PostgresBroker
 from neuron_tasks.config import Settings
-from neuron_tasks.core import migrate
+from neuron_tasks.core import maintenance, migrate
 from neuron_tasks.testing.replication import ReplicatedPair, server_bin_dir
 from tests.faults.conftest import QUEUE, Workers, wait_for
 
@@ -167,6 +167,27 @@ def test_failover_to_a_promoted_standby_loses_nothing(pair: ReplicatedPair,
     assert len(producer.acked) > 0
     assert all(w.proc.poll() is None for w in hosts), "a worker supervisor exited\n" + log
     broker.close()
+
+
+def test_a_promoted_standby_counts_as_just_started(pair: ReplicatedPair) -> None:
+    """A standby has been up since long before its promotion: the server's epoch is its promotion,
+    so a sweeper without a view of its own (the scheduler's) waits a lease and a heartbeat before it
+    reclaims the leases that expired during the failover, as after a restart."""
+    settings = Settings()  # a sweeper waits lease_s + heartbeat_s (40 s) after the epoch
+    with psycopg.connect(pair.standby.url(), autocommit=True) as conn:
+        standby_epoch = maintenance.server_epoch(conn).started_at
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    before_promotion = row[0]
+    assert standby_epoch < before_promotion
+    pair.kill_primary()
+    pair.promote()
+    with psycopg.connect(pair.standby.url(), autocommit=True) as conn:
+        epoch = maintenance.server_epoch(conn)
+        reason = maintenance.too_soon_to_sweep(conn, settings)
+    assert epoch.started_at > before_promotion, (standby_epoch, before_promotion, epoch)
+    assert epoch.up_s < maintenance.sweep_after_s(settings)
+    assert reason is not None and "promoted" in reason, reason
 
 
 def test_reads_that_tolerate_lag_go_to_the_replica(pair: ReplicatedPair, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,9 @@ enqueue (`neuron_tasks.core.options.problem_at_worker`), because a row can get i
 INSERT by hand, an older producer, another encoder). A message Dramatiq or a middleware could not
 handle (a `throws` that is no exception type, a max_retries that is text, options that are no
 object...) would otherwise break its worker thread or be recorded as finished after failing; it
-is dead-lettered with the reason instead, and the thread goes on to the next message."""
+is dead-lettered with the reason instead, and the thread goes on to the next message. A claimed
+message whose lease lapsed before it started (its process was cut off from the database for longer
+than the lease) is not run at all (`PgMessageProxy.may_start`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dramatiq import Middleware
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import SkipMessage
 
+from neuron_tasks.core.consumer import LeaseLapsed, PgMessageProxy
 from neuron_tasks.core.options import problem_at_worker
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,8 @@ class InvalidMessage(SkipMessage):
 
 class MessageGuard(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        if isinstance(message, PgMessageProxy) and not message.may_start():
+            raise LeaseLapsed(f"its lease lapsed before it started ({message.lapsed}); it was not run here")
         problem = problem_at_worker(message)
         if problem is None:
             return

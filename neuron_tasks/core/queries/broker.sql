@@ -263,19 +263,24 @@ LISTEN neuron_tasks_settings;
 -- name: renew_leases
 -- Heartbeat: extend the leases of every message this worker holds, expired ones included (after
 -- an outage, before any sweeper may reclaim them), except those whose result could not be
--- written (`abandoned`: left to expire, so that they run again).
+-- written or that were taken over before they started (`abandoned`: left to expire). The rows
+-- returned are still this worker's: a claimed message not yet started may run (see keeper.py).
 UPDATE neuron_tasks.messages
 SET lease_expires_at = now() + %(lease_s)s * interval '1 second'
-WHERE lease_owner = %(owner)s AND state = 'running' AND id <> ALL(%(abandoned)s::bigint[]);
+WHERE lease_owner = %(owner)s AND state = 'running' AND id <> ALL(%(abandoned)s::bigint[])
+RETURNING id;
 
 -- name: server_epoch
 -- When the server last started, for the sweeper's rule (see maintenance.py): the postmaster's
 -- start, or the checkpointer's when later (a crash restart restarts every process but the
--- postmaster; the checkpointer's start is visible to superusers and pg_read_all_stats only).
+-- postmaster), or the WAL writer's when later still: it starts only once the server accepts
+-- writes, so a standby promoted after running for days counts as started at its promotion.
+-- Those processes' starts are visible to superusers and pg_read_all_stats only (NULL otherwise:
+-- the postmaster's start alone).
 SELECT e.started_at, extract(epoch FROM now() - e.started_at)::float8 AS up_s
 FROM (SELECT greatest(pg_postmaster_start_time(),
                       (SELECT max(backend_start) FROM pg_stat_activity
-                       WHERE backend_type = 'checkpointer')) AS started_at) AS e;
+                       WHERE backend_type IN ('checkpointer', 'walwriter'))) AS started_at) AS e;
 
 -- name: register_worker
 -- A worker process starts.
