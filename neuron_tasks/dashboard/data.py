@@ -34,6 +34,8 @@ BULK_LIMIT = 10_000
 BUSY_LIMIT = 500
 #: The results backend's namespace (core.results), part of every result's key.
 RESULTS_NAMESPACE = "neuron-tasks-results"
+#: How many bytes of its payload a finished message keeps (messages_history.payload_head).
+HISTORY_HEAD_BYTES = 2048
 
 
 @dataclass
@@ -245,6 +247,7 @@ class DashboardData:
             hist["state"] = "finished"
             hist["errors"] = []
             hist["message"] = None
+            hist["kept"] = kept_arguments(hist.pop("payload_head", None))
             hist["result"] = self.result(hist)
         return hist
 
@@ -398,9 +401,27 @@ def call_args(args: Any, kwargs: Any) -> str:
     return ", ".join(shown)
 
 
-def preview(head: Any) -> str:
+def kept_arguments(head: Any) -> dict[str, Any] | None:
+    """What a finished message's page shows of the payload head its history row kept: {"call": its
+    arguments as a call would spell them, "options": its options when the head is the whole payload,
+    "cut": whether the payload was longer than the head, "text": the head when it is not a Dramatiq
+    JSON message}; None when the row kept no head."""
+    if head is None:
+        return None
+    raw = bytes(head)
+    whole = decode_payload(raw)
+    if isinstance(whole, dict):
+        return {"call": call_args(whole.get("args"), whole.get("kwargs")), "options": whole.get("options"),
+                "cut": False, "text": None}
+    if len(raw) < HISTORY_HEAD_BYTES:  # the whole payload, not JSON (another encoder)
+        return {"call": None, "options": None, "cut": False, "text": whole}
+    return {"call": preview(raw, limit=HISTORY_HEAD_BYTES), "options": None, "cut": True, "text": None}
+
+
+def preview(head: Any, *, limit: int = 160) -> str:
     """The actor's arguments, from the first bytes of a message's payload, for the list (never trusted):
-    read as JSON when the head holds them whole, else the start of their text followed by "…"."""
+    read as JSON when the head holds them whole, else the start of their text (at most `limit`
+    characters) followed by "…"."""
     if head is None:
         return ""
     text = bytes(head).decode("utf-8", "replace")
@@ -412,13 +433,13 @@ def preview(head: Any) -> str:
         return call_args(whole.get("args"), whole.get("kwargs"))
     marker = text.find('"args"')
     if marker < 0:
-        return text[:160]
+        return text[:limit]
     rest = text[marker + 6:].lstrip().removeprefix(":").lstrip()
     decoder = json.JSONDecoder()
     try:
         args, end = decoder.raw_decode(rest)
     except ValueError:
-        return rest.removeprefix("[")[:160] + "…"
+        return rest.removeprefix("[")[:limit] + "…"
     kwargs: Any = None
     after = rest[end:].lstrip().removeprefix(",").lstrip()
     if after.startswith('"kwargs"'):

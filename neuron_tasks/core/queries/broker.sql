@@ -140,18 +140,19 @@ FROM neuron_tasks.messages
 WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
 
 -- name: ack
--- Finished: remove from the hot table, keep a history row. Returns the ids recorded (an id
--- missing was no longer this worker's: another worker took it over after its lease expired).
+-- Finished: remove from the hot table, keep a history row with the payload's first 2,048 bytes
+-- (the dashboard shows the arguments from them). Returns the ids recorded (an id missing was no
+-- longer this worker's: another worker took it over after its lease expired).
 WITH done AS (
     DELETE FROM neuron_tasks.messages
     WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
     RETURNING id, message_id, queue_name, actor_name, tenant, topic, priority,
-              attempts, retries, enqueued_at, started_at)
+              attempts, retries, enqueued_at, started_at, substring(payload FROM 1 FOR 2048) AS payload_head)
 INSERT INTO neuron_tasks.messages_history
     (id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
-     enqueued_at, started_at, worker_id)
+     enqueued_at, started_at, worker_id, payload_head)
 SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
-       enqueued_at, started_at, %(owner)s FROM done
+       enqueued_at, started_at, %(owner)s, payload_head FROM done
 RETURNING id;
 
 -- name: durable_commit

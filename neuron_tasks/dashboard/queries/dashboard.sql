@@ -108,10 +108,10 @@ SELECT id FROM neuron_tasks.messages WHERE message_id = %(message_id)s ORDER BY 
 
 -- name: dash_history_by_id
 -- A finished message's history row, looked for among the newest %(window)s finished (history has
--- no index on ids: the ack path stays lean; the look is bounded).
+-- no index on ids: the ack path stays lean; the look is bounded), with its payload's first bytes.
 SELECT * FROM (
     SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
-           enqueued_at, started_at, finished_at, worker_id
+           enqueued_at, started_at, finished_at, worker_id, payload_head
     FROM neuron_tasks.messages_history
     ORDER BY finished_at DESC
     LIMIT %(window)s) h
