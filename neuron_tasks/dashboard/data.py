@@ -398,7 +398,12 @@ def call_args(args: Any, kwargs: Any) -> str:
     shown = [json.dumps(a, ensure_ascii=False, default=str) for a in (args if isinstance(args, list) else [])]
     if isinstance(kwargs, dict):
         shown += [f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in kwargs.items()]
-    return ", ".join(shown)
+    return printable(", ".join(shown))
+
+
+def printable(text: str) -> str:
+    """Text a page can carry: a lone surrogate (JSON allows "\\udc00") becomes "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def kept_arguments(head: Any) -> dict[str, Any] | None:
@@ -439,10 +444,38 @@ def preview(head: Any, *, limit: int = 160) -> str:
     try:
         args, end = decoder.raw_decode(rest)
     except ValueError:
-        return rest.removeprefix("[")[:limit] + "…"
+        return cut_values(rest, limit)
     kwargs: Any = None
     after = rest[end:].lstrip().removeprefix(",").lstrip()
     if after.startswith('"kwargs"'):
         with contextlib.suppress(ValueError):
             kwargs = decoder.raw_decode(after[8:].lstrip().removeprefix(":").lstrip())[0]
     return call_args(args, kwargs)
+
+
+def cut_values(rest: str, limit: int) -> str:
+    """A JSON array cut short, as a call would spell it: the values it holds whole, then as much of
+    the cut one as can be read (a cut string decoded up to where it stops), followed by "…"."""
+    decoder = json.JSONDecoder()
+    shown: list[str] = []
+    text = rest.removeprefix("[")
+    while len(", ".join(shown)) < limit:
+        text = text.lstrip()
+        try:
+            value, end = decoder.raw_decode(text)
+        except ValueError:
+            break
+        shown.append(json.dumps(value, ensure_ascii=False, default=str))
+        text = text[end:].lstrip().removeprefix(",")
+    tail = text.lstrip()
+    if tail.startswith('"'):  # a cut string: drop a cut escape at its end, then decode it
+        for drop in range(7):
+            with contextlib.suppress(ValueError):
+                whole = json.loads('"' + tail[1:len(tail) - drop] + '"')
+                if whole and "\ud800" <= whole[-1] <= "\udbff":  # half a surrogate pair
+                    whole = whole[:-1]
+                tail = '"' + whole
+                break
+    if tail:
+        shown.append(tail)
+    return printable(", ".join(shown)[:limit] + "…")

@@ -114,7 +114,7 @@ def test_message_page_shows_args_options_errors_and_timeline(clean_db: str) -> N
     assert "TB-ONE" in html and "TB-TWO" in html and "Errors (2)" in html
     assert html.index("attempt 1 failed: KeyError") < html.index("attempt 2 failed: ValueError") < html.index(
         "dead-lettered")
-    assert "finished" in finished and "keeps a summary" in finished and "No result stored" in finished
+    assert "finished" in finished and "No arguments were kept" in finished and "No result stored" in finished
 
 
 def _action(c, page: str, **form: object) -> str:  # type: ignore[no-untyped-def]
