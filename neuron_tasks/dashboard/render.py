@@ -66,7 +66,8 @@ def pretty(value: Any, limit: int = BLOCK_CHARS) -> str:
         text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = str(value)
-    return cut(text, limit)
+    # A lone surrogate (possible in decoded JSON) cannot be sent as UTF-8: show it as "?".
+    return cut(text.encode("utf-8", "replace").decode("utf-8"), limit)
 
 
 def age(seconds: Any) -> str:
