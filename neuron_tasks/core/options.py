@@ -273,7 +273,7 @@ def check_payload(args: Any, kwargs: Any, *, finite: bool = True) -> None:
     (`finite=False`: the caller looks for those in the encoded bytes first)."""
     if not isinstance(args, list | tuple):
         raise InvalidOption(f"args must be a list, got {type(args).__name__}")
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+    if not isinstance(kwargs, dict) or (kwargs and not all(isinstance(k, str) for k in kwargs)):
         raise InvalidOption("kwargs must be an object with string keys")
     if finite:
         check_finite(args, "args")
@@ -364,8 +364,20 @@ def bounded_delay_ms(delay: Any) -> int:
     return int(min(delay, HORIZON_MS))
 
 
+#: The columns of a message that sets no option and no delay, by its (valid) default priority:
+#: the same for every such message, so built once (Columns is immutable).
+_PLAIN_COLUMNS: dict[int, Columns] = {}
+
+
 def columns(options: dict[str, Any], *, default_priority: int, delay: int | float | None) -> Columns:
     """Validate the options the broker stores in its own columns."""
+    if not options and delay is None and type(default_priority) is int:
+        plain = _PLAIN_COLUMNS.get(default_priority)
+        if plain is not None:
+            return plain
+        if INT32_MIN <= default_priority <= INT32_MAX and len(_PLAIN_COLUMNS) < 1024:
+            plain = _PLAIN_COLUMNS[default_priority] = Columns(default_priority, 0, None, None, None)
+            return plain
     priority = options.get("priority", default_priority)
     if isinstance(priority, bool) or not isinstance(priority, int) or not INT32_MIN <= priority <= INT32_MAX:
         raise InvalidOption(f"option priority={_shown(priority)} must be a 32-bit integer (lower runs first)")
@@ -414,6 +426,7 @@ def prepare(
     topic: Callable[[str], TopicSettings | None],
     tenant_known: Callable[[str], bool] | None,
     max_message_bytes: int,
+    checked: set[tuple[str, str]] | None = None,
 ) -> Prepared:
     """Validate a message the same way in every broker (Postgres and in-memory): its queue and
     actor names, every option against `RULES`, arguments without NaN or Infinity, its size.
@@ -421,23 +434,29 @@ def prepare(
     `actor` (its `options` and `priority`) supplies defaults; `topic(name)` returns the topic's
     settings or None when the topic does not exist; `tenant_known`,
     given only under tenant_policy 'refuse', says whether a tenant is configured. A `delay`
-    option (as SQL enqueue takes it) is used when no `delay` argument is given.
+    option (as SQL enqueue takes it) is used when no `delay` argument is given. `checked`: the
+    (queue name, actor name) pairs already found valid in this batch, so that a batch of many
+    messages checks each pair once (the pairs found valid here are added).
 
     Raises:
       UnknownTopic, UnknownTenant, InvalidOption, MessageTooLarge.
     """
-    check_queue_name(message.queue_name)
-    check_actor_name(message.actor_name, sql=False)
+    names = (message.queue_name, message.actor_name)
+    if checked is None or type(names[0]) is not str or type(names[1]) is not str or names not in checked:
+        check_queue_name(message.queue_name)
+        check_actor_name(message.actor_name, sql=False)
+        if checked is not None and type(names[0]) is str and type(names[1]) is str:
+            checked.add(names)
     check_payload(message.args, message.kwargs, finite=False)  # NaN and Infinity: after encoding, below
     if not isinstance(message.options, dict):
         raise InvalidOption(f"options must be an object of option names and values, got {_shown(message.options)}")
     options = dict(message.options)
-    if actor is not None:
+    if actor is not None and actor.options:
         for name in INHERITED:
             if name not in options and name in actor.options:
                 options[name] = actor.options[name]
-    now_ms = time.time() * 1000.0
-    check_options(options, now_ms=now_ms)
+    if options:
+        check_options(options, now_ms=time.time() * 1000.0)
     if "delay" in options:
         given = options.pop("delay")
         if delay is None:
@@ -474,6 +493,17 @@ def prepare(
 
 #: Dramatiq's JSONEncoder writes `json.dumps(data, separators=(",", ":"))`: the same encoder, built once.
 _JSON = json.JSONEncoder(separators=(",", ":"))
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    """`_JSON.encode(data)`: straight to the C encoder that `JSONEncoder.iterencode` builds (with a
+    fresh dict of markers, so circular references are refused the same way), without its Python steps."""
+    if _C_ENCODER is None:
+        return _JSON.encode(data)
+    encoder = _C_ENCODER({}, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
+                         True)
+    return "".join(encoder(data, 0))
 
 
 def encode(message: Message[Any]) -> bytes:
@@ -481,7 +511,7 @@ def encode(message: Message[Any]) -> bytes:
     try:
         if type(message) is Message and type(dramatiq.get_encoder()) is JSONEncoder:
             # What message.encode() writes, without building the dict field by field through dataclasses.
-            return _JSON.encode({
+            return _json_text({
                 "queue_name": message.queue_name, "actor_name": message.actor_name, "args": message.args,
                 "kwargs": message.kwargs, "options": message.options, "message_id": message.message_id,
                 "message_timestamp": message.message_timestamp,

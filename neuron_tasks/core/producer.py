@@ -23,10 +23,11 @@ from dramatiq.common import q_name
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 from psycopg.rows import scalar_row
+from psycopg.types.string import BytesBinaryDumper
 
 from neuron_tasks.config import Settings
 from neuron_tasks.core.consumer import PgMessageProxy
-from neuron_tasks.core.options import bounded_delay_ms, prepare_for
+from neuron_tasks.core.options import Prepared, bounded_delay_ms, prepare, prepare_for
 from neuron_tasks.core.sender import Outgoing, Sender
 from neuron_tasks.errors import ConfigurationError, DuplicateJob, QueueFull
 from neuron_tasks.sql import q
@@ -128,7 +129,27 @@ class Producer:
         return answer
 
     def row(self, message: Message[Any], delay: int | float | None, settings: Settings) -> NewMessage:
-        p = prepare_for(self.broker, message, delay, settings=settings)
+        return self._new(message, prepare_for(self.broker, message, delay, settings=settings))
+
+    def rows(self, messages: Sequence[Message[Any]], delay: int | float | None, settings: Settings) -> list[NewMessage]:
+        """`row` for each message, with what is the same for the whole batch (settings, policies, an
+        actor's lookup, the check of a queue and actor name) worked out once. Every message is still
+        checked in full against its own options, arguments and size."""
+        b = self.broker
+        actors, policies = b.actors, b.policies
+        refuse = settings.tenant_policy == "refuse"
+        tenant_known = (lambda name: policies.tenant(name) is not None) if refuse else None
+        topic, max_bytes = policies.topic, settings.max_message_bytes
+        checked: set[tuple[str, str]] = set()
+        new = self._new
+        return [
+            new(m, prepare(m, actor=actors.get(m.actor_name), delay=delay, topic=topic, tenant_known=tenant_known,
+                           max_message_bytes=max_bytes, checked=checked))
+            for m in messages
+        ]
+
+    @staticmethod
+    def _new(message: Message[Any], p: Prepared) -> NewMessage:
         return NewMessage(
             message_id=message.message_id,
             queue_name=q_name(message.queue_name),
@@ -199,7 +220,7 @@ class Producer:
         b = self.broker
         settings = self.enqueue_settings()
         deadline = time.monotonic() + settings.enqueue_timeout_s
-        rows = [self.row(m, delay, settings) for m in messages]
+        rows = self.rows(messages, delay, settings)
         hooked = self.hooked()
         if hooked:
             for m in messages:
@@ -231,10 +252,15 @@ class Producer:
         them and NOTIFYs once per queue."""
 
         def copy(timeout: float) -> set[str]:
-            with pool.connection(timeout=timeout) as conn, conn.cursor() as cur, cur.copy(q("copy_messages")) as cp:
-                cp.set_types(COPY_TYPES)
-                for r in rows:
-                    cp.write_row(r.copy_row())
+            with pool.connection(timeout=timeout) as conn, conn.cursor() as cur:
+                # bytea's own dumper for the payload (by default a bytea column goes through the
+                # DB-API Binary wrapper's, written in Python); on this cursor only.
+                cur.adapters.register_dumper(bytes, BytesBinaryDumper)
+                with cur.copy(q("copy_messages")) as cp:
+                    cp.set_types(COPY_TYPES)
+                    write = cp.write_row
+                    for r in rows:
+                        write(r.copy_row())
             return {r.message_id for r in rows}
 
         return self.broker._within(copy, what="enqueue_many", deadline=deadline)

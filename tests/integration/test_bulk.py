@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from neuron_tasks import PostgresBroker, QueueFull, Settings
-from neuron_tasks.errors import DuplicateJob
+from neuron_tasks.errors import DuplicateJob, InvalidOption, MessageTooLarge, UnknownTopic
 
 
 def rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
@@ -99,3 +99,51 @@ def test_bulk_respects_the_depth(settings: Settings) -> None:
         assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages") == [(100,)]
     finally:
         broker.close()
+
+
+def test_bulk_checks_every_message_of_a_mixed_batch(broker: PostgresBroker) -> None:
+    """What a batch shares (actors, queues, settings) is worked out once, but each message is still
+    checked on its own: one bad message anywhere refuses the whole batch, and a good batch is stored
+    as each message alone would be."""
+
+    @dramatiq.actor(queue_name="bulk_a", priority=7, tenant="owner")
+    def first(i: int) -> None: ...
+
+    @dramatiq.actor(queue_name="bulk_b")
+    def second(i: Any) -> None: ...
+
+    def good() -> list[dramatiq.Message[Any]]:
+        return [first.message(1), second.message(2), first.message_with_options(args=(3,), priority=1),
+                second.message_with_options(args=(4,), tenant="t4", deadline=4_000_000_000_000),
+                first.message(5), second.message(6)]
+
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    bad: list[tuple[dramatiq.Message[Any], type[Exception]]] = [
+        (second.message_with_options(args=(9,), priority="high"), InvalidOption),
+        (second.message_with_options(args=(9,), tenant="no spaces"), InvalidOption),
+        (second.message_with_options(args=(9,), topic="not_declared"), UnknownTopic),
+        (second.message(float("nan")), InvalidOption),
+        (second.message(cyclic), InvalidOption),
+        (second.message("x" * (broker.settings.max_message_bytes + 1)), MessageTooLarge),
+        (second.message(9).copy(queue_name="bad queue"), InvalidOption),
+        (first.message(9).copy(actor_name=""), InvalidOption),
+    ]
+    for message, error in bad:
+        with pytest.raises(error):
+            broker.enqueue_many([*good(), message, *good()])
+    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages") == [(0,)]
+
+    messages = good()
+    broker.enqueue_many(messages)
+    stored = rows(broker.url, "SELECT queue_name, actor_name, priority, tenant, deadline IS NOT NULL, payload "
+                              "FROM neuron_tasks.messages ORDER BY id")
+    assert [r[:5] for r in stored] == [
+        ("bulk_a", "first", 7, "owner", False), ("bulk_b", "second", 0, None, False),
+        ("bulk_a", "first", 1, "owner", False), ("bulk_b", "second", 0, "t4", True),
+        ("bulk_a", "first", 7, "owner", False), ("bulk_b", "second", 0, None, False)]
+    # The bytes are those Dramatiq's encoder writes for the message as checked (actor defaults merged).
+    for message, row in zip(messages, stored, strict=True):
+        decoded = dramatiq.Message.decode(bytes(row[5]))
+        assert bytes(row[5]) == decoded.encode()
+        assert decoded.message_id == message.message_id and decoded.args == message.args
