@@ -119,7 +119,7 @@ class OursSystem(DramatiqSystem):
         return self.dramatiq_settings() | {
             "prefetch": f"its own claim batch: batch_size={cfg.batch_size} per process (replaces Dramatiq's prefetch)",
             "middleware": "its defaults: " + ", ".join(type(m).__name__ for m in self._middleware()),
-            "broker": f"PostgresBroker(url=...) defaults (ack_linger_ms={cfg.ack_linger_ms}, "
+            "broker": f"PostgresBroker(url=...) defaults (ack_wait={cfg.ack_wait}, "
             f"naptime_ms={cfg.naptime_ms}, pool_max_size={cfg.pool_max_size}, lease_s={cfg.lease_s}); "
             f"queue_depth={cfg.queue_depth} via NEURON_TASKS_QUEUE_DEPTH (default 10,000 refuses a 20,000 backlog)",
             "bulk": f"broker.enqueue_many(list of {self.opts.bulk_chunk} dramatiq Messages)",
