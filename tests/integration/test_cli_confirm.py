@@ -76,3 +76,12 @@ def test_config_reset_reports_truthfully(clean_db: str) -> None:
     assert json.loads(ok(clean_db, "config", "reset", "batch_size", "--json").stdout)["removed"] is False
     unknown = run(clean_db, "config", "reset", "no_such_setting")
     assert unknown.returncode == 1 and "unknown setting 'no_such_setting'" in unknown.stderr
+
+
+def test_reset_setting_in_sql_says_whether_a_value_was_removed(clean_db: str) -> None:
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("DELETE FROM neuron_tasks.settings WHERE key = 'batch_size'")
+        assert conn.execute("SELECT neuron_tasks.reset_setting('batch_size')").fetchone() == (False,)
+        conn.execute("SELECT neuron_tasks.set_setting('batch_size', '70')")
+        assert conn.execute("SELECT neuron_tasks.reset_setting('batch_size')").fetchone() == (True,)
+        assert conn.execute("SELECT count(*) FROM neuron_tasks.settings WHERE key = 'batch_size'").fetchone() == (0,)
