@@ -392,13 +392,6 @@ FROM neuron_tasks.queue_counters c
 GROUP BY c.queue_name
 HAVING sum(c.n) <> 0;
 
--- name: finished_counts
--- Finished messages per queue kept in history (within retention) and in the last hour.
-SELECT queue_name, count(*) AS finished,
-       count(*) FILTER (WHERE finished_at > now() - interval '1 hour') AS finished_last_hour
-FROM neuron_tasks.messages_history
-GROUP BY queue_name;
-
 -- name: list_workers
 -- Worker processes (worker_status(): status, counters, host, pid, queues, heartbeat age), newest first.
 SELECT * FROM neuron_tasks.worker_status()
