@@ -476,13 +476,12 @@ class Completer(threading.Thread):
                 written = set(cur.execute(q("ack"), {"ids": batch.acks, "owner": self.owner}).fetchall())
             self._unconfirmed.extend(written)
             return [i for i in batch.acks if i not in written]
-        durable = bool(batch.retries or batch.nacks or batch.defers or batch.releases)
-        if not durable:
+        if not (batch.retries or batch.nacks or batch.defers or batch.releases):
             return self._write_slots(conn, batch)
         with conn.transaction():
             with conn.cursor(row_factory=scalar_row) as cur:
-                if durable:  # a lost retry, dead letter or release would leave its row running
-                    cur.execute(q("durable_commit"))
+                # Durable: a lost retry, dead letter or release would leave its row running.
+                cur.execute(q("durable_commit"))
                 if batch.acks:
                     written = set(cur.execute(q("ack"), {"ids": batch.acks, "owner": self.owner}).fetchall())
                     unmatched += [i for i in batch.acks if i not in written]
@@ -502,11 +501,8 @@ class Completer(threading.Thread):
             woken.update(d.queue_name for d in batch.defers)
             for queue_name in sorted(woken):
                 conn.execute(q("notify"), {"queue_name": queue_name})
-        if durable:
-            self._unconfirmed = []
-            self._confirmed_at = time.monotonic()
-        elif batch.acks:
-            self._unconfirmed.extend(i for i in batch.acks if i not in unmatched)
+        self._unconfirmed = []  # this durable commit made every earlier ack durable too
+        self._confirmed_at = time.monotonic()
         return unmatched
 
 
