@@ -25,6 +25,7 @@ from neuron_tasks.core import migrate
 from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
+from tests.browser.chromium import ARGS, CHROMIUM
 from tests.browser.seed import keep_alive, seed
 from tests.browser.test_dashboard_pages_browser import pages
 
@@ -54,8 +55,7 @@ def main() -> None:
     base = dash.start().rstrip("/")
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             for width in WIDTHS:
                 page = browser.new_page(viewport={"width": width, "height": 900})
                 for name, path in pages():

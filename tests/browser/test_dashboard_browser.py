@@ -3,7 +3,6 @@ no browser is downloaded). Screenshots go to $NEURON_TASKS_ARTIFACTS, else a tem
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,22 +16,10 @@ from neuron_tasks import PostgresBroker, pipelines
 from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
+from tests.browser.chromium import needs_chromium
 from tests.integration.dashboard_helpers import enqueue, kill, states
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is absent: apt-get install -y chromium (scripts/test does)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -51,14 +38,6 @@ def dashboard(clean_db: str) -> Iterator[str]:
     yield url.rstrip("/")
     server.stop()
     pool.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = os.environ.get("NEURON_TASKS_ARTIFACTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("dashboard-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ that breaks inside a word, and nothing wider than the window but the tables that
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ from neuron_tasks.dashboard.server import BackgroundDashboard
 from neuron_tasks.dashboard.settings import DashboardSettings
 from neuron_tasks.db import make_pool
 from neuron_tasks.testing import truncate
+from tests.browser.chromium import needs_chromium
 from tests.browser.seed import drop_pipelines, keep_alive, seed
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 WIDTHS = (390, 1440)
 #: The dashboard's own pages; every part's page follows (see `pages`).
 OWN = [("overview", "/"), ("messages", "/messages"), ("message", "/messages/{dead}"),
@@ -35,8 +33,7 @@ def pages() -> list[tuple[str, str]]:
     return [*OWN, *((slug, f"/parts/{slug}") for slug in parts.pages())]
 
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is absent: apt-get install -y chromium (scripts/test does)")
+pytestmark = needs_chromium
 
 #: Words of table cells drawn on more than one line (a break after "/" is a fair break; one after
 #: "-", as in a date, is not).
@@ -81,24 +78,6 @@ BAR_LABELS = """() => {
     return [r.querySelector("title").textContent.split(" ")[0], near[0]];
   });
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where screenshots go: $NEURON_TASKS_ARTIFACTS, else a temporary folder of this test run."""
-    where = os.environ.get("NEURON_TASKS_ARTIFACTS")
-    path = Path(where) if where else tmp_path_factory.mktemp("dashboard-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture
