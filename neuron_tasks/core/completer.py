@@ -35,7 +35,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import scalar_row
+from psycopg.rows import scalar_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -507,25 +507,24 @@ class Completer(threading.Thread):
 
 
     def _write_slots(self, conn: psycopg.Connection[Any], batch: Batch) -> list[int]:
-        """Acks and topic-slot hand-overs (a process holding topic slots): one transaction sent
-        in one round trip (pipeline), no flush."""
+        """Acks and topic-slot hand-overs (a process holding topic slots): one statement, so one
+        round trip and its own transaction, no flush. A slot handed to a message that finished in
+        this same batch is given back instead."""
         moves = _chains(batch.handoffs)
-        with conn.pipeline(), conn.transaction():
-            acked = conn.cursor(row_factory=scalar_row)
-            moved = conn.cursor(row_factory=scalar_row)
-            if batch.acks:
-                acked.execute(q("ack"), {"ids": batch.acks, "owner": self.owner})
-            if moves:
-                moved.execute(q("hand_over_slots"), {"old": list(moves), "new": list(moves.values())})
-            freed = conn.cursor()
-            if self._took_slots:  # this process claimed messages holding topic slots
-                freed.execute(q("free_slots"), {"ids": batch.row_ids()})
-        self._slots_freed = self._slots_freed or freed.rowcount > 0
-        written = set(acked.fetchall()) if batch.acks else set()
-        self._missed_hand_overs(moves, set(moved.fetchall()) if moves else set())
-        unmatched = [i for i in batch.acks if i not in written]
+        finished = set(batch.acks)
+        free = [old for old, new in moves.items() if new in finished]
+        moves = {old: new for old, new in moves.items() if new not in finished}
+        free += [i for i in batch.acks if i not in moves]
+        with conn.cursor(row_factory=tuple_row) as cur:
+            rows = cur.execute(q("ack_with_slots"), {
+                "ids": batch.acks, "owner": self.owner, "old": list(moves), "new": list(moves.values()),
+                "free": free if self._took_slots else [],
+            }).fetchall()
+        written = {row_id for kind, row_id in rows if kind == "acked"}
+        self._slots_freed = self._slots_freed or any(kind == "freed" for kind, _ in rows)
+        self._missed_hand_overs(moves, {row_id for kind, row_id in rows if kind == "moved"})
         self._unconfirmed.extend(written)
-        return unmatched
+        return [i for i in batch.acks if i not in written]
 
     def _missed_hand_overs(self, moves: dict[int, int], got: set[int]) -> None:
         for old, new in moves.items():

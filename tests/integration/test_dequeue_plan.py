@@ -111,3 +111,27 @@ def test_the_statements_still_answer_on_the_fill(full_queue: psycopg.Connection[
     row = full_queue.execute(q("next_eta"), {"queue_name": "plan1"}).fetchone()
     assert row is not None and row[0] is not None and row[0] < 0, row
     assert full_queue.execute(q("next_eta"), {"queue_name": "an-empty-queue"}).fetchone() == (None, None)
+
+
+def index_rows_read(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> int:
+    """The most rows any index node of messages returned while running named statement `name`."""
+    row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q(name), params).fetchone()
+    assert row is not None
+    doc = json.loads(row[0]) if isinstance(row[0], str) else row[0]
+    todo, most = [doc[0]["Plan"]], 0
+    while todo:
+        node = todo.pop()
+        if str(node.get("Index Name", "")).startswith("messages_"):
+            most = max(most, int(node["Actual Rows"]))
+        todo.extend(node.get("Plans", []))
+    return most
+
+
+def test_next_eta_reads_one_entry_when_the_statistics_are_stale(full_queue: psycopg.Connection[Any]) -> None:
+    """A queue the statistics do not know of (filled after the last ANALYZE, as a burst is): the
+    next due time is still one index entry, not a count of the whole queue."""
+    full_queue.execute(FILL.replace("'plan' || (i %% %(queues)s)", "'burst'").replace("s.state, i", "'pending', i"),
+                       {"rows": 5000, "queues": QUEUES})
+    assert index_rows_read(full_queue, "next_eta", {"queue_name": "burst"}) <= 1
+    row = full_queue.execute(q("next_eta"), {"queue_name": "burst"}).fetchone()
+    assert row is not None and row[0] is not None and row[0] < 0, row

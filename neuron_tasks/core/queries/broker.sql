@@ -132,12 +132,14 @@ RETURNING m.id, m.priority, m.eta, m.payload, m.attempts, m.deaths, m.topic, fal
 
 -- name: next_eta
 -- Seconds until the next message of a queue is due (NULL when none waits), and until the first
--- rate-limited tenant may run again (a due message may be waiting for that).
-SELECT extract(epoch FROM (min(eta) - clock_timestamp()))::float8 AS due_s,
+-- rate-limited tenant may run again (a due message may be waiting for that). The first eta is read
+-- as ORDER BY ... LIMIT 1, one index entry whatever the planner believes of the queue's size (a
+-- min() over a queue the statistics think empty counted every waiting entry).
+SELECT extract(epoch FROM ((SELECT m.eta FROM neuron_tasks.messages m
+                            WHERE m.queue_name = %(queue_name)s AND m.state IN ('pending', 'retrying')
+                            ORDER BY m.eta LIMIT 1) - clock_timestamp()))::float8 AS due_s,
        (SELECT extract(epoch FROM (min(b.blocked_until) - clock_timestamp()))::float8
-        FROM neuron_tasks.tenant_buckets b WHERE b.blocked_until > now()) AS blocked_s
-FROM neuron_tasks.messages
-WHERE queue_name = %(queue_name)s AND state IN ('pending', 'retrying');
+        FROM neuron_tasks.tenant_buckets b WHERE b.blocked_until > now()) AS blocked_s;
 
 -- name: ack
 -- Finished: remove from the hot table, keep a history row with the payload's first 2,048 bytes
@@ -248,6 +250,38 @@ RETURNING h.new_holder;
 -- Messages that finished, failed, retry or wait give their topic slots back (completer batch).
 UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
 WHERE holder = ANY(%(ids)s);
+
+-- name: ack_with_slots
+-- Acks of a process holding topic slots, in one statement (one round trip, its own transaction,
+-- no flush): the finished messages as `ack` does, their slots handed to the messages of the same
+-- worker that wait for one (pairs of arrays, `old` to `new`), and the slots of `free` given back.
+-- The caller keeps the three apart: a slot handed over is not in `free`. Returns ('acked', id)
+-- per row recorded, ('moved', new holder) per slot handed over, ('freed', NULL) per slot given
+-- back.
+WITH done AS (
+    DELETE FROM neuron_tasks.messages
+    WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'running'
+    RETURNING id, message_id, queue_name, actor_name, tenant, topic, priority,
+              attempts, retries, enqueued_at, started_at, substring(payload FROM 1 FOR 2048) AS payload_head),
+acked AS (
+    INSERT INTO neuron_tasks.messages_history
+        (id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
+         enqueued_at, started_at, worker_id, payload_head)
+    SELECT id, message_id, queue_name, actor_name, tenant, topic, priority, attempts, retries,
+           enqueued_at, started_at, %(owner)s, payload_head FROM done
+    RETURNING id),
+moved AS (
+    UPDATE neuron_tasks.topic_slots AS s SET holder = h.new_holder, acquired_at = now()
+    FROM unnest(%(old)s::bigint[], %(new)s::bigint[]) AS h(old_holder, new_holder)
+    WHERE s.holder = h.old_holder
+    RETURNING h.new_holder),
+freed AS (
+    UPDATE neuron_tasks.topic_slots SET holder = NULL, acquired_at = NULL
+    WHERE holder = ANY(%(free)s)
+    RETURNING 1)
+SELECT 'acked' AS kind, id FROM acked
+UNION ALL SELECT 'moved', new_holder FROM moved
+UNION ALL SELECT 'freed', NULL::bigint FROM freed;
 
 -- name: notify
 -- Wake workers listening on a queue.

@@ -24,9 +24,10 @@ SELECT q.queue_name, w.waiting, w.pending, w.retrying, w.running, w.failed,
        (SELECT count(*) FROM (SELECT 1 FROM neuron_tasks.messages_history h
          WHERE h.queue_name = q.queue_name AND h.finished_at > now() - interval '1 hour'
          LIMIT %(cap)s) x) AS finished_last_hour,
-       (SELECT CASE WHEN min(m.eta) <= now() THEN extract(epoch FROM now() - min(m.eta))::float8 END
-        FROM neuron_tasks.messages m  -- NULL when nothing waiting is due (greatest() would make that 0)
-         WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')) AS oldest_ready_age_s
+       (SELECT CASE WHEN e.eta <= now() THEN extract(epoch FROM now() - e.eta)::float8 END
+        FROM (SELECT m.eta FROM neuron_tasks.messages m  -- one index entry; NULL when nothing waiting is due
+              WHERE m.queue_name = q.queue_name AND m.state IN ('pending', 'retrying')
+              ORDER BY m.eta LIMIT 1) e) AS oldest_ready_age_s
 FROM unnest(%(queues)s::text[]) AS q(queue_name)
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(c.n) FILTER (WHERE c.state IN ('pending', 'retrying')), 0)::bigint AS waiting,
