@@ -25,6 +25,7 @@ from dramatiq.middleware import (
     Callbacks,
     CurrentMessage,
     Middleware,
+    MiddlewareError,
     Pipelines,
     ShutdownNotifications,
     TimeLimit,
@@ -37,6 +38,7 @@ from neuron_tasks.config import Settings
 from neuron_tasks.core.broker_test_api import BrokerTestAPI
 from neuron_tasks.core.completer import Completer
 from neuron_tasks.core.consumer import PgConsumer, PgMessageProxy, Room
+from neuron_tasks.core.hooks import Hooks
 from neuron_tasks.core.keeper import Keeper, Stats
 from neuron_tasks.core.listener import Listener
 from neuron_tasks.core.middleware import (
@@ -134,6 +136,7 @@ class PostgresBroker(BrokerTestAPI, Broker):
         middleware: list[Middleware] | None = None,
         owner: uuid.UUID | None = None,
     ) -> None:
+        self._hooks = Hooks()  # before Broker.__init__, which adds the middleware
         self.settings = settings or Settings()
         self._base_settings = self.settings.model_copy()  # defaults < file < environment
         self._settings_version: SettingsVersion | None = None
@@ -159,6 +162,28 @@ class PostgresBroker(BrokerTestAPI, Broker):
         self._epoch = datetime.now(UTC)
         self._where: str | None = None
         self._producer = Producer(self)
+
+    # -- middleware signals ---------------------------------------------------------
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """As Dramatiq's, calling only the middleware that handle the signal."""
+        name = "before_" + signal
+        for middleware, hook in self._hooks.of(self.middleware, name, reverse=False):
+            try:
+                (hook or getattr(middleware, name))(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        """As Dramatiq's (in reverse order, every failure logged), calling only the middleware
+        that handle the signal."""
+        name = "after_" + signal
+        for middleware, hook in self._hooks.of(self.middleware, name, reverse=True):
+            try:
+                (hook or getattr(middleware, name))(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical("Unexpected failure in %s of %r.", name, middleware, exc_info=True)
 
     # -- connections ----------------------------------------------------------------
     @property
