@@ -171,6 +171,24 @@ class PgMessageProxy(MessageProxy):
         """The Dramatiq message this proxy wraps."""
         return self._message
 
+    @property
+    def _message(self) -> Message[Any]:
+        return self._wrapped
+
+    @_message.setter
+    def _message(self, message: Message[Any]) -> None:
+        # The fields every middleware hook reads (some 35 reads a message), kept on the proxy rather
+        # than found through MessageProxy.__getattr__ each time. The message is frozen (a new one is
+        # set here whole) and its options dict is the same object, so they cannot go stale.
+        self._wrapped = message
+        self.queue_name = message.queue_name
+        self.actor_name = message.actor_name
+        self.args = message.args
+        self.kwargs = message.kwargs
+        self.options = message.options
+        self.message_id = message.message_id
+        self.message_timestamp = message.message_timestamp
+
     def is_in_flight(self) -> bool:
         return self._consumer is not None
 
