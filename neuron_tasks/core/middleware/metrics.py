@@ -43,29 +43,48 @@ def metrics() -> _Metrics:
     return _Metrics()
 
 
+class _Children:
+    """The labelled metrics of one (queue, actor), looked up once (`labels()` locks and checks on
+    every call)."""
+
+    __slots__ = ("duration", "in_progress", "total", "wait")
+
+    def __init__(self, m: _Metrics, labels: tuple[str, str]) -> None:
+        self.in_progress = m.in_progress.labels(*labels)
+        self.wait = m.wait.labels(*labels)
+        self.duration = m.duration.labels(*labels)
+        self.total = m.total.labels(*labels)
+
+
 class Metrics(Middleware):
     def __init__(self) -> None:
         self._started: dict[str, float] = {}
+        self._children: dict[tuple[str, str], _Children] = {}
+
+    def _of(self, message: MessageProxy) -> _Children:
+        labels = (message.queue_name, message.actor_name)
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = _Children(metrics(), labels)
+        return children
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        m = metrics()
-        labels = (message.queue_name, message.actor_name)
-        m.in_progress.labels(*labels).inc()
+        children = self._of(message)
+        children.in_progress.inc()
         self._started[message.message_id] = time.perf_counter()
-        m.wait.labels(*labels).observe(max(time.time() - message.message_timestamp / 1000.0, 0.0))
+        children.wait.observe(max(time.time() - message.message_timestamp / 1000.0, 0.0))
 
     def after_process_message(
         self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        m = metrics()
-        labels = (message.queue_name, message.actor_name)
+        children = self._of(message)
         started = self._started.pop(message.message_id, None)
         if started is not None:
-            m.in_progress.labels(*labels).dec()
-            m.duration.labels(*labels).observe(time.perf_counter() - started)
-        m.total.labels(*labels).inc()
+            children.in_progress.dec()
+            children.duration.observe(time.perf_counter() - started)
+        children.total.inc()
         if exception is not None:
-            m.errors.labels(*labels).inc()
+            metrics().errors.labels(message.queue_name, message.actor_name).inc()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         m = metrics()
