@@ -118,6 +118,15 @@ SYSTEMS: list[SystemSpec] = [
         env=OURS_ENV | {"NEURON_TASKS_DURABILITY": "volatile"},
         measurements=(*ENQUEUES, "e2e"),
     ),
+    SystemSpec(
+        "ours-nowait",
+        "ours, ack_wait=false",
+        "sys_ours.py",
+        None,
+        "bench_ours",
+        env=OURS_ENV | {"NEURON_TASKS_ACK_WAIT": "false"},
+        measurements=("drain_1x8", "drain_2x8", "e2e", "latency"),
+    ),
     SystemSpec("redis", "Dramatiq Redis", "sys_redis.py", "dramatiq-redis", needs=("redis",)),
     SystemSpec(
         "rabbit",
@@ -173,8 +182,9 @@ RATIOS: list[tuple[str, str, str, str, float]] = [
     ("send() x4: ours / Redis", "ours", "redis", "enqueue_4", 1.0),
     ("send() x1: ours volatile / RabbitMQ", "ours-volatile", "rabbit", "enqueue_1", 1.0),
     ("enqueue bulk: ours / pgqueuer", "ours", "pgq", "enqueue_bulk", 1.0),
-    ("drain 1x8: ours / pgqueuer c8", "ours", "pgq", "drain_1x8", 1.5),
-    ("drain 2x8: ours / pgqueuer c8", "ours", "pgq", "drain_2x8", 1.5),
+    ("drain 1x8: ours / pgqueuer's defaults", "ours", "pgq-max", "drain_1x8", 1.5),
+    ("drain 2x8: ours / pgqueuer's defaults", "ours", "pgq-max", "drain_2x8", 1.5),
+    ("drain 1x8: ours ack_wait=false / pgqueuer's defaults", "ours-nowait", "pgq-max", "drain_1x8", 1.5),
 ]
 LATENCY_GOALS = ("p50_ms", "p99_ms")  # ours at or below Dramatiq's RabbitMQ broker in the same run
 LATENCY_PEER = "rabbit"

@@ -66,6 +66,11 @@ class NewMessage:
                 "priority": self.priority, "delay_ms": self.delay_ms, "tenant": self.tenant, "topic": self.topic,
                 "deadline": self.deadline, "fingerprint": self.fingerprint, "payload": self.payload}
 
+    def values(self) -> tuple[Any, ...]:
+        """The parameters of one row of `insert_message_rows` (`sender.ROW_PLACEHOLDERS`)."""
+        return (self.message_id, self.queue_name, self.actor_name, self.priority, self.delay_ms, self.tenant,
+                self.topic, self.deadline, self.fingerprint, self.payload)
+
     def copy_row(self) -> tuple[Any, ...]:
         """The values of a COPY row (`COPY_TYPES`)."""
         return (self.message_id, self.queue_name, self.actor_name, self.priority, self.tenant, self.topic,

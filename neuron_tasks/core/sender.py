@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 from psycopg.rows import scalar_row
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: The most messages one INSERT writes.
 MAX_GROUP = 1000
+#: Groups up to this size are sent as rows of VALUES (`insert_message_rows`), larger ones as arrays.
+ROWS_AS_VALUES = 16
+#: One row of `insert_message_rows`, in the order of `NewMessage.values`.
+ROW_PLACEHOLDERS = ("(%s::text, %s::text, %s::text, %s::integer, %s::bigint, %s::text, %s::text, %s::timestamptz, "
+                    "%s::text, %s::bytea)")
 #: Unwritten volatile messages a process may hold before a volatile send waits for room.
 BUFFER_LIMIT = 10_000
 
@@ -230,6 +236,9 @@ class Sender:
             if len(live) == 1:
                 one = live[0].row
                 inserted = {one.message_id} if cur.execute(q("insert_message"), one.params()).fetchall() else set()
+            elif len(live) <= ROWS_AS_VALUES:
+                values = [v for i in live for v in i.row.values()]
+                inserted = {str(m) for m in cur.execute(_rows_query(len(live)), values)}
             else:
                 each = [i.row.params() for i in live]
                 params = {key: [p[key] for p in each] for key in each[0]}
@@ -313,3 +322,9 @@ def _flush_at_exit() -> None:
 
 atexit.register(_flush_at_exit)
 
+
+
+@cache
+def _rows_query(n: int) -> str:
+    """`insert_message_rows` for `n` messages (placeholders only; psycopg prepares each size once used)."""
+    return q("insert_message_rows").replace("{rows}", ", ".join([ROW_PLACEHOLDERS] * n))

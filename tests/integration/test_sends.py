@@ -74,24 +74,34 @@ def test_many_threads_lose_and_double_nothing(broker: PostgresBroker) -> None:
     assert stats.messages == 2000 and stats.groups <= 2000
 
 
-def test_what_arrives_during_a_write_goes_into_one_group(broker: PostgresBroker) -> None:
-    @dramatiq.actor(queue_name="gc")
+@pytest.mark.parametrize("size", [5, 40])  # rows of VALUES up to 16 messages, arrays above
+def test_what_arrives_during_a_write_goes_into_one_group(broker: PostgresBroker, size: int) -> None:
+    @dramatiq.actor(queue_name="gc", priority=3)
     def job(i: int) -> None: ...
+
+    def send(i: int) -> None:  # odd ones delayed by an hour, every third with its own priority
+        options: dict[str, Any] = {"delay": 3_600_000} if i % 2 else {}
+        if i % 3 == 0:
+            options["priority"] = 100 + i
+        job.send_with_options(args=(i,), **options)
 
     job.send(0)
     sender = broker.producer.sender()
     before = sender.stats.groups
     with writes_held(broker.url):
-        threads = [threading.Thread(target=job.send, args=(i,)) for i in range(1, 7)]
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(1, size + 2)]
         threads[0].start()
         wait_until(lambda: sender._leading and queued(broker) == 0)  # its write is held
         for th in threads[1:]:
             th.start()
-        wait_until(lambda: queued(broker) == 5)  # five wait for it
+        wait_until(lambda: queued(broker) == size)  # they wait for it
     for th in threads:
         th.join()
-    assert sender.stats.groups - before == 2 and sender.stats.largest_group == 5
-    assert rows(broker.url, "SELECT count(*) FROM neuron_tasks.messages") == [(7,)]
+    assert sender.stats.groups - before == 2 and sender.stats.largest_group == size
+    stored = rows(broker.url, "SELECT convert_from(payload, 'UTF8')::jsonb -> 'args' ->> 0, priority, "
+                              "eta > now() + interval '50 minutes' FROM neuron_tasks.messages")
+    want = [(str(i), 100 + i if i % 3 == 0 and i else 3, bool(i % 2)) for i in range(size + 2)]
+    assert sorted(stored, key=lambda r: int(r[0])) == want
 
 
 def test_each_caller_gets_its_own_outcome_in_a_group(broker: PostgresBroker) -> None:

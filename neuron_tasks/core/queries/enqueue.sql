@@ -28,6 +28,21 @@ ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending',
 DO NOTHING
 RETURNING message_id;
 
+-- name: insert_message_rows
+-- `insert_messages` for a small group (a group commit of concurrent sends): the messages as rows of
+-- VALUES, scalar parameters being quicker to send than arrays. `{rows}` stands for one
+-- "(%s::text, ...)" per message (`ROW_PLACEHOLDERS`, repeated by the sender): no value is written
+-- into the text.
+INSERT INTO neuron_tasks.messages
+    (message_id, queue_name, actor_name, priority, eta, tenant, topic, deadline, fingerprint, payload)
+SELECT m.message_id, m.queue_name, m.actor_name, m.priority,
+       now() + m.delay_ms * interval '1 millisecond', m.tenant, m.topic, m.deadline, m.fingerprint, m.payload
+FROM (VALUES {rows})
+     AS m(message_id, queue_name, actor_name, priority, delay_ms, tenant, topic, deadline, fingerprint, payload)
+ON CONFLICT (fingerprint) WHERE fingerprint IS NOT NULL AND state IN ('pending', 'running', 'retrying')
+DO NOTHING
+RETURNING message_id;
+
 -- name: copy_messages
 -- Bulk enqueue of messages that are neither unique nor delayed (eta defaults to now()): binary
 -- COPY, one statement; the INSERT trigger counts them and NOTIFYs once per queue.
