@@ -166,8 +166,9 @@ class Settings(NeuronSettings):
     ack_wait: bool = Field(
         default=True,
         description="a worker thread waits until its message's result is written before taking another (a "
-        "killed worker re-runs at most one finished job per thread); off: more throughput for jobs of a few "
-        "milliseconds, a few more re-runs per kill",
+        "killed worker re-runs at most the jobs that were running); off: about twice the throughput for jobs of "
+        "a millisecond or less, and a killed worker may also re-run finished jobs whose results were not yet "
+        "written (up to batch_size)",
     )
 
     @field_validator("queue_durability")

@@ -107,7 +107,7 @@ SYSTEMS: list[SystemSpec] = [
         None,
         "bench_ours",
         env=OURS_ENV | {"NEURON_TASKS_DURABILITY": "balanced"},
-        measurements=(*ENQUEUES, "e2e"),
+        measurements=(*ENQUEUES, "e2e", "latency"),
     ),
     SystemSpec(
         "ours-volatile",
@@ -116,7 +116,7 @@ SYSTEMS: list[SystemSpec] = [
         None,
         "bench_ours",
         env=OURS_ENV | {"NEURON_TASKS_DURABILITY": "volatile"},
-        measurements=(*ENQUEUES, "e2e"),
+        measurements=(*ENQUEUES, "e2e", "latency"),
     ),
     SystemSpec(
         "ours-nowait",
