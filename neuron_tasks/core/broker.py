@@ -330,6 +330,9 @@ class PostgresBroker(BrokerTestAPI, Broker):
         return PgConsumer(self, queue_name, timeout)
 
     def _start_runtime(self) -> None:
+        if (self._pid == os.getpid() and self._completer is not None and self._keeper is not None
+                and self._listener is not None):
+            return  # started (read a few times per message: no lock taken)
         self._check_pid()
         with self._lock:
             if self._completer is None:

@@ -122,6 +122,9 @@ class Batch:
         return (len(self.acks) + len(self.retries) + len(self.nacks) + len(self.defers) + len(self.releases)
                 + len(self.handoffs))
 
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.retries or self.nacks or self.defers or self.releases or self.handoffs)
+
     def note(self, row_id: int, message_id: str, done: Done | None) -> None:
         if message_id:
             self.labels[row_id] = message_id

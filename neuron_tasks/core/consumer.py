@@ -80,9 +80,10 @@ def exception_type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Claim:
-    """A message this process claimed: the columns the `dequeue` query returns."""
+    """A message this process claimed: the columns the `dequeue` query returns (`gen` and
+    `has_slot` are set by the consumer that holds it)."""
 
     id: int
     priority: int
@@ -493,7 +494,8 @@ class PgConsumer(Consumer):
                 self._to_free.append(proxy.row_id)
         if waiter is not None:
             self.broker.completer.hand_over(proxy.row_id, waiter.id)
-            self.cache.appendleft(dataclasses.replace(waiter, has_slot=True))
+            waiter.has_slot = True  # taken off the waiting queue: held by nothing else
+            self.cache.appendleft(waiter)
         self.event.set()
 
     def _claim_waiting(self, room: int) -> list[Claim]:
@@ -586,7 +588,9 @@ class PgConsumer(Consumer):
         self.broker.completer.claimed_again(c.id for c in claims)
         gen = self.broker.keeper.horizons.claimed([c.id for c in claims], sent_at, lease_s,
                                                   lease_margin(self.broker.settings))
-        return [dataclasses.replace(c, gen=gen) for c in claims]
+        for c in claims:
+            c.gen = gen
+        return claims
 
     def _next_due(self, since: float) -> float | None:
         """Seconds until a claim may find something; None when the queue has nothing waiting.
