@@ -77,3 +77,42 @@ def test_hand_over_keeps_the_topic_limit_and_loses_nothing(broker: PostgresBroke
     assert held == (0,)
     assert handed  # slots did go from job to job within the process
 
+
+
+def test_acks_and_hand_overs_are_written_in_one_statement(broker: PostgresBroker) -> None:
+    """The completer's write for a process holding topic slots: the finished messages leave the
+    queue, a slot goes to the waiting message it was handed to, and a slot handed to a message
+    that finished in the same write is given back rather than left with a finished holder."""
+    from neuron_tasks.core.completer import Batch
+
+    set_topic(broker.pool, "pair", concurrency=2)
+    completer = broker.completer
+    completer.slots_taken()
+    with psycopg.connect(broker.url, autocommit=True) as conn:
+        ids = [row[0] for row in conn.execute(
+            "INSERT INTO neuron_tasks.messages (message_id, queue_name, actor_name, payload, state, topic, "
+            "lease_owner, lease_expires_at, started_at) "
+            "SELECT 'm' || i, 'default', 'job', '\\x7b7d'::bytea, 'running', 'pair', %s, now() + interval '1 minute', "
+            "now() FROM generate_series(1, 5) AS i ORDER BY i RETURNING id", (completer.owner,))]
+        a, b, c, d, e = ids
+
+        def holders() -> list[int | None]:
+            return [r[0] for r in conn.execute("SELECT holder FROM neuron_tasks.topic_slots WHERE topic = 'pair' "
+                                               "ORDER BY slot")]
+
+        def finished() -> set[int]:
+            return {r[0] for r in conn.execute("SELECT id FROM neuron_tasks.messages_history")}
+
+        conn.execute("UPDATE neuron_tasks.topic_slots SET holder = CASE slot WHEN 1 THEN %s ELSE %s END "
+                     "WHERE topic = 'pair'", (a, c))
+        # a hands its slot to b, which finishes in the same write: the slot is free again.
+        assert completer._write(Batch(acks=[a, b], handoffs=[(a, b)])) == []
+        assert holders() == [None, c] and finished() == {a, b}
+        # c hands its slot to d (still running): d holds it; c is finished.
+        assert completer._write(Batch(acks=[c], handoffs=[(c, d)])) == []
+        assert holders() == [None, d] and finished() == {a, b, c}
+        # A hand-over from a message that holds no slot moves nothing; e's ack is still written.
+        assert completer._write(Batch(acks=[e], handoffs=[(a, e)])) == []
+        assert holders() == [None, d] and finished() == {a, b, c, e}
+        # An ack for a row no longer this worker's is returned as not recorded.
+        assert completer._write(Batch(acks=[a])) == [a]
