@@ -1,14 +1,18 @@
-"""Writes a process's sends: every message that arrives while a write is in flight goes into the
-next one (group commit), one INSERT and one commit per group.
+"""Writes a process's sends: every message that arrives while a write is in flight goes into the next
+one (group commit), one INSERT and one commit per group.
 
-A producer thread whose message finds no write in flight writes it at once (a lone producer pays
-no added wait): it is the leader. Threads whose messages arrive meanwhile wait; when the leader's
-write is done it hands the lead to the first of them, which writes everything that arrived, and so
-on. Each caller returns once its own message is committed, with its own outcome: inserted, a
-unique job already live (the caller decides between DuplicateJob and the existing message), or the
-error its message alone caused (a group that fails is written again one message at a time, so a
-bad message never fails or rolls back the others). A lost connection is retried until each
-caller's own deadline (enqueue_timeout_s), then that caller gets DatabaseUnavailable.
+A producer thread whose message finds no write in flight writes it at once (a lone producer pays no
+added wait): it is the leader. Threads whose messages arrive meanwhile wait; when the leader's write
+is done it hands the lead to the first of them, which writes everything that arrived, and so on.
+When the last group held more than one message (threads are sending at the same time), a new leader
+first waits up to `GATHER_S` for the threads that sent in the last `ACTIVE_S` and are not queued
+yet, so that they share its commit instead of forming the next one (as PostgreSQL's commit_delay
+does, inside the process). Each caller returns once its own message is committed, with its own
+outcome: inserted, a unique job already live (the caller decides between DuplicateJob and the
+existing message), or the error its message alone caused (a group that fails is written again one
+message at a time, so a bad message never fails or rolls back the others). A lost connection is
+retried until each caller's own deadline (enqueue_timeout_s), then that caller gets
+DatabaseUnavailable.
 
 A group commits durably when any message in it asks for that; otherwise without waiting for the
 WAL flush (balanced and volatile queues). Volatile messages are not waited for: their callers
@@ -45,6 +49,11 @@ log = logging.getLogger(__name__)
 
 #: The most messages one INSERT writes.
 MAX_GROUP = 1000
+#: How long a leader waits for the other sending threads to join its group (only while sends are
+#: concurrent: the last group held more than one message).
+GATHER_S = 0.0003
+#: A thread that sent within this many seconds counts as sending.
+ACTIVE_S = 0.05
 #: Groups up to this size are sent as rows of VALUES (`insert_message_rows`), larger ones as arrays.
 ROWS_AS_VALUES = 16
 #: One row of `insert_message_rows`, in the order of `NewMessage.values`.
@@ -90,6 +99,8 @@ class Sender:
         self._where = where
         self._cond = threading.Condition()
         self._queue: list[Outgoing] = []
+        self._senders: dict[int, float] = {}  # thread id -> when it last sent and waited
+        self._last_group = 0  # messages in the last group written
         self._leading = False  # a thread is writing (or has been handed the lead)
         self._unwritten_volatile = 0
         self._buffer_limit = buffer_limit
@@ -108,11 +119,15 @@ class Sender:
             self._hand_over(item)
             return
         item.event = threading.Event()
+        now = time.monotonic()
         with self._cond:
+            self._senders[threading.get_ident()] = now
             self._queue.append(item)
             lead = not self._leading
             if lead:
                 self._leading = True
+            elif self._last_group > 1:
+                self._cond.notify_all()  # a leader may be gathering
         if lead:
             self._lead(item)
         while not item.finished:
@@ -121,6 +136,17 @@ class Sender:
             if item.lead and not item.finished:
                 item.lead = False
                 self._lead(item)
+
+    def _gather(self) -> None:
+        """Wait (up to GATHER_S, holding `_cond`'s lock between waits) until every thread that sent
+        within ACTIVE_S has a message queued."""
+        now = time.monotonic()
+        if len(self._senders) > 256:  # threads come and go: forget the quiet ones
+            self._senders = {t: at for t, at in self._senders.items() if now - at < ACTIVE_S}
+        sending = sum(1 for at in self._senders.values() if now - at < ACTIVE_S)
+        until = now + GATHER_S
+        while len(self._queue) < sending and (left := until - time.monotonic()) > 0:
+            self._cond.wait(left)
 
     def _hand_over(self, item: Outgoing) -> None:
         with self._cond:
@@ -150,8 +176,11 @@ class Sender:
         only volatile messages are left (`me` None: this is the flusher, which keeps leading)."""
         while True:
             with self._cond:
+                if me is not None and self._last_group > 1:
+                    self._gather()
                 group = self._queue[:self._max_group]
                 del self._queue[:self._max_group]
+                self._last_group = len(group)
             if group:
                 self._write(group)
             with self._cond:

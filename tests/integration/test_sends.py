@@ -342,3 +342,32 @@ def test_a_message_the_server_refuses_fails_alone_in_its_group(broker: PostgresB
         with psycopg.connect(broker.url, autocommit=True) as conn:
             conn.execute("DROP TRIGGER refuse_bad ON neuron_tasks.messages")
             conn.execute("DROP FUNCTION public.refuse_bad()")
+
+
+def test_a_leader_gathers_the_threads_that_are_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While sends are concurrent, a new leader waits (a fraction of a millisecond) for the threads
+    that sent lately, so they share one commit; threads quiet for longer are not waited for."""
+    from neuron_tasks.core import sender as sender_module
+
+    monkeypatch.setattr(sender_module, "GATHER_S", 30.0)  # long enough that only an arrival ends it
+    sender = sender_module.Sender(lambda durable: None, "nowhere")  # type: ignore[arg-type,return-value]
+    now = time.monotonic()
+    sender._senders = {1: now, 2: now, 3: now - 10 * sender_module.ACTIVE_S}  # 3 has gone quiet
+    sender._queue = ["mine"]  # type: ignore[list-item]
+
+    def arrive() -> None:
+        time.sleep(0.05)
+        with sender._cond:
+            sender._queue.append("thread 2's")  # type: ignore[arg-type]
+            sender._cond.notify_all()
+
+    th = threading.Thread(target=arrive)
+    th.start()
+    with sender._cond:
+        sender._gather()
+        gathered = list(sender._queue)
+    th.join()
+    assert gathered == ["mine", "thread 2's"]  # it waited for thread 2, not for the quiet thread 3
+    sender._senders = {1: time.monotonic()}
+    with sender._cond:
+        sender._gather()  # only the leader's own thread is sending: no wait at all

@@ -70,7 +70,7 @@ def test_a_change_of_the_middleware_list_is_seen(broker: PostgresBroker) -> None
 def test_an_instance_attribute_hook_is_called(broker: PostgresBroker) -> None:
     calls: list[str] = []
     plain = Middleware()
-    plain.before_ack = lambda b, message: calls.append(f"patched({message})")  # type: ignore[method-assign]
+    plain.before_ack = lambda b, message: calls.append(f"patched({message})")  # type: ignore[method-assign,assignment]
     broker.add_middleware(plain)
     broker.emit_before("ack", "m1")
     assert calls == ["patched(m1)"]
