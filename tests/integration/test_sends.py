@@ -74,6 +74,18 @@ def test_many_threads_lose_and_double_nothing(broker: PostgresBroker) -> None:
     assert stats.messages == 2000 and stats.groups <= 2000
 
 
+def recorder(outcomes: dict[str, Any]) -> Callable[[str, Callable[[], Any]], None]:
+    """A thread target that stores what `fn` returned, or raised, under `name`."""
+
+    def call(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            outcomes[name] = fn()
+        except Exception as exc:
+            outcomes[name] = exc
+
+    return call
+
+
 @pytest.mark.parametrize("size", [5, 40])  # rows of VALUES up to 16 messages, arrays above
 def test_what_arrives_during_a_write_goes_into_one_group(broker: PostgresBroker, size: int) -> None:
     @dramatiq.actor(queue_name="gc", priority=3)
@@ -110,12 +122,7 @@ def test_each_caller_gets_its_own_outcome_in_a_group(broker: PostgresBroker) -> 
 
     first = job.send_with_options(args=(0,), unique_key="k")
     outcomes: dict[str, Any] = {}
-
-    def call(name: str, fn: Callable[[], Any]) -> None:
-        try:
-            outcomes[name] = fn()
-        except Exception as exc:
-            outcomes[name] = exc
+    call = recorder(outcomes)
 
     calls = {
         "leader": lambda: job.send(1),
@@ -317,12 +324,7 @@ def test_a_message_the_server_refuses_fails_alone_in_its_group(broker: PostgresB
                      "FOR EACH ROW EXECUTE FUNCTION public.refuse_bad()")
     try:
         outcomes: dict[str, Any] = {}
-
-        def call(name: str, fn: Callable[[], Any]) -> None:
-            try:
-                outcomes[name] = fn()
-            except Exception as exc:
-                outcomes[name] = exc
+        call = recorder(outcomes)
 
         with writes_held(broker.url):
             leader = threading.Thread(target=call, args=("leader", lambda: good.send(0)))
